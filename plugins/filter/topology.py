@@ -15,7 +15,7 @@ description:
     split brain (two writable primaries of the same cluster), foreign primaries (another system identifier),
     unreachable hosts and a printable table.
 author:
-  - immersiverse.dr contributors
+  - immersiverse.dr maintainers (@immersiverse)
 options:
   _input:
     description: List of dicts with keys C(host), C(region), C(facts).

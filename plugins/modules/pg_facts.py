@@ -16,7 +16,7 @@ description:
     the WAL receiver, and the WAL archiver's counters.
   - Reads only; never changes the server.
 author:
-  - immersiverse.dr contributors
+  - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
   - immersiverse.dr.postgres
 attributes:

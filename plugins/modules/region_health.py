@@ -17,7 +17,7 @@ description:
   - Runs on the controller (or any host with the client libraries). Reads only.
   - One dead service never hides the others; the module fails only when O(fail_on_unhealthy=true).
 author:
-  - immersiverse.dr contributors
+  - immersiverse.dr maintainers (@immersiverse)
 attributes:
   check_mode:
     support: full
@@ -48,11 +48,9 @@ options:
       access_key:
         description: Access key id; empty uses the usual AWS credential chain (env, profile, instance role).
         type: str
-        no_log: true
       secret_key:
         description: Secret key; never logged.
         type: str
-        no_log: true
   redis_url:
     description: C(redis://host:port/db) of the region's cache. The URL may carry a password; it is never returned.
     type: str
@@ -70,7 +68,6 @@ options:
       api_key:
         description: Bearer token; never logged.
         type: str
-        no_log: true
       validate_certs:
         description: Verify the API server's certificate.
         type: bool
