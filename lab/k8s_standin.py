@@ -721,8 +721,9 @@ class StandIn(kmock.KubernetesEmulator):
             meta = current["metadata"]
             for field in ("uid", "resourceVersion"):
                 if preconditions.get(field) and preconditions[field] != meta.get(field):
-                    raise api_error(409, "Conflict", f"Precondition failed: {field} in precondition: "
-                                                     f"{preconditions[field]}, {field} in object meta: {meta.get(field)}")
+                    raise api_error(409, "Conflict",
+                                    f"Precondition failed: {field} in precondition: {preconditions[field]}, "
+                                    f"{field} in object meta: {meta.get(field)}")
             if meta.get("finalizers"):
                 if not meta.get("deletionTimestamp"):  # deletion stays pending until the finalizers go
                     meta.update(deletionTimestamp=_now(), resourceVersion=self._next_rv())

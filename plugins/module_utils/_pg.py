@@ -80,7 +80,7 @@ def connect(params):
             hint = "the password is wrong for this user (check the vault / pgpass entry)"
         elif "timeout" in msg or "Connection refused" in msg or "could not connect" in msg:
             hint = "the server is down or unreachable from this host (check the region, firewall and port)"
-        raise PgError("cannot connect to %s: %s; %s" % (describe_target(params), msg, hint))
+        raise PgError("cannot connect to %s: %s; %s" % (describe_target(params), msg, hint)) from None
     conn.autocommit = True
     return conn
 

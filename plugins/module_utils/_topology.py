@@ -74,7 +74,8 @@ def render_table(rows, services):
     lines = [_FMT % _COLUMNS]
     for r in rows:
         svc = services.get(r["region"], {}).get("services", {})
-        svc_text = " ".join("%s:%s" % (name, "ok" if res.get("ok") else "DOWN") for name, res in sorted(svc.items()))
+        down = sorted(name for name, res in svc.items() if not res.get("ok"))
+        svc_text = ("DOWN: " + ",".join(down)) if down else ("ok (%s)" % ",".join(sorted(svc)) if svc else "")
         lines.append(_FMT % (r["region"], r["host"], r["role"], _dash(r["timeline"]), _dash(r["current_lsn"]),
                              _dash(r["replay_lag_bytes"]), svc_text or "-"))
     return lines

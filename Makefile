@@ -1,0 +1,52 @@
+# immersiverse.dr — the two commands first:
+#   make drill   set up what is missing, bring the three-region lab up, run a DR drill, print RPO and RTO
+#   make test    set up what is missing and run the whole test suite (what CI runs)
+SHELL := /bin/bash
+VENV := .venv
+ANSIBLE_PLAYBOOK := $(VENV)/bin/ansible-playbook
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PYTHONPATH := $(CURDIR)/lab
+
+.PHONY: drill test setup lab-up lab-down lab-status lint unit integration lab-tests molecule sanity bench clean
+
+drill: lab-up
+	$(ANSIBLE_PLAYBOOK) playbooks/drill.yml $(DRILL_ARGS)
+
+test: setup
+	scripts/test.sh
+
+setup:
+	scripts/setup.sh
+
+lab-up: setup
+	scripts/lab.sh up
+
+lab-down:
+	scripts/lab.sh down
+
+lab-status:
+	scripts/lab.sh status
+
+lint: setup
+	scripts/test.sh lint
+
+unit: setup
+	scripts/test.sh unit
+
+integration: setup
+	scripts/test.sh integration
+
+lab-tests: setup
+	scripts/test.sh lab
+
+molecule: setup
+	scripts/test.sh molecule
+
+sanity: setup
+	scripts/ansible-test.sh sanity --venv --python 3.11
+
+bench: setup
+	scripts/bench.sh
+
+clean: lab-down
+	rm -rf .cache/lab .collections
