@@ -136,6 +136,28 @@ class PgServer:
             conf.writelines(f"{key} = {value}\n" for key, value in self.settings.items())
         self._add_pgpass(self.user, self.password)
 
+    def init_standby(self, primary: PgServer, slot: str | None = None) -> None:
+        """Instead of initdb: a streaming standby of ``primary`` from pg_basebackup -R (same superuser)."""
+        self.run_dir.mkdir(parents=True)
+        self.data_dir.mkdir(mode=0o700)
+        if self._as_postgres:
+            entry = pwd.getpwnam("postgres")
+            self.base_dir.chmod(0o711)
+            for path in (self.data_dir, self.run_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.password = primary.password
+        argv = [str(PG_BIN / "pg_basebackup"), "-D", str(self.data_dir), "-h", primary.host, "-p", str(primary.port),
+                "-U", primary.user, "-X", "stream", "-R", "-c", "fast", "--no-sync"]
+        if slot:
+            argv += ["-C", "-S", slot]
+        # The password reaches pg_basebackup through its environment (the pgpass file is root's), never argv.
+        subprocess.run(self._argv(*argv), cwd=self.run_dir, capture_output=True, text=True, check=True, timeout=120,
+                       env={**os.environ, "LC_ALL": "C", "PGPASSWORD": primary.password})
+        with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write("\n# tests/conftest.py (standby)\n")
+            conf.writelines(f"{key} = {value}\n" for key, value in self.settings.items())
+        self._add_pgpass(self.user, self.password)
+
     def _add_pgpass(self, user: str, password: str) -> None:
         self._passwords[user] = password
         lines = [f"{self.host}:{self.port}:*:{u}:{p}\n" for u, p in self._passwords.items()]
@@ -258,7 +280,8 @@ def _server_base_dir(tmp_path_factory, name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_server_factory(tmp_path_factory):
-    """``make(name, settings=None) -> PgServer``: started servers, all destroyed at the end of the session."""
+    """``make(name, settings=None) -> PgServer``: started servers, all destroyed at the end of the session.
+    ``make.standby(primary, name, slot=None)``: a started streaming standby of ``primary``."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (set DRLAB_PG_BIN)")
     if os.geteuid() == 0:
@@ -275,6 +298,14 @@ def pg_server_factory(tmp_path_factory):
         server.start()
         return server
 
+    def make_standby(primary: PgServer, name: str = "standby", slot: str | None = None) -> PgServer:
+        server = PgServer(_server_base_dir(tmp_path_factory, name), name=name)
+        servers.append(server)
+        server.init_standby(primary, slot=slot)
+        server.start()
+        return server
+
+    make.standby = make_standby
     yield make
     for server in servers:
         server.destroy()

@@ -37,7 +37,7 @@ options:
 EXAMPLES = r"""
 - name: Summarise
   ansible.builtin.set_fact:
-    dr_detect: "{{ hosts_facts | immersiverse.dr.topology(services=by_region, preferred_region='primary') }}"
+    detect_summary: "{{ hosts_facts | immersiverse.dr.topology(services=by_region, preferred_region='primary') }}"
 """
 
 RETURN = r"""

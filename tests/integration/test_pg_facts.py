@@ -1,0 +1,91 @@
+"""The detect engine against real PostgreSQL 15 servers: a primary, its streaming standby, a promotion."""
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
+from ansible_collections.immersiverse.dr.plugins.module_utils import _pg  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+def params(server):
+    return {"login_host": server.host, "login_port": server.port, "login_user": server.user,
+            "login_password": server.password, "login_db": "postgres", "connect_timeout": 5, "ssl_mode": "disable"}
+
+
+def facts(server):
+    conn = _pg.connect(params(server))
+    try:
+        return _pg.gather_facts(conn)
+    finally:
+        conn.close()
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def pair(pg_server_factory):
+    primary = pg_server_factory("facts-primary")
+    standby = pg_server_factory.standby(primary, "facts-standby", slot="facts_standby")
+    wait_for(lambda: facts(standby)["wal_receiver"] and facts(standby)["wal_receiver"]["status"] == "streaming")
+    return primary, standby
+
+
+def test_primary_and_standby_are_told_apart(pair):
+    primary, standby = pair
+    p, s = facts(primary), facts(standby)
+    assert (p["role"], p["in_recovery"]) == ("primary", False)
+    assert (s["role"], s["in_recovery"]) == ("standby", True)
+    assert p["system_identifier"] == s["system_identifier"]
+    assert p["timeline"] == s["timeline"] == 1
+    assert s["wal_receiver"]["slot_name"] == "facts_standby"
+    assert [r["state"] for r in p["replication"]] == ["streaming"]
+
+
+def test_standby_lsn_follows_the_primary(pair):
+    primary, standby = pair
+    primary.psql("CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+    target = _pg.lsn_to_int(facts(primary)["current_lsn"])
+    wait_for(lambda: _pg.lsn_to_int(facts(standby)["replay_lsn"]) >= target)
+    lag = wait_for(lambda: [r for r in facts(primary)["replication"] if r["replay_lag_bytes"] == 0])
+    assert lag[0]["state"] == "streaming"
+
+
+def test_unreachable_server_gives_an_error_that_says_what_to_do(pg_server_factory):
+    bad = {"login_host": "127.0.0.1", "login_port": 1, "login_user": "postgres", "login_password": "x",
+           "login_db": "postgres", "connect_timeout": 2, "ssl_mode": "disable"}
+    with pytest.raises(_pg.PgError) as err:
+        _pg.connect(bad)
+    assert "unreachable" in str(err.value) or "down" in str(err.value)
+    assert "x" not in str(err.value).split(":", 1)[0]
+
+
+def test_wrong_password_is_named(pg_server):
+    with pytest.raises(_pg.PgError) as err:
+        _pg.connect({**params(pg_server), "login_password": "definitely-wrong"})
+    assert "password" in str(err.value)
+    assert "definitely-wrong" not in str(err.value)
+
+
+def test_promotion_moves_the_standby_to_a_new_timeline(pair):
+    primary, standby = pair
+    primary.stop("immediate")
+    try:
+        standby.psql("SELECT pg_promote(true, 60)")
+        after = wait_for(lambda: (lambda f: f if f["role"] == "primary" else None)(facts(standby)))
+        assert after["timeline"] == 2
+        assert after["wal_receiver"] is None
+    finally:
+        primary.start()

@@ -1,0 +1,76 @@
+"""Tests against the running three-region lab (scripts/lab.sh up). They drive the real playbooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.lab)
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.rc = proc.returncode
+        self.out = proc.stdout + proc.stderr
+        self.recap = {m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)),
+                                   "unreachable": int(m.group(4)), "failed": int(m.group(5))}
+                      for m in RECAP.finditer(proc.stdout)}
+
+    def changed(self) -> dict[str, int]:
+        return {h: r["changed"] for h, r in self.recap.items() if r["changed"]}
+
+
+def playbook(*args: str, timeout: int = 900) -> Run:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORCE_COLOR": "0", "PYTHONPATH": str(REPO / "lab")}
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), *args], cwd=REPO, env=env, check=False,
+                          capture_output=True, text=True, timeout=timeout)
+    return Run(proc)
+
+
+def detect(tmp_path: Path) -> dict:
+    """detect_summary as the detect role computes it, read back through a file."""
+    out = tmp_path / "detect.json"
+    play = tmp_path / "detect.yml"
+    play.write_text(f"""
+- hosts: databases
+  gather_facts: false
+  roles:
+    - role: immersiverse.dr.detect
+      vars:
+        detect_require_primary: false
+        detect_fail_on_split_brain: false
+  post_tasks:
+    - ansible.builtin.copy:
+        content: "{{{{ detect_summary | to_json }}}}"
+        dest: {out}
+        mode: "0600"
+      delegate_to: localhost
+      run_once: true
+""")
+    run = playbook("-i", str(REPO / "inventories" / "lab"), str(play))
+    assert run.rc == 0, run.out[-3000:]
+    return json.loads(out.read_text())
+
+
+def podman(*args: str) -> str:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_is_up():
+    names = podman("ps", "--filter", "label=io.immersiverse.dr.lab=1", "--format", "{{.Names}}").split()
+    if len(names) < 6:
+        pytest.fail("the lab is not running: run scripts/lab.sh up first (make lab-tests does)")

@@ -1,0 +1,122 @@
+"""The lab and its runbook roles, end to end on real PostgreSQL hosts in three regions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import REPO, detect, playbook, podman
+
+INVENTORY = str(REPO / "inventories" / "lab")
+
+
+def test_lab_has_one_primary_and_two_streaming_standbys(tmp_path):
+    d = detect(tmp_path)
+    assert d["current_primary"], d["table"]
+    assert not d["split_brain"] and not d["foreign_primaries"] and not d["unreachable"]
+    standbys = [h for h in d["hosts"] if h["role"] == "standby"]
+    assert len(standbys) == 2
+    primary_address = "dr-lab-{}-db".format(d["current_primary_region"])
+    assert {h["sender_host"] for h in standbys} == {primary_address}
+    assert len({h["system_identifier"] for h in d["hosts"]}) == 1
+    for region, result in d["services"].items():
+        assert result["healthy"], (region, result)
+
+
+def test_lab_playbook_check_mode_then_rerun_changes_nothing():
+    check = playbook("-i", INVENTORY, str(REPO / "playbooks" / "lab.yml"), "--check")
+    assert check.rc == 0, check.out[-3000:]
+    assert check.changed() == {}, check.changed()
+    again = playbook("-i", INVENTORY, str(REPO / "playbooks" / "lab.yml"))
+    assert again.rc == 0, again.out[-3000:]
+    assert again.changed() == {}, again.changed()
+
+
+def test_service_schema_and_seed_are_on_every_region(tmp_path):
+    d = detect(tmp_path)
+    for h in d["hosts"]:
+        out = podman("exec", "-u", "postgres", f"dr-lab-{h['region']}-db", "psql", "-XAtq", "-d", "authdb", "-c",
+                     "SELECT (SELECT count(*) FROM users) > 0, (SELECT count(*) FROM pg_constraint "
+                     "WHERE conname IN ('users_user_uuid_key', 'audit_logs_request_id_key', "
+                     "'platform_accounts_platform_external_id_key'))")
+        assert out.strip() == "t|3", (h["host"], out)
+
+
+def test_no_secret_in_pg_hba_or_auto_conf_and_no_trust_for_hosts():
+    for region in ("primary", "secondary", "tertiary"):
+        hba = podman("exec", f"dr-lab-{region}-db", "cat", "/etc/postgresql/15/main/pg_hba.conf")
+        host_lines = [line.split() for line in hba.splitlines() if line.startswith("host")]
+        assert host_lines and all(parts[-1] != "trust" for parts in host_lines), hba
+        secret = (REPO / ".lab" / "secrets" / "replicator").read_text().split()[0]
+        auto = podman("exec", f"dr-lab-{region}-db", "cat", "/var/lib/postgresql/15/main/postgresql.auto.conf")
+        assert secret not in auto
+
+
+def test_promote_refuses_while_the_primary_still_serves(tmp_path):
+    d = detect(tmp_path)
+    primary = d["current_primary"]
+    standby = next(h["host"] for h in d["hosts"] if h["role"] == "standby")
+    play = tmp_path / "promote.yml"
+    play.write_text(f"""
+- hosts: {standby}
+  gather_facts: false
+  roles:
+    - role: immersiverse.dr.promote
+      vars:
+        promote_fenced_hosts: [{primary}]
+""")
+    run = playbook("-i", INVENTORY, str(play))
+    assert run.rc != 0
+    assert "still accepts writes" in run.out
+    after = detect(tmp_path)
+    assert after["current_primary"] == primary
+    assert next(h for h in after["hosts"] if h["host"] == standby)["role"] == "standby"
+
+
+def test_isolate_refuses_an_unreachable_host_without_a_fence(tmp_path):
+    inv = tmp_path / "inv.yml"
+    inv.write_text("""
+all:
+  hosts:
+    ghost:
+      ansible_connection: containers.podman.podman
+      ansible_host: dr-lab-ghost-db
+      ansible_python_interpreter: /usr/bin/python3
+""")
+    play = tmp_path / "isolate.yml"
+    play.write_text("""
+- hosts: ghost
+  gather_facts: false
+  roles:
+    - role: immersiverse.dr.isolate
+      vars:
+        isolate_fence_command: []
+""")
+    run = playbook("-i", str(inv), str(play))
+    assert run.rc != 0
+    assert "cannot be reached, so it cannot be stopped" in run.out
+
+
+def test_drill_fails_over_measures_rpo_rto_and_rejoins(tmp_path):
+    before = detect(tmp_path)
+    run = playbook("-i", INVENTORY, str(REPO / "playbooks" / "drill.yml"),
+                   "-e", "drill_warmup=5", "-e", "drill_cooldown=3", timeout=1200)
+    assert run.rc == 0, run.out[-5000:]
+    assert "RPO achieved:" in run.out and "RTO achieved:" in run.out
+    reports = sorted((REPO / ".lab" / "drills").glob("*/report.json"))
+    report = json.loads(reports[-1].read_text())
+    assert report["failed_region"] == before["current_primary_region"]
+    assert report["new_primary_region"] != report["failed_region"]
+    m = report["measurement"]
+    assert m["acked"] > 100, "the generator wrote under the drill"
+    assert m["lost_before_failure"] == m["missing"], "nothing acknowledged after the failure may be lost"
+    assert 0 < report["rto_seconds"] < 120
+    assert report["rpo_seconds"] is not None and report["rpo_seconds"] >= 0
+    after = detect(tmp_path)
+    assert after["current_primary_region"] == report["new_primary_region"]
+    assert not after["unreachable"] and not after["split_brain"]
+    failed = next(h for h in after["hosts"] if h["region"] == report["failed_region"])
+    assert failed["role"] == "standby" and failed["sender_host"] == "dr-lab-{}-db".format(report["new_primary_region"])
+    journal = Path(reports[-1]).with_name("journal.jsonl").read_text()
+    secret = (REPO / ".lab" / "secrets" / "auth_app").read_text().split()[0]
+    assert secret not in journal and secret not in run.out
