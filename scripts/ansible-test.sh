@@ -23,12 +23,14 @@ mkdir -p "$(dirname "$cache")"
 cmp -s tests/sanity/get_pip_offline.py "$cache" 2>/dev/null || cp tests/sanity/get_pip_offline.py "$cache"
 
 mkdir -p "$DEST"
+list=$(mktemp); trap 'rm -f "$list"' EXIT
 git ls-files -z --cached --others --exclude-standard \
-  | grep -zvE '^(lab|scripts|bench|molecule|requirements|\.ci)/' \
-  | rsync -a --delete --from0 --files-from=- ./ "$DEST/"
-# rsync --files-from does not delete files that vanished from the list: prune them.
-(cd "$DEST" && find . -type f ! -path './tests/output/*' -printf '%P\0' | while IFS= read -r -d '' f; do
-  [ -e "$ROOT/$f" ] || rm -f "$f"; done)
+  | grep -zvE '^(lab|scripts|bench|molecule|requirements|\.ci)/' >"$list"
+rsync -a --from0 --files-from="$list" ./ "$DEST/"
+# Remove what is no longer in the list (ansible-test's own tests/output stays as its cache).
+(cd "$DEST" && find . -type f ! -path './tests/output/*' -printf '%P\0') \
+  | grep -zvxF -f <(tr '\0' '\n' <"$list") | (cd "$DEST" && xargs -0 -r rm -f)  || true
+rm -f "$list"
 cd "$DEST"
 # ansible-test reads the git tree when there is one; this copy has none, so it lists the files present.
 export PATH=$VENV/bin:$PATH

@@ -24,8 +24,8 @@ lint() {
 }
 
 unit() {
-  pytest tests/unit -q
-  scripts/ansible-test.sh units --venv --python 3.11 tests/unit/plugins
+  pytest tests/unit tests/tools -q
+  scripts/ansible-test.sh units --venv --python 3.11
 }
 
 integration() {

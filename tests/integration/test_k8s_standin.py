@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "lab" / "k8s_standin.py"
-MANIFEST = REPO / "lab" / "k8s" / "auth-service.yml"
+MANIFEST = REPO / "lab" / "k8s" / "auth-service.yml.j2"
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 REGION_VARS = {"region": "secondary", "db_host": "pg-secondary.lab.invalid", "db_port": 5432}
 

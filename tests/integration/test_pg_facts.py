@@ -84,7 +84,8 @@ def test_promotion_moves_the_standby_to_a_new_timeline(pair):
     primary.stop("immediate")
     try:
         standby.psql("SELECT pg_promote(true, 60)")
-        after = wait_for(lambda: (lambda f: f if f["role"] == "primary" else None)(facts(standby)))
+        wait_for(lambda: facts(standby)["role"] == "primary")
+        after = facts(standby)
         assert after["timeline"] == 2
         assert after["wal_receiver"] is None
     finally:

@@ -51,7 +51,7 @@ def writer(path, **kwargs):
 
 def test_round_trip_keeps_every_field_and_order(tmp_path):
     path = tmp_path / "j.jsonl"
-    ids = [rid() for _ in range(3)]
+    ids = [rid() for _i in range(3)]
     with writer(path, run_id="run-1") as journal:
         journal.event("start", config={"rate": 10})
         for n, request_id in enumerate(ids):
@@ -96,7 +96,7 @@ def test_fsync_every_n_lines(tmp_path, every, lines, expected):
     fsync = FakeFsync()
     journal = writer(tmp_path / "j.jsonl", fsync_every=every, fsync=fsync)
     fsync.calls = 0  # the new file's directory entry was synced on open
-    for _ in range(lines):
+    for _i in range(lines):
         journal.ack(op="login", request_id=rid(), region="r", endpoint="h:1", acked_at=format_ts(T0))
     assert fsync.calls == expected
     journal.close()
@@ -219,7 +219,7 @@ def _journal(tmp_path, script):
 
 
 def test_outages_from_failure_to_next_ack(tmp_path):
-    journal, _ = _journal(tmp_path, [
+    journal, _lines = _journal(tmp_path, [
         ("ack", 0, "primary"), ("failure", 1, "primary"), ("failure", 1.5, "primary"),
         ("ack", 3.25, "secondary"), ("failure", 10, "secondary"),
     ])
