@@ -33,6 +33,7 @@ integration() {
 }
 
 molecule_stage() {
+  scripts/lab.sh image   # the scenario runs the lab image; built here when missing
   molecule test -s replication
 }
 

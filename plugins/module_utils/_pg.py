@@ -208,3 +208,26 @@ def _diff(a, b):
     if a is None or b is None:
         return None
     return max(0, lsn_to_int(a) - lsn_to_int(b))
+
+
+def promote(conn, wait_seconds=60, check_mode=False):
+    """Promote a standby and wait until it accepts writes.
+
+    Returns {"changed", "promoted", "before", "after"} where before/after are gather_facts() results. A server that
+    is already a primary is left alone (changed False). In check mode nothing is run: pg_promote is not
+    transactional, so it cannot be tried and rolled back.
+    """
+    before = gather_facts(conn)
+    if not before["in_recovery"]:
+        return {"changed": False, "promoted": False, "before": before, "after": before}
+    if check_mode:
+        return {"changed": True, "promoted": False, "before": before, "after": None,
+                "would_run": "SELECT pg_promote(true, %d)" % wait_seconds}
+    done = query(conn, "SELECT pg_promote(true, %s) AS promoted", (int(wait_seconds),))[0]["promoted"]
+    if not done:
+        raise PgError("pg_promote did not finish within %d s; the server is still in recovery. Check its log for "
+                      "the reason (for example a missing WAL segment) before trying again." % wait_seconds)
+    after = gather_facts(conn)
+    if after["in_recovery"]:
+        raise PgError("pg_promote returned but the server is still in recovery; check its log")
+    return {"changed": True, "promoted": True, "before": before, "after": after}

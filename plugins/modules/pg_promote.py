@@ -1,0 +1,116 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_promote
+short_description: Promote a PostgreSQL standby and wait until it accepts writes
+version_added: 0.1.0
+description:
+  - Reads the server, promotes it with C(pg_promote(wait => true)) when it is in recovery, waits until it accepts
+    writes, and returns the timeline and LSN before and after. One connection, so a failover spends no time on
+    separate read, promote and verify steps.
+  - A server that is already a primary is left alone (RV(changed=false)): safe to re-run.
+  - Fencing the former primary is not this module's job; the M(immersiverse.dr.promote) role refuses to call it
+    while the failed side may still accept writes.
+author:
+  - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.postgres
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether it would promote and the SQL it would run; runs nothing (pg_promote is not
+      transactional).
+  diff_mode:
+    support: full
+    description: The role (standby, primary) before and after.
+options:
+  wait_seconds:
+    description: How long pg_promote may wait for the promotion to finish.
+    type: int
+    default: 60
+seealso:
+  - name: pg_promote
+    description: PostgreSQL's promotion function.
+    link: https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-RECOVERY-CONTROL
+"""
+
+EXAMPLES = r"""
+- name: Promote this region's standby
+  immersiverse.dr.pg_promote:
+    login_unix_socket: /var/run/postgresql
+  become: true
+  become_user: postgres
+  register: promoted
+"""
+
+RETURN = r"""
+promoted:
+  description: True when this run promoted the server.
+  returned: always
+  type: bool
+timeline_before:
+  description: Timeline before.
+  returned: always
+  type: int
+timeline:
+  description: Timeline after (the new one when promoted). Null in check mode when it would promote.
+  returned: always
+  type: int
+current_lsn:
+  description: Current WAL write position after the promotion.
+  returned: always
+  type: str
+would_run:
+  description: The SQL check mode would have run.
+  returned: in check mode, when it would promote
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
+
+
+def run_module(module):
+    conn = _pg.connect(module.params)
+    try:
+        res = _pg.promote(conn, module.params["wait_seconds"], module.check_mode)
+    finally:
+        conn.close()
+    after = res["after"] or {}
+    result = {
+        "changed": res["changed"],
+        "promoted": res["promoted"],
+        "timeline_before": res["before"]["timeline"],
+        "timeline": after.get("timeline"),
+        "current_lsn": after.get("current_lsn"),
+    }
+    if "would_run" in res:
+        result["would_run"] = res["would_run"]
+    if module._diff:
+        result["diff"] = {"before": {"role": res["before"]["role"]},
+                          "after": {"role": "primary" if res["changed"] else res["before"]["role"]}}
+    return result
+
+
+def main():
+    argument_spec = _pg.connection_argument_spec()
+    argument_spec.update(wait_seconds=dict(type="int", default=60))
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not _pg.HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
+    try:
+        result = run_module(module)
+    except _pg.PgError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
