@@ -15,7 +15,7 @@ description:
   - Reads the server, promotes it with C(pg_promote(wait => true)) when it is in recovery, waits until it accepts
     writes, and returns the timeline and LSN before and after. One connection, so a failover spends no time on
     separate read, promote and verify steps.
-  - A server that is already a primary is left alone (RV(changed=false)): safe to re-run.
+  - A server that is already a primary is left alone and nothing is changed, so the module is safe to re-run.
   - Fencing the former primary is not this module's job; the M(immersiverse.dr.promote) role refuses to call it
     while the failed side may still accept writes.
 author:

@@ -24,7 +24,7 @@ def standby(pg_server_factory):
 
 
 def test_check_mode_reports_and_changes_nothing(standby):
-    _, s = standby
+    s = standby[1]
     conn = _pg.connect(params(s))
     try:
         res = _pg.promote(conn, check_mode=True)
