@@ -111,6 +111,10 @@ def test_drill_fails_over_measures_rpo_rto_and_rejoins(tmp_path):
     assert m["acked"] > 100, "the generator wrote under the drill"
     assert m["lost_before_failure"] == m["missing"], "nothing acknowledged after the failure may be lost"
     assert 0 < report["rto_seconds"] < 120
+    v = report["verify"]
+    assert v["role"] == "primary" and int(v["timeline"]) >= 2
+    assert int(v["invariants"]["orphan_platform_accounts"]) == 0 and int(v["invariants"]["users"]) > 0
+    assert "audit_logs_request_id_key" in v["amcheck_indexes"]
     assert report["rpo_seconds"] is not None and report["rpo_seconds"] >= 0
     after = detect(tmp_path)
     assert after["current_primary_region"] == report["new_primary_region"]
