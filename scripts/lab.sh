@@ -3,6 +3,7 @@
 #
 #   scripts/lab.sh image    build the lab image if missing (debootstrap -> podman import -> podman build)
 #   scripts/lab.sh up       image, network, containers, stand-ins, then playbooks/lab.yml configures them
+#                           (LAB_PLAYBOOK_ARGS="-v" or "--tags ..." is passed to that ansible-playbook)
 #   scripts/lab.sh down     removes exactly what `up` creates, by name
 #   scripts/lab.sh status   what is running
 #
@@ -132,7 +133,7 @@ cmd_up() {
     ensure_container "dr-lab-$r-db" -p "127.0.0.1:$(pg_port "$r"):5432" "$IMAGE_REPO:latest" db
     ensure_container "dr-lab-$r-svc" -p "127.0.0.1:$(s3_port "$r"):9000" -p "127.0.0.1:$(redis_port "$r"):6379" \
       -p "127.0.0.1:$(kafka_port "$r"):9092" "$IMAGE_REPO:latest" svc "tcp://127.0.0.1:$(kafka_port "$r")"
-    [ -n "${LAB_DEV_SKIP_K8S:-}" ] || standin_up "$r"
+    standin_up "$r"
   done
   log "configuring the regions (playbooks/lab.yml)"
   "$VENV/bin/ansible-playbook" -i inventories/lab playbooks/lab.yml ${LAB_PLAYBOOK_ARGS:-}
