@@ -267,11 +267,6 @@ foreign_lifecycle_rules:
   returned: always
   type: list
   elements: str
-warnings:
-  description: Policy choices that are allowed but probably unintended (early-deletion fees, short locks).
-  returned: always
-  type: list
-  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -352,7 +347,8 @@ def main():
     except _lifecycle.LifecycleError as exc:
         module.fail_json(msg=str(exc), changed=False)
     diff = result.pop("diff")
-    for warning in result["warnings"]:
+    # Allowed but probably unintended choices (early-deletion fees, short locks) surface as Ansible warnings.
+    for warning in result.pop("warnings"):
         module.warn(warning)
     if module._diff:
         result["diff"] = diff

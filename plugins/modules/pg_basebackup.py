@@ -1,0 +1,326 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_basebackup
+short_description: Take a verified full backup with pg_basebackup, streamed into a backup repository
+version_added: 0.2.0
+description:
+  - Runs pg_basebackup (tar format, WAL streamed into the backup, a backup manifest) and, while it writes, reads
+    its archives, decompresses them, checks every file's checksum and size against the manifest and that the WAL
+    the backup needs is present (the checks C(pg_verifybackup) makes), and streams them into the repository with
+    their sha256. The backup counts only once its catalog record C(backup.json) is written, last.
+  - A backup interrupted at any point is never listed as valid; the next run removes what it left.
+  - Idempotent by label. When O(label) is given and the repository already holds a valid backup with that label
+    of the same cluster, nothing runs and that backup is returned (C(changed=false)). A label used by another
+    cluster is refused. Without O(label), every run takes a new backup.
+  - The password reaches pg_basebackup through a temporary pgpass file, never its command line.
+author:
+  - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.postgres
+  - immersiverse.dr.repository
+  - immersiverse.dr.repository.offsite
+attributes:
+  check_mode:
+    support: full
+    description: Checks the repository and the server, then returns the command it would run and the incomplete
+      backups it would remove; writes nothing.
+  diff_mode:
+    support: none
+options:
+  label:
+    description:
+      - The backup label (letters, digits, C(.), C(_), C(-)). See the description for idempotence.
+    type: str
+  checkpoint:
+    description: Start with a fast (immediate) or a spread checkpoint.
+    type: str
+    default: fast
+    choices: [fast, spread]
+  compression:
+    description: Compression of the archives.
+    type: str
+    default: lz4
+    choices: [none, gzip, lz4, zstd]
+  compression_location:
+    description: Compress on the database server (less network) or in pg_basebackup (less server CPU).
+    type: str
+    default: client
+    choices: [client, server]
+  compression_level:
+    description: Compression level; the method's default when omitted.
+    type: int
+  compression_workers:
+    description: zstd worker threads.
+    type: int
+  max_rate:
+    description: pg_basebackup's transfer rate limit (C(100M), C(32k)).
+    type: str
+  staging_dir:
+    description:
+      - Local directory for pg_basebackup's output while it streams to an S3 repository (a local repository
+        stages on its own filesystem). Needs room for the compressed backup. Default C($TMPDIR/immersiverse-dr-staging).
+    type: path
+  pg_bin_dir:
+    description: Where pg_basebackup lives; searched with the PATH when empty.
+    type: path
+    default: /usr/lib/postgresql/15/bin
+  extra_args:
+    description:
+      - More pg_basebackup arguments (C(--no-verify-checksums), C(-S slot)). Options the module owns (target,
+        format, WAL method, label, compression, checkpoint, rate, connection, manifest) are refused.
+    type: list
+    elements: str
+    default: []
+  progress_file:
+    description: A JSON file rewritten about once a second with the progress, for a poller to show.
+    type: path
+  region:
+    description: The region recorded in the catalog.
+    type: str
+    default: ''
+  allow_standby:
+    description: Allow a backup taken from a standby (pg_basebackup supports it; the backup then ends at the
+      standby's replay position).
+    type: bool
+    default: true
+notes:
+  - PostgreSQL 15's pg_verifybackup cannot read tar-format backups; M(immersiverse.dr.pg_backup_info) with
+    O(immersiverse.dr.pg_backup_info#module:verify=full) restores one into a scratch directory and runs it.
+seealso:
+  - module: immersiverse.dr.pg_backup_info
+  - module: immersiverse.dr.pg_backup_retention
+  - name: pg_basebackup
+    description: PostgreSQL's base backup tool.
+    link: https://www.postgresql.org/docs/15/app-pgbasebackup.html
+"""
+
+EXAMPLES = r"""
+- name: Weekly full backup of this region's primary into its bucket, copied to the other regions
+  immersiverse.dr.pg_basebackup:
+    login_unix_socket: /var/run/postgresql
+    label: "weekly-{{ '%G-W%V' | strftime }}"
+    repository:
+      name: primary
+      bucket: immersiverse-auth-dr-primary
+      prefix: auth-db
+      region: us-east-1
+      sse: "aws:kms"
+      sse_kms_key_id: alias/dr-backups
+    offsite:
+      - name: secondary
+        bucket: immersiverse-auth-dr-secondary
+        prefix: auth-db
+        endpoint_url: https://s3-weu.minio.auth.internal
+        access_key: "{{ vault_minio_access_key }}"
+        secret_key: "{{ vault_minio_secret_key }}"
+  become: true
+  become_user: postgres
+  register: backup
+
+- name: A backup to a local directory, zstd on the server
+  immersiverse.dr.pg_basebackup:
+    login_unix_socket: /var/run/postgresql
+    compression: zstd
+    compression_location: server
+    repository:
+      type: local
+      path: /srv/pg-backups
+"""
+
+RETURN = r"""
+backup_id:
+  description: The backup's id (start time, UTC, and C(F)).
+  returned: always
+  type: str
+  sample: 20261127T105548F
+label:
+  description: The backup label.
+  returned: always
+  type: str
+timeline:
+  description: Timeline the backup was taken on.
+  returned: success
+  type: int
+start_lsn:
+  description: WAL position where the backup starts (replay begins here).
+  returned: success
+  type: str
+stop_lsn:
+  description: WAL position where the backup is consistent.
+  returned: success
+  type: str
+start_time:
+  description: When the backup started (UTC, ISO 8601).
+  returned: success
+  type: str
+stop_time:
+  description: When the backup was committed (UTC, ISO 8601).
+  returned: success
+  type: str
+duration_seconds:
+  description: Wall time of pg_basebackup, streaming, verification and commit.
+  returned: success
+  type: float
+database_bytes:
+  description: Size of the files backed up.
+  returned: success
+  type: int
+stored_bytes:
+  description: Bytes stored in the repository.
+  returned: success
+  type: int
+throughput_mb_s:
+  description: Database MiB backed up per second.
+  returned: when a backup was taken
+  type: float
+files:
+  description: Stored files with size and sha256.
+  returned: success
+  type: list
+  elements: dict
+verification:
+  description: How the backup was verified before it counted.
+  returned: success
+  type: dict
+offsite:
+  description: One entry per offsite repository (name, method, changed, seconds).
+  returned: always
+  type: list
+  elements: dict
+incomplete_removed:
+  description: Ids of interrupted backups removed (or, in check mode, that would be).
+  returned: always
+  type: list
+  elements: str
+would_run:
+  description: The pg_basebackup command check mode would run (no password in it).
+  returned: in check mode
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+
+RESULT_KEYS = ("timeline", "start_lsn", "stop_lsn", "start_time", "stop_time", "duration_seconds", "database_bytes",
+               "stored_bytes", "throughput_mb_s", "files", "verification")
+
+
+def run_module(module):
+    p = module.params
+    repository = repo_mod.open_repository(p["repository"])
+    offsite = [repo_mod.open_repository(spec) for spec in p["offsite"]]
+    if p["label"]:
+        repo_mod.validate_name(p["label"], "label")
+    _backup.check_extra_args(p["extra_args"])
+    pg_basebackup = module.get_bin_path("pg_basebackup", required=True, opt_dirs=[p["pg_bin_dir"] or ""])
+    conn = _pg.connect(p)
+    try:
+        identity = _backup.cluster_identity(conn)
+    finally:
+        conn.close()
+    if identity["in_recovery"] and not p["allow_standby"]:
+        module.fail_json(msg="%s is a standby and allow_standby is false" % _pg.describe_target(p))
+    backups = _backup.list_backups(repository)
+    result = {"changed": False, "offsite": [], "incomplete_removed": []}
+    if p["label"]:
+        same = _backup.find_by_label(backups, p["label"])
+        foreign = [b for b in same if b.get("system_identifier") != identity["system_identifier"]]
+        if foreign:
+            module.fail_json(msg="label %s is already used in %s by backup %s of another cluster (system identifier "
+                                 "%s, this one is %s): choose another label"
+                                 % (p["label"], repository.describe(), foreign[0]["id"],
+                                    foreign[0].get("system_identifier"), identity["system_identifier"]))
+        if same:
+            record = same[-1]
+            result.update(_summary(record))
+            result["msg"] = "a valid backup labelled %s exists (%s): nothing to do" % (p["label"], record["id"])
+            result["offsite"] = _copy_offsite(module, repository, offsite, record)
+            result["changed"] = any(o["changed"] for o in result["offsite"])
+            return result
+    result["incomplete_removed"] = _backup.clean_incomplete(repository, check_mode=module.check_mode)
+    if module.check_mode:
+        repository.check()
+        result["changed"] = True
+        result["backup_id"] = None
+        result["label"] = p["label"]
+        result["would_run"] = _backup.basebackup_argv(
+            pg_basebackup, "<staging>/data", p, p["label"] or "immersiverse-dr-<id>", checkpoint=p["checkpoint"],
+            compression=p["compression"], compression_location=p["compression_location"],
+            compression_level=p["compression_level"], compression_workers=p["compression_workers"],
+            max_rate=p["max_rate"], extra_args=p["extra_args"])
+        return result
+    record = _backup.take_backup(
+        repository, p, identity, pg_bin=os.path.dirname(pg_basebackup), label=p["label"],
+        staging_dir=p["staging_dir"], checkpoint=p["checkpoint"], compression=p["compression"],
+        compression_location=p["compression_location"], compression_level=p["compression_level"],
+        compression_workers=p["compression_workers"], max_rate=p["max_rate"], extra_args=p["extra_args"],
+        region=p["region"], progress_file=p["progress_file"])
+    result["changed"] = True
+    result.update(_summary(record))
+    result["offsite"] = _copy_offsite(module, repository, offsite, record)
+    return result
+
+
+def _summary(record):
+    out = {"backup_id": record["id"], "label": record["label"]}
+    for key in RESULT_KEYS:
+        if key in record:
+            out[key] = record[key]
+    return out
+
+
+def _copy_offsite(module, repository, offsite, record):
+    results = []
+    for target in offsite:
+        if module.check_mode:
+            results.append({"name": target.name, "repository": target.describe(), "changed": True,
+                            "method": "would copy"})
+            continue
+        results.append(_backup.copy_backup(repository, target, record))
+    return results
+
+
+def main():
+    spec = repo_mod.repository_argument_spec()
+    argument_spec = _pg.connection_argument_spec()
+    argument_spec.update(
+        repository=dict(type="dict", required=True, options=spec),
+        offsite=dict(type="list", elements="dict", default=[], options=spec),
+        label=dict(type="str"),
+        checkpoint=dict(type="str", default="fast", choices=["fast", "spread"]),
+        compression=dict(type="str", default="lz4", choices=["none", "gzip", "lz4", "zstd"]),
+        compression_location=dict(type="str", default="client", choices=["client", "server"]),
+        compression_level=dict(type="int"),
+        compression_workers=dict(type="int"),
+        max_rate=dict(type="str"),
+        staging_dir=dict(type="path"),
+        pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
+        extra_args=dict(type="list", elements="str", default=[]),
+        progress_file=dict(type="path"),
+        region=dict(type="str", default=""),
+        allow_standby=dict(type="bool", default=True),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not _pg.HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
+    try:
+        result = run_module(module)
+    except (_pg.PgError, _backup.BackupError, repo_mod.RepositoryError, ValueError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
