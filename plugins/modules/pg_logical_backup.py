@@ -62,7 +62,8 @@ options:
     description: The backup label.
     type: str
   staging_dir:
-    description: Local directory pg_dump writes to before the files are stored. Default C($TMPDIR/immersiverse-dr-staging).
+    description: Local directory pg_dump writes to before the files are stored.
+      Default C($TMPDIR/immersiverse-dr-staging).
     type: path
   pg_bin_dir:
     description: Where pg_dump lives.
