@@ -146,8 +146,8 @@ def derive(policy):
         archive_after = need_fast
     elif archive_after < need_fast:
         problems.append("archive_after_days (%d) is less than %s: the base backup and WAL that restore the oldest "
-                        "point of the window would already be in %s" % (archive_after, fast_formula,
-                                                                          storage_class or "the archive tier"))
+                        "point of the window would already be in %s"
+                        % (archive_after, fast_formula, storage_class or "the archive tier"))
     if backup_expire is None:
         backup_expire = need_keep
     elif backup_expire < need_keep:
@@ -675,14 +675,14 @@ def reconcile(client, spec, check_mode=False):
 
     if not check_mode:
         # Versioning first: Object Lock and replication need it.
-        for name, apply in actions:
+        for index, (name, apply) in enumerate(actions):
             try:
                 apply()
             except Exception as exc:  # noqa: BLE001 - reported with what was already done
-                done = [n for n, _ in actions[:actions.index((name, apply))]]
+                done = [action[0] for action in actions[:index]]
                 raise LifecycleError("bucket %s: applying %s failed (already applied: %s): %s"
                                      % (bucket, name, ", ".join(done) or "nothing", exc)) from exc
-    changes = [name for name, _ in actions]
+    changes = [action[0] for action in actions]
     return {
         "changed": bool(changes),
         "changes": changes,
