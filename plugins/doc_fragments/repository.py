@@ -6,104 +6,245 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-# The suboptions of a backup repository, shared by every option that names one (repository, offsite, repositories).
-_SUBOPTIONS = r"""
-type:
-  description: C(s3) (AWS, MinIO, Ceph, any S3-compatible endpoint) or C(local) (a directory).
-  type: str
-  default: s3
-  choices: [s3, local]
-name:
-  description: What reports call this repository, usually the region (C(primary)).
-  type: str
-  default: ''
-path:
-  description: Absolute directory of a C(local) repository.
-  type: path
-bucket:
-  description: The S3 bucket.
-  type: str
-prefix:
-  description: Where the repository starts inside the bucket (C(auth-db)); backups go under C(<prefix>/backup/),
-    WAL under C(<prefix>/wal/), logical dumps under C(<prefix>/logical/).
-  type: str
-  default: ''
-endpoint_url:
-  description: The S3 endpoint for MinIO, Ceph or a local stand-in; omit for AWS.
-  type: str
-region:
-  description: The bucket's region.
-  type: str
-access_key:
-  description: S3 access key. Omit to use the environment or an instance profile. Never logged.
-  type: str
-secret_key:
-  description: S3 secret key. Never logged.
-  type: str
-session_token:
-  description: S3 session token for temporary credentials. Never logged.
-  type: str
-sse:
-  description: Server-side encryption of every object written.
-  type: str
-  choices: [none, AES256, 'aws:kms']
-sse_kms_key_id:
-  description: The KMS key for O(repository.sse=aws:kms).
-  type: str
-storage_class:
-  description: Storage class of new objects (C(STANDARD), C(STANDARD_IA), ...). Archive tiers belong in the
-    bucket's lifecycle rules (M(immersiverse.dr.s3_backup_lifecycle)), not here.
-  type: str
-tags:
-  description: Object tags for every object written.
-  type: dict
-part_size_mb:
-  description: Multipart part size in MiB (at least 5).
-  type: int
-  default: 16
-concurrency:
-  description: Parts or files uploaded in parallel.
-  type: int
-  default: 4
-max_attempts:
-  description: Attempts per S3 call (exponential back-off with jitter between them).
-  type: int
-  default: 5
-validate_certs:
-  description: Verify the endpoint's TLS certificate.
-  type: bool
-  default: true
-ca_bundle:
-  description: A CA bundle to verify the endpoint's certificate with.
-  type: path
-"""
-
-
-def _indent(text, spaces):
-    pad = " " * spaces
-    return "\n".join(pad + line if line else line for line in text.strip("\n").splitlines())
-
-
-def _option(name, description, kind, extra=""):
-    return (
-        "options:\n  %s:\n    description: %s\n    type: %s\n%s    suboptions:\n%s\n"
-        % (name, description, kind, extra, _indent(_SUBOPTIONS, 6))
-    )
-
 
 class ModuleDocFragment(object):
-    DOCUMENTATION = _option(
-        "repository", "The backup repository to use (this region's).", "dict", "    required: true\n"
-    ) + "requirements:\n  - boto3 for S3 repositories, on the host the module runs on\n"
+    # A backup repository's keys, documented once per option that takes one: Ansible reads doc fragments as
+    # literal strings, so the three copies below cannot share text. tests/unit/plugins/doc_fragments checks that
+    # each copy documents exactly the keys of _repository.repository_argument_spec().
 
-    OFFSITE = _option(
-        "offsite",
-        "Other regions' repositories every new backup is copied to, file by file with checksums, catalog "
-        "record last. A server-side copy is used where both repositories are on the same S3 endpoint.",
-        "list", "    elements: dict\n    default: []\n",
-    )
+    DOCUMENTATION = r"""
+options:
+  repository:
+    description: The backup repository to use (this region's).
+    type: dict
+    required: true
+    suboptions:
+      type:
+        description: C(s3) (AWS, MinIO, Ceph, any S3-compatible endpoint) or C(local) (a directory).
+        type: str
+        default: s3
+        choices: [s3, local]
+      name:
+        description: What reports call this repository, usually the region (C(primary)).
+        type: str
+        default: ''
+      path:
+        description: Absolute directory of a C(local) repository.
+        type: path
+      bucket:
+        description: The S3 bucket.
+        type: str
+      prefix:
+        description: Where the repository starts inside the bucket (C(auth-db)); backups go under C(<prefix>/backup/),
+          WAL under C(<prefix>/wal/), logical dumps under C(<prefix>/logical/).
+        type: str
+        default: ''
+      endpoint_url:
+        description: The S3 endpoint for MinIO, Ceph or a local stand-in; omit for AWS.
+        type: str
+      region:
+        description: The bucket's region.
+        type: str
+      access_key:
+        description: S3 access key. Omit to use the environment or an instance profile. Never logged.
+        type: str
+      secret_key:
+        description: S3 secret key. Never logged.
+        type: str
+      session_token:
+        description: S3 session token for temporary credentials. Never logged.
+        type: str
+      sse:
+        description: Server-side encryption of every object written.
+        type: str
+        choices: [none, AES256, 'aws:kms']
+      sse_kms_key_id:
+        description: The KMS key for C(sse=aws:kms).
+        type: str
+      storage_class:
+        description: Storage class of new objects (C(STANDARD), C(STANDARD_IA), ...). Archive tiers belong in the
+          bucket's lifecycle rules (M(immersiverse.dr.s3_backup_lifecycle)), not here.
+        type: str
+      tags:
+        description: Object tags for every object written.
+        type: dict
+      part_size_mb:
+        description: Multipart part size in MiB (at least 5).
+        type: int
+        default: 16
+      concurrency:
+        description: Parts or files uploaded in parallel.
+        type: int
+        default: 4
+      max_attempts:
+        description: Attempts per S3 call (exponential back-off with jitter between them).
+        type: int
+        default: 5
+      validate_certs:
+        description: Verify the endpoint's TLS certificate.
+        type: bool
+        default: true
+      ca_bundle:
+        description: A CA bundle to verify the endpoint's certificate with.
+        type: path
+requirements:
+  - boto3 for S3 repositories, on the host the module runs on
+"""
 
-    REPOSITORIES = _option(
-        "repositories", "The repositories (regions) to report on.", "list",
-        "    elements: dict\n    required: true\n",
-    )
+    OFFSITE = r"""
+options:
+  offsite:
+    description:
+      - Other regions' repositories every new backup is copied to, file by file with checksums, catalog record
+        last. A server-side copy is used where both repositories are on the same S3 endpoint.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      type:
+        description: C(s3) (AWS, MinIO, Ceph, any S3-compatible endpoint) or C(local) (a directory).
+        type: str
+        default: s3
+        choices: [s3, local]
+      name:
+        description: What reports call this repository, usually the region (C(primary)).
+        type: str
+        default: ''
+      path:
+        description: Absolute directory of a C(local) repository.
+        type: path
+      bucket:
+        description: The S3 bucket.
+        type: str
+      prefix:
+        description: Where the repository starts inside the bucket (C(auth-db)); backups go under C(<prefix>/backup/),
+          WAL under C(<prefix>/wal/), logical dumps under C(<prefix>/logical/).
+        type: str
+        default: ''
+      endpoint_url:
+        description: The S3 endpoint for MinIO, Ceph or a local stand-in; omit for AWS.
+        type: str
+      region:
+        description: The bucket's region.
+        type: str
+      access_key:
+        description: S3 access key. Omit to use the environment or an instance profile. Never logged.
+        type: str
+      secret_key:
+        description: S3 secret key. Never logged.
+        type: str
+      session_token:
+        description: S3 session token for temporary credentials. Never logged.
+        type: str
+      sse:
+        description: Server-side encryption of every object written.
+        type: str
+        choices: [none, AES256, 'aws:kms']
+      sse_kms_key_id:
+        description: The KMS key for C(sse=aws:kms).
+        type: str
+      storage_class:
+        description: Storage class of new objects (C(STANDARD), C(STANDARD_IA), ...). Archive tiers belong in the
+          bucket's lifecycle rules (M(immersiverse.dr.s3_backup_lifecycle)), not here.
+        type: str
+      tags:
+        description: Object tags for every object written.
+        type: dict
+      part_size_mb:
+        description: Multipart part size in MiB (at least 5).
+        type: int
+        default: 16
+      concurrency:
+        description: Parts or files uploaded in parallel.
+        type: int
+        default: 4
+      max_attempts:
+        description: Attempts per S3 call (exponential back-off with jitter between them).
+        type: int
+        default: 5
+      validate_certs:
+        description: Verify the endpoint's TLS certificate.
+        type: bool
+        default: true
+      ca_bundle:
+        description: A CA bundle to verify the endpoint's certificate with.
+        type: path
+"""
+
+    REPOSITORIES = r"""
+options:
+  repositories:
+    description: The repositories (regions) to report on.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      type:
+        description: C(s3) (AWS, MinIO, Ceph, any S3-compatible endpoint) or C(local) (a directory).
+        type: str
+        default: s3
+        choices: [s3, local]
+      name:
+        description: What reports call this repository, usually the region (C(primary)).
+        type: str
+        default: ''
+      path:
+        description: Absolute directory of a C(local) repository.
+        type: path
+      bucket:
+        description: The S3 bucket.
+        type: str
+      prefix:
+        description: Where the repository starts inside the bucket (C(auth-db)); backups go under C(<prefix>/backup/),
+          WAL under C(<prefix>/wal/), logical dumps under C(<prefix>/logical/).
+        type: str
+        default: ''
+      endpoint_url:
+        description: The S3 endpoint for MinIO, Ceph or a local stand-in; omit for AWS.
+        type: str
+      region:
+        description: The bucket's region.
+        type: str
+      access_key:
+        description: S3 access key. Omit to use the environment or an instance profile. Never logged.
+        type: str
+      secret_key:
+        description: S3 secret key. Never logged.
+        type: str
+      session_token:
+        description: S3 session token for temporary credentials. Never logged.
+        type: str
+      sse:
+        description: Server-side encryption of every object written.
+        type: str
+        choices: [none, AES256, 'aws:kms']
+      sse_kms_key_id:
+        description: The KMS key for C(sse=aws:kms).
+        type: str
+      storage_class:
+        description: Storage class of new objects (C(STANDARD), C(STANDARD_IA), ...). Archive tiers belong in the
+          bucket's lifecycle rules (M(immersiverse.dr.s3_backup_lifecycle)), not here.
+        type: str
+      tags:
+        description: Object tags for every object written.
+        type: dict
+      part_size_mb:
+        description: Multipart part size in MiB (at least 5).
+        type: int
+        default: 16
+      concurrency:
+        description: Parts or files uploaded in parallel.
+        type: int
+        default: 4
+      max_attempts:
+        description: Attempts per S3 call (exponential back-off with jitter between them).
+        type: int
+        default: 5
+      validate_certs:
+        description: Verify the endpoint's TLS certificate.
+        type: bool
+        default: true
+      ca_bundle:
+        description: A CA bundle to verify the endpoint's certificate with.
+        type: path
+"""

@@ -653,8 +653,8 @@ def take_backup(repository, conn_params, identity, pg_bin="/usr/lib/postgresql/1
         if rc != 0:
             raise BackupError("pg_basebackup failed (exit %d): %s" % (rc, _tail(stderr_path)))
         if follower.error is not None:
-            raise BackupError("streaming the backup into %s failed: %s" % (repository.describe(),
-                                                                          follower.error))
+            raise BackupError("streaming the backup into %s failed: %s"
+                              % (repository.describe(), follower.error))
         files = dict(follower.done)
         walked = {}
         for walker in follower.walkers.values():

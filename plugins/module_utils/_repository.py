@@ -213,8 +213,8 @@ class Repository:
             stream.close()
         digest = stream.sha256.hexdigest()
         if expected_size is not None and stream.size != expected_size:
-            raise ChecksumMismatch("%s: %s is %d bytes, the catalog says %d" % (self.describe(), key, stream.size,
-                                                                                 expected_size))
+            raise ChecksumMismatch("%s: %s is %d bytes, the catalog says %d"
+                                   % (self.describe(), key, stream.size, expected_size))
         if digest != expected_sha256:
             raise ChecksumMismatch("%s: %s has sha256 %s, the catalog says %s: the stored object is damaged"
                                    % (self.describe(), key, digest, expected_sha256))
@@ -288,8 +288,8 @@ class LocalRepository(Repository):
             st = os.stat(path)
         except FileNotFoundError:
             return None
-        info = ObjectInfo(key=key, size=st.st_size, mtime=datetime.datetime.fromtimestamp(st.st_mtime,
-                                                                                       datetime.timezone.utc))
+        mtime = datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc)
+        info = ObjectInfo(key=key, size=st.st_size, mtime=mtime)
         sidecar = _read_sidecar(path)
         if sidecar:
             info["sha256"] = sidecar

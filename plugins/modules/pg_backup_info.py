@@ -18,7 +18,7 @@ description:
     catalog, so one flipped byte is found. C(full) does that, then restores the backup into a scratch directory
     with tar and runs PostgreSQL's pg_verifybackup on it (every data file's checksum against the manifest and the
     WAL parsed with pg_waldump).
-  - Reports the recoverability window per repository from the backups and the WAL segments under C(wal/):
+  - Reports the recoverability window per repository from the backups and the WAL segments under C(wal/),
     from the oldest valid backup's consistency point to the end of the WAL that continues the newest one.
   - Fails when a verification finds a problem, unless O(fail_on_problems=false) (monitoring may prefer the data).
 author:
@@ -32,6 +32,7 @@ attributes:
       verification writes C(verified.json) next to the backup's catalog record and reports C(changed).
   diff_mode:
     support: none
+    description: A report, nothing to compare.
 options:
   verify:
     description: What to verify.

@@ -19,7 +19,7 @@ description:
     every kept backup can still replay forward. History files are never deleted.
   - A backup is deleted catalog record first, so an interruption leaves it incomplete, never valid with parts
     missing. Interrupted backups nobody is still writing are removed too.
-  - Objects under S3 Object Lock or legal hold are not deleted: the backup is reported in C(skipped) with the
+  - Objects under S3 Object Lock or legal hold are not deleted; the backup is reported in C(skipped) with the
     reason and stays valid and listed.
 author:
   - immersiverse.dr maintainers (@immersiverse)

@@ -34,6 +34,7 @@ attributes:
       backups it would remove; writes nothing.
   diff_mode:
     support: none
+    description: Nothing to compare; the result lists what was stored.
 options:
   label:
     description:

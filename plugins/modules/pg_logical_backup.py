@@ -29,6 +29,7 @@ attributes:
     description: Returns the commands it would run; writes nothing.
   diff_mode:
     support: none
+    description: Nothing to compare; the result lists what was stored.
 options:
   databases:
     description: The databases to dump.

@@ -239,7 +239,7 @@ def test_retention_never_removes_a_backup_or_wal_that_a_kept_backup_needs(source
     repo = repo_mod.LocalRepository(str(work / "repo"))
     ident = identity(source)
     records = []
-    for _ in range(3):
+    for _backup_no in range(3):
         records.append(_backup.take_backup(repo, params(source), ident))
         source.psql("SELECT pg_switch_wal()")
         time.sleep(1.1)  # ids are per second

@@ -8,7 +8,7 @@ import pytest
 from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _wal
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
@@ -148,7 +148,7 @@ def test_compression_workers_need_zstd():
         _backup.compress_option("lz4", "client", None, 2)
 
 
-# -- the tar walker and the manifest check ------------------------------------------------------------------------------
+# -- the tar walker and the manifest check ----------------------------------------------------------------------
 def make_tar(files):
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -203,7 +203,8 @@ def test_manifest_self_check_finds_damage():
     body = '{ "PostgreSQL-Backup-Manifest-Version": 1,\n"Files": [\n],\n'
     import hashlib
 
-    raw = body + '"Manifest-Checksum": "%s"}\n' % hashlib.sha256(body.encode()).hexdigest()
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    raw = body + f'"Manifest-Checksum": "{digest}"}}\n'
     assert _backup.manifest_self_check(raw.encode()) == []
     assert _backup.manifest_self_check(raw.replace("Files", "Filez").encode())
 
@@ -218,13 +219,13 @@ def backup(day, hour=0, start="0/2000028", status="valid"):
 def test_keep_full_keeps_the_newest_n():
     backups = [backup(d) for d in (28, 21, 14, 7, 0)]
     keep, delete = _backup.plan_retention(backups, NOW, keep_full=2)
-    assert [b["id"] for b, _ in keep] == [backups[3]["id"], backups[4]["id"]]
-    assert [b["id"] for b, _ in delete] == [b["id"] for b in backups[:3]]
+    assert [b["id"] for b, reason in keep] == [backups[3]["id"], backups[4]["id"]]
+    assert [b["id"] for b, reason in delete] == [b["id"] for b in backups[:3]]
 
 
 def test_keep_days_keeps_the_backup_before_the_window():
     backups = [backup(d) for d in (28, 21, 14, 7, 0)]
-    keep, _ = _backup.plan_retention(backups, NOW, keep_days=10)
+    keep, dropped = _backup.plan_retention(backups, NOW, keep_days=10)
     reasons = {b["id"]: r for b, r in keep}
     assert set(reasons) == {backups[2]["id"], backups[3]["id"], backups[4]["id"]}
     assert "start of the 10-day window" in reasons[backups[2]["id"]]
@@ -232,15 +233,15 @@ def test_keep_days_keeps_the_backup_before_the_window():
 
 def test_both_rules_keep_what_either_keeps():
     backups = [backup(d) for d in (28, 21, 14, 7, 0)]
-    keep, _ = _backup.plan_retention(backups, NOW, keep_full=4, keep_days=3)
+    keep, dropped = _backup.plan_retention(backups, NOW, keep_full=4, keep_days=3)
     assert len(keep) == 4
 
 
 def test_the_newest_valid_backup_is_never_deleted():
     backups = [backup(40), backup(30), backup(20, status="incomplete")]
     keep, delete = _backup.plan_retention(backups, NOW, keep_days=1)
-    assert [b["id"] for b, _ in keep] == [backups[1]["id"]]
-    assert [b["id"] for b, _ in delete] == [backups[0]["id"]]
+    assert [b["id"] for b, reason in keep] == [backups[1]["id"]]
+    assert [b["id"] for b, reason in delete] == [backups[0]["id"]]
 
 
 @pytest.mark.parametrize("kwargs, words", [({}, "needs keep_full"), ({"keep_full": 0}, "at least 1"),
