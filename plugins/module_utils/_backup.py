@@ -758,6 +758,20 @@ def take_backup(repository, conn_params, identity, pg_bin="/usr/lib/postgresql/1
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_progress(path, phase, **extra):
+    """Write a final progress document (the module does, whatever happened, so a poller never waits in vain)."""
+    if not path:
+        return
+    doc = dict(extra, phase=phase, time=iso(utcnow()))
+    try:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 class ProgressReporter:
     """Writes {"id", "phase", "done_kb", "total_kb", "percent", "stored_bytes", "time"} at most once a second."""
 

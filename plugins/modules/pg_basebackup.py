@@ -316,10 +316,16 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not _pg.HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
+    progress = module.params["progress_file"]
     try:
         result = run_module(module)
     except (_pg.PgError, _backup.BackupError, repo_mod.RepositoryError, ValueError) as exc:
+        _backup.write_progress(progress, "failed", error=str(exc))
         module.fail_json(msg=str(exc))
+    except BaseException:
+        _backup.write_progress(progress, "failed", error="unexpected error, see the task result")
+        raise
+    _backup.write_progress(progress, "done", backup_id=result.get("backup_id"))
     module.exit_json(**result)
 
 
