@@ -357,3 +357,18 @@ def run_module(name: str, args: dict, check: bool = False) -> dict:
     except ValueError:
         raise AssertionError(f"ansible printed no JSON: {proc.stdout[-2000:]} {proc.stderr[-2000:]}") from None
     return doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def test_retention_skips_backups_under_object_lock_and_keeps_them_valid(source, s3_endpoint, work):
+    bucket = s3_endpoint.create_bucket(ObjectLockEnabledForBucket=True)
+    s3_endpoint.client().put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    repo = repo_mod.open_repository(s3_spec(s3_endpoint, bucket, "primary"))
+    first = _backup.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
+    time.sleep(1.1)
+    second = _backup.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
+    report = _backup.apply_retention(repo, keep_full=1)
+    assert report["deleted"] == [] and first["id"] in report["skipped"]
+    assert "object lock (GOVERNANCE)" in report["skipped"][first["id"]]
+    valid = [b["id"] for b in _backup.list_backups(repo) if b["status"] == "valid"]
+    assert valid == [first["id"], second["id"]], "a locked backup stays whole and listed"
