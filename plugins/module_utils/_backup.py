@@ -1007,8 +1007,10 @@ def apply_retention(repository, keep_full=None, keep_days=None, now=None, check_
     """Plan and (unless check_mode) apply retention in one repository. Returns a report."""
     backups = list_backups(repository, area)
     keep, delete = plan_retention(backups, now=now, keep_full=keep_full, keep_days=keep_days)
-    segments, histories = wal_inventory(repository) if area == "backup" else ({}, [])
-    wal_victims = plan_wal_retention([b for b, _r in keep], segments, histories)
+    wal_victims = []
+    if area == "backup":  # logical backups need no WAL
+        segments, histories = wal_inventory(repository)
+        wal_victims = plan_wal_retention([b for b, _r in keep], segments, histories)
     incomplete = [b["id"] for b in backups if b.get("status") == "incomplete" and is_abandoned(b, now)]
     report = {"repository": repository.describe(), "kept": [{"id": b["id"], "reason": r} for b, r in keep],
               "deleted": [], "skipped": {}, "wal_deleted": 0, "wal_skipped": {}, "incomplete_removed": incomplete,
