@@ -83,7 +83,7 @@ def run(command, cfg):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="immersiverse-dr-backup", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="immersiverse-dr-backup", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("command", choices=["full", "logical", "retention", "info"])
     parser.add_argument("--config", required=True, help="JSON configuration written by the backup role")
     args = parser.parse_args(argv)
@@ -92,11 +92,11 @@ def main(argv=None):
             cfg = json.load(fh)
         result = run(args.command, cfg)
     except (OSError, ValueError, KeyError, _pg.PgError, _backup.BackupError, repo_mod.RepositoryError) as exc:
-        print("immersiverse-dr-backup %s: error: %s" % (args.command, exc), file=sys.stderr)
+        sys.stderr.write("immersiverse-dr-backup %s: error: %s\n" % (args.command, exc))
         return 1
-    print(json.dumps(result, sort_keys=True))
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
