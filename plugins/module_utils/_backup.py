@@ -446,7 +446,9 @@ class Follower(threading.Thread):
         path = os.path.join(self.directory, name)
         walker = SizedTarWalker(self.algorithm)
         decomp = decompressor_for(name)
-        writer = self.repository.writer(self.key_prefix + name, overwrite=True)
+        in_place = isinstance(self.repository, repo_mod.LocalRepository)
+        # a local repository stages on its own filesystem: hash while reading, then rename into place (no copy)
+        writer = _HashOnly() if in_place else self.repository.writer(self.key_prefix + name, overwrite=True)
         self.writers.append(writer)
         with open(path, "rb") as fh:
             idle = 0
@@ -471,10 +473,26 @@ class Follower(threading.Thread):
                     break
                 idle += 1
                 time.sleep(0.01)
-        info = writer.commit()
+        if in_place:
+            info = self.repository.adopt(self.key_prefix + name, path, sha256=writer.sha256.hexdigest())
+        else:
+            info = writer.commit()
         self.writers.remove(writer)
         self.done[name] = info
         self.walkers[name] = walker
+
+
+class _HashOnly:
+    def __init__(self):
+        import hashlib
+
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data):
+        self.sha256.update(data)
+
+    def abort(self):
+        pass
 
 
 def _dir_bytes(directory):
@@ -663,6 +681,8 @@ def take_backup(repository, conn_params, identity, pg_bin="/usr/lib/postgresql/1
         for walker in follower.walkers.values():
             kept.update(walker.kept)
         # pg_wal archive and manifest: complete only now
+        with open(os.path.join(target, "backup_manifest"), "rb") as fh:
+            manifest_raw = fh.read()
         wal_names = []
         for name in sorted(os.listdir(target)):
             if name in files or not (name.startswith("pg_wal.tar") or name == "backup_manifest"):
@@ -671,21 +691,27 @@ def take_backup(repository, conn_params, identity, pg_bin="/usr/lib/postgresql/1
             if name.startswith("pg_wal.tar"):
                 walker = SizedTarWalker("NONE")
                 decomp = decompressor_for(name)
-                writer = repository.writer(prefix + name, overwrite=True)
+                writer = _HashOnly() if local else repository.writer(prefix + name, overwrite=True)
                 try:
                     with open(path, "rb") as fh:
                         for data in iter(lambda: fh.read(1024 * 1024), b""):
                             writer.write(data)
                             walker.feed(decomp.decompress(data))
-                    files[name] = writer.commit()
+                    if local:
+                        files[name] = repository.adopt(prefix + name, path, sha256=writer.sha256.hexdigest())
+                    else:
+                        files[name] = writer.commit()
                 except BaseException:
                     writer.abort()
                     raise
                 wal_names = list(walker.files)
+            elif local:
+                import hashlib
+
+                files[name] = repository.adopt(prefix + name, path,
+                                               sha256=hashlib.sha256(manifest_raw).hexdigest())
             else:
-                files[name] = repository.put_file(prefix + name, path, overwrite=True)
-        with open(os.path.join(target, "backup_manifest"), "rb") as fh:
-            manifest_raw = fh.read()
+                files[name] = repository.put_bytes(prefix + name, manifest_raw, overwrite=True)
         manifest = json.loads(manifest_raw)
         problems = manifest_self_check(manifest_raw) + check_manifest(manifest, walked)
         problems += check_wal(manifest, wal_names, identity.get("wal_segment_size") or _wal.DEFAULT_SEGMENT_SIZE)

@@ -328,12 +328,24 @@ class LocalRepository(Repository):
             _prune_empty_dirs(os.path.dirname(path), self.root)
         return deleted, {}
 
-    def adopt(self, key, path):
-        """Move a file already on the repository's filesystem into place (no copy). Returns its ObjectInfo."""
+    def adopt(self, key, path, sha256=None):
+        """Move a file already on the repository's filesystem into place (no copy), fsynced, with its sha256.
+        Returns its ObjectInfo."""
         dest = self._path(key)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.replace(path, dest)
-        _fsync_dir(os.path.dirname(dest))
+        try:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if sha256:
+                with open(_sidecar_path(dest), "w") as fh:
+                    fh.write(sha256 + "\n")
+            os.replace(path, dest)
+            _fsync_dir(os.path.dirname(dest))
+        except OSError as exc:
+            raise RepositoryError(disk_error_message(exc, self.describe())) from None
         return self.head(key)
 
 
