@@ -129,7 +129,7 @@ def check_extra_args(extra_args):
 
 
 def basebackup_argv(pg_basebackup, target_dir, conn, label, checkpoint="fast", compression="lz4",
-                    compression_location="client", compression_level=None, compression_workers=None,
+                    compression_location="server", compression_level=None, compression_workers=None,
                     max_rate=None, manifest_checksums="CRC32C", extra_args=None):
     """The pg_basebackup command line: tar format, WAL streamed into the backup, a manifest, progress.
     No password ever appears here: it reaches libpq through a pgpass file (see pgpass_env)."""
@@ -616,7 +616,7 @@ def find_by_label(backups, label):
 
 
 def take_backup(repository, conn_params, identity, pg_bin="/usr/lib/postgresql/15/bin", label=None,
-                staging_dir=None, checkpoint="fast", compression="lz4", compression_location="client",
+                staging_dir=None, checkpoint="fast", compression="lz4", compression_location="server",
                 compression_level=None, compression_workers=None, max_rate=None, extra_args=None,
                 region="", progress_file=None, now=None):
     """Run pg_basebackup into the repository. Returns the catalog record (plus duration and throughput).

@@ -47,7 +47,7 @@ def run(command, cfg):
         record = _backup.take_backup(
             repository, conn, identity, pg_bin=pg_bin, staging_dir=cfg.get("staging_dir"),
             checkpoint=full.get("checkpoint", "fast"), compression=full.get("compression", "lz4"),
-            compression_location=full.get("compression_location", "client"),
+            compression_location=full.get("compression_location", "server"),
             compression_level=full.get("compression_level"), max_rate=full.get("max_rate") or None, region=region,
             progress_file=cfg.get("progress_file"))
         copies = [_backup.copy_backup(repository, target, record) for target in offsite]

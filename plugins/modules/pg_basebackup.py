@@ -51,9 +51,14 @@ options:
     default: lz4
     choices: [none, gzip, lz4, zstd]
   compression_location:
-    description: Compress on the database server (less network) or in pg_basebackup (less server CPU).
+    description:
+      - Compress in the walsender on the database server, or in pg_basebackup.
+      - C(server) is the default because the role runs pg_basebackup on the database host itself, so both cost that
+        host's CPU; on the server, compression overlaps with the module's verification instead of competing with
+        it (measured 0.8 of the client-side time on a 2-core host, bench/README.md). Use C(client) when
+        pg_basebackup runs on another machine and the database server's CPU is scarce.
     type: str
-    default: client
+    default: server
     choices: [client, server]
   compression_level:
     description: Compression level; the method's default when omitted.
@@ -302,7 +307,7 @@ def main():
         label=dict(type="str"),
         checkpoint=dict(type="str", default="fast", choices=["fast", "spread"]),
         compression=dict(type="str", default="lz4", choices=["none", "gzip", "lz4", "zstd"]),
-        compression_location=dict(type="str", default="client", choices=["client", "server"]),
+        compression_location=dict(type="str", default="server", choices=["client", "server"]),
         compression_level=dict(type="int"),
         compression_workers=dict(type="int"),
         max_rate=dict(type="str"),

@@ -113,7 +113,7 @@ def test_argv_never_contains_the_password(tmp_path):
     assert "s3cret:pw" not in " ".join(argv)
     assert argv[:12] == ["/usr/bin/pg_basebackup", "-D", "/stage", "-F", "t", "-X", "stream", "-c", "fast", "-l",
                          "lbl", "--manifest-checksums=CRC32C"]
-    assert "--no-password" in argv and "--compress=client-lz4" in argv
+    assert "--no-password" in argv and "--compress=server-lz4" in argv
     env, path = _backup.pgpass_env(CONN, str(tmp_path))
     assert env["PGPASSFILE"] == path and "PGPASSWORD" not in env
     assert (tmp_path / path.rsplit("/", 1)[1]).read_text() == "*:*:*:*:s3cret\\:pw\n"
