@@ -1,0 +1,505 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""WAL push and fetch: what PostgreSQL's archive_command and restore_command run on the database host.
+
+Stored object: a one-line header ``IMDRWAL1 <sha256 of the WAL file> <size> <compression>\\n`` and the compressed
+file. The header makes every object self-describing and lets a push tell "same name, same content" (success, so
+a re-run after a crash is harmless) from "same name, different content" (refused, never overwritten). A fetch
+checks the stored bytes' checksum (the repository's), decompresses, checks the header's sha256 and size, and
+renames into place.
+
+Asynchronous mode, like pgBackRest's: a background pusher reads ahead of PostgreSQL's archiver (the ``.ready``
+files in pg_wal/archive_status), pushes up to ``concurrency`` segments at a time to every repository, and leaves a
+marker per segment in the spool; the archive_command then only finds the marker (the installed shell wrapper does
+that without starting Python). The spool holds markers, never WAL: segments stay in pg_wal until PostgreSQL
+recycles them after a success, so an unreachable repository never loses a segment; the failure is in the spool's
+``error`` file, in PostgreSQL's log, and in pg_stat_archiver, and the pusher catches up when the repository returns.
+Fetches prefetch the next segments in parallel into the spool, so recovery does not wait on the network.
+
+Private to the collection; plain Python, no Ansible.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
+
+MAGIC = b"IMDRWAL1"
+HEADER_RE = re.compile(rb"^IMDRWAL1 ([0-9a-f]{64}) (\d+) (none|lz4|zstd)\n")
+EXIT_ABORT = 126  # restore_command: > 125 makes PostgreSQL stop recovery instead of treating it as "not there"
+
+
+class WalArchiveError(Exception):
+    """A push or fetch that must not be taken as success; the message says what and what to do."""
+
+
+class CorruptWal(WalArchiveError):
+    pass
+
+
+# -- the object format -------------------------------------------------------------------------------------------
+def compress(data, method):
+    if method == "lz4":
+        import lz4.frame
+
+        return lz4.frame.compress(data, compression_level=0)
+    if method == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=1).compress(data)
+    if method == "none":
+        return data
+    raise WalArchiveError("unknown compression %r (none, lz4, zstd)" % (method,))
+
+
+def decompress(data, method):
+    if method == "lz4":
+        import lz4.frame
+
+        return lz4.frame.decompress(data)
+    if method == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 30)
+    return data
+
+
+def pack(raw, method):
+    digest = hashlib.sha256(raw).hexdigest()
+    header = b"%s %s %d %s\n" % (MAGIC, digest.encode(), len(raw), method.encode())
+    return header + compress(raw, method), digest
+
+
+def parse_header(blob):
+    match = HEADER_RE.match(blob[:120])
+    if not match:
+        raise CorruptWal("not a WAL object of this archive (bad header)")
+    return match.group(1).decode(), int(match.group(2)), match.group(3).decode(), match.end()
+
+
+def unpack(blob, name=""):
+    digest, size, method, offset = parse_header(blob)
+    try:
+        raw = decompress(blob[offset:], method)
+    except Exception as exc:  # any decompression failure is corruption
+        raise CorruptWal("%s: the stored object does not decompress (%s): it is damaged" % (name, exc)) from None
+    if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest:
+        raise CorruptWal("%s: the stored object's content does not match its checksum: it is damaged" % name)
+    return raw
+
+
+# -- configuration -------------------------------------------------------------------------------------------------
+class Config:
+    """The JSON file the role writes (/etc/immersiverse-dr/wal.json), or a dict in tests."""
+
+    def __init__(self, doc):
+        self.doc = doc
+        self.compression = doc.get("compression", "lz4")
+        self.spool = doc.get("spool_dir") or "/var/lib/postgresql/immersiverse-dr/spool"
+        self.asynchronous = bool(doc.get("async", True))
+        self.concurrency = max(1, int(doc.get("concurrency", 4)))
+        self.queue_max = max(1, int(doc.get("queue_max", 64)))
+        self.prefetch = max(0, int(doc.get("prefetch", 8)))
+        self.wait_seconds = float(doc.get("async_wait_seconds", 30))
+        self.idle_exit = float(doc.get("idle_exit_seconds", 30))
+        self.pg_wal = doc.get("pg_wal_dir")
+        self.repository_specs = [doc["repository"]] + list(doc.get("offsite", []))
+        self._repos = None
+        compress(b"", self.compression)  # validates
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path) as fh:
+                return cls(json.load(fh))
+        except (OSError, ValueError) as exc:
+            raise WalArchiveError("cannot read the configuration %s: %s" % (path, exc)) from None
+
+    def repositories(self):
+        if self._repos is None:
+            self._repos = [repo_mod.open_repository(spec) for spec in self.repository_specs]
+        return self._repos
+
+    def path(self, *parts):
+        return os.path.join(self.spool, *parts)
+
+
+# -- push ----------------------------------------------------------------------------------------------------------
+def push_file(config, path, name=None):
+    """Store one WAL file in every repository. Same content already there: success. Different: refused."""
+    name = name or os.path.basename(path)
+    if not _wal.is_wal_file_name(name):
+        raise WalArchiveError("%s is not a WAL file name: refusing to archive it" % name)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise WalArchiveError("cannot read %s: %s" % (path, exc)) from None
+    blob, digest = pack(raw, config.compression)
+    key = _wal.wal_key(name)
+    results = []
+    for repo in config.repositories():
+        existing = _peek_header(repo, key)
+        if existing is not None:
+            if existing == digest:
+                results.append((repo.name, "present"))
+                continue
+            raise WalArchiveError(
+                "%s already holds %s with different content (sha256 %s, this one %s): refusing to overwrite it. "
+                "Two clusters may be archiving into one repository, or a timeline was reused; find out before "
+                "touching either" % (repo.describe(), name, existing, digest))
+        repo.put_bytes(key, blob, overwrite=True)
+        results.append((repo.name, "stored"))
+    return results
+
+
+def _peek_header(repo, key):
+    info = repo.head(key)
+    if info is None:
+        return None
+    if isinstance(repo, repo_mod.S3Repository):
+        resp = repo.call("get_object", Bucket=repo.bucket, Key=repo._key(key), Range="bytes=0-119")
+        head = resp["Body"].read()
+    else:
+        stream = repo.open(key)
+        try:
+            head = stream.read(120)
+        finally:
+            stream.close()
+    try:
+        return parse_header(head)[0]
+    except CorruptWal:
+        return "unreadable-header"
+
+
+# -- asynchronous push ------------------------------------------------------------------------------------------------
+def marker_dirs(config):
+    for sub in ("ok", "error", "fetch"):
+        os.makedirs(config.path(sub), mode=0o700, exist_ok=True)
+
+
+def push_async(config, path):
+    """archive_command in async mode: make sure the pusher runs, then wait for this segment's marker. When the
+    pusher has not got to it in time, push it here (never report success for WAL that is not stored)."""
+    name = os.path.basename(path)
+    try:
+        return _push_async(config, path, name)
+    except OSError as exc:  # the spool is unusable (full, read-only): the segment still gets stored, here
+        sys.stderr.write("immersiverse-dr-wal: spool %s unusable (%s); pushing %s directly\n"
+                         % (config.spool, exc, name))
+        push_file(config, path, name)
+        return "sync"
+
+
+def _push_async(config, path, name):
+    marker_dirs(config)
+    ok = config.path("ok", name)
+    err = config.path("error", name)
+    if os.path.exists(ok):
+        os.unlink(ok)
+        return "async"
+    config.pg_wal = config.pg_wal or os.path.dirname(os.path.abspath(path))
+    ensure_pusher(config)
+    deadline = time.monotonic() + config.wait_seconds
+    while time.monotonic() < deadline:
+        if os.path.exists(ok):
+            os.unlink(ok)
+            return "async"
+        if os.path.exists(err):
+            with open(err) as fh:
+                message = fh.read().strip()
+            os.unlink(err)
+            raise WalArchiveError(message or "the background pusher failed on %s" % name)
+        time.sleep(0.02)
+    push_file(config, path, name)
+    return "sync"
+
+
+def ensure_pusher(config):
+    """Start the background pusher unless one holds the lock."""
+    lock_path = config.path("pusher.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False  # running
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    pid = os.fork()
+    if pid == 0:  # child: detach, run, exit
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for stream_fd in (0, 1):
+                os.dup2(devnull, stream_fd)
+            log = os.open(config.path("pusher.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(log, 2)
+            run_pusher(config)
+        except BaseException:  # pragma: no cover - logged by run_pusher
+            pass
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return True
+
+
+def run_pusher(config):
+    """Push .ready segments ahead of the archiver, ``concurrency`` at a time, until idle for idle_exit seconds."""
+    lock_fd = os.open(config.path("pusher.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return
+    status_dir = os.path.join(config.pg_wal, "archive_status")
+    in_flight = {}
+    failures = {}
+    idle_since = time.monotonic()
+    with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+        for _tick in range(10 ** 9):  # bounded by idle_exit
+            for name, fut in list(in_flight.items()):
+                if fut.done():
+                    del in_flight[name]
+                    exc = fut.exception()
+                    if exc is None:
+                        _touch(config.path("ok", name))
+                        failures.pop(name, None)
+                        _remove(config.path("error", name))
+                    else:
+                        failures[name] = (failures.get(name, (0, 0))[0] + 1, time.monotonic())
+                        _write(config.path("error", name), "archive push of %s failed: %s" % (name, exc))
+                        sys.stderr.write("%s push %s failed: %s\n" % (time.strftime("%F %T"), name, exc))
+            try:
+                ready = sorted(n[:-6] for n in os.listdir(status_dir) if n.endswith(".ready"))
+            except OSError:
+                ready = []
+            todo = [n for n in ready if n not in in_flight and not os.path.exists(config.path("ok", n))]
+            for name in todo[:max(0, config.queue_max - len(in_flight))]:
+                tries, last = failures.get(name, (0, 0))
+                if tries and time.monotonic() - last < min(30, 2 ** tries):  # back off while the store is down
+                    continue
+                if len(in_flight) >= config.concurrency * 2:
+                    break
+                in_flight[name] = pool.submit(push_file, config, os.path.join(config.pg_wal, name), name)
+            if in_flight or todo:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > config.idle_exit:
+                break
+            # ok markers PostgreSQL will never ask for again (it archived them another way) do not pile up
+            if _tick % 500 == 0:
+                _prune_markers(config, set(ready))
+            time.sleep(0.01)
+    os.close(lock_fd)
+
+
+def _prune_markers(config, ready):
+    for sub in ("ok", "error"):
+        try:
+            names = os.listdir(config.path(sub))
+        except OSError:
+            continue
+        for name in names:
+            if name not in ready:
+                path = config.path(sub, name)
+                try:
+                    if time.time() - os.path.getmtime(path) > 3600:
+                        os.unlink(path)
+                except OSError:
+                    pass
+
+
+def _touch(path):
+    with open(path, "w"):
+        pass
+
+
+def _write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- fetch ------------------------------------------------------------------------------------------------------------
+def fetch_raw(config, name):
+    """The verified content of a WAL file from the first repository that has it; None when none has it."""
+    key = _wal.wal_key(name)
+    last_error = None
+    for repo in config.repositories():
+        try:
+            info = repo.head(key)
+        except repo_mod.RepositoryError as exc:
+            last_error = exc
+            continue
+        if info is None:
+            continue
+        blob = repo.get_bytes(key)
+        stored = info.get("sha256")
+        if stored and hashlib.sha256(blob).hexdigest() != stored:
+            raise CorruptWal("%s: %s does not match its stored checksum: the object is damaged"
+                             % (repo.describe(), name))
+        return unpack(blob, "%s in %s" % (name, repo.describe()))
+    if last_error is not None:
+        raise WalArchiveError("no repository answered for %s: %s" % (name, last_error))
+    return None
+
+
+def fetch(config, name, dest):
+    """restore_command: verified, decompressed, renamed into place. Returns True, or False when not archived."""
+    if not _wal.is_wal_file_name(name) and name != "RECOVERYHISTORY":
+        raise WalArchiveError("%s is not a WAL file name" % name)
+    marker_dirs(config)
+    local = config.path("fetch", name)
+    if os.path.exists(local):
+        _place(local, dest, move=True)
+        _start_prefetch(config, name)
+        return True
+    raw = fetch_raw(config, name)
+    if raw is None:
+        return False
+    tmp = dest + ".immersiverse-dr.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(raw)
+    os.replace(tmp, dest)
+    _start_prefetch(config, name)
+    return True
+
+
+def _place(src, dest, move):
+    try:
+        os.replace(src, dest)
+    except OSError:  # another filesystem
+        tmp = dest + ".immersiverse-dr.tmp"
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while True:
+                chunk = fin.read(1 << 20)
+                if not chunk:
+                    break
+                fout.write(chunk)
+        os.replace(tmp, dest)
+        if move:
+            os.unlink(src)
+
+
+def next_segments(name, count):
+    try:
+        timeline, segno = _wal.parse_segment(name)
+    except _wal.WalError:
+        return []
+    return [_wal.segment_name(timeline, segno + i) for i in range(1, count + 1)]
+
+
+def _start_prefetch(config, name):
+    if not config.prefetch:
+        return
+    wanted = [n for n in next_segments(name, config.prefetch) if not os.path.exists(config.path("fetch", n))]
+    if not wanted:
+        return
+    lock_path = config.path("prefetch.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return  # a prefetcher runs
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for stream_fd in (0, 1, 2):
+                os.dup2(devnull, stream_fd)
+            run_prefetch(config, name)
+        except BaseException:  # pragma: no cover
+            pass
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def run_prefetch(config, name):
+    """Fetch the segments after ``name`` in parallel into the spool (verified). Prefetched files nobody asks for
+    within an hour are removed by the next prefetch."""
+    lock_fd = os.open(config.path("prefetch.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return
+    _prune_fetched(config)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def one(seg):
+        if stop.is_set() or os.path.exists(config.path("fetch", seg)):
+            return
+        try:
+            raw = fetch_raw(config, seg)
+        except WalArchiveError:
+            stop.set()  # the fetch of that segment will report it when asked
+            return
+        if raw is None:
+            stop.set()  # the end of the archive
+            return
+        tmp = config.path("fetch", "." + seg + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
+        with lock:
+            os.replace(tmp, config.path("fetch", seg))
+
+    try:
+        latest = name
+        for _round in range(10 ** 6):  # keeps `prefetch` segments ahead of what recovery has consumed
+            wanted = next_segments(latest, config.prefetch)
+            todo = [s for s in wanted if not os.path.exists(config.path("fetch", s))]
+            if stop.is_set() or not wanted:
+                break
+            if todo:
+                with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+                    list(pool.map(one, todo))
+            # follow recovery: it consumes (moves away) the prefetched files
+            deadline = time.monotonic() + config.idle_exit
+            while time.monotonic() < deadline and os.path.exists(config.path("fetch", wanted[0])):
+                time.sleep(0.05)
+            if os.path.exists(config.path("fetch", wanted[0])):
+                break  # recovery stopped asking
+            latest = wanted[0]
+    finally:
+        os.close(lock_fd)
+
+
+def _prune_fetched(config):
+    try:
+        names = os.listdir(config.path("fetch"))
+    except OSError:
+        return
+    for name in names:
+        path = config.path("fetch", name)
+        try:
+            if time.time() - os.path.getmtime(path) > 3600:
+                os.unlink(path)
+        except OSError:
+            pass
