@@ -1,0 +1,520 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""WAL archiving on the server side: the settings that turn it on (ALTER SYSTEM, compared after normalisation) and
+the archiver's status (pg_stat_archiver, segments waiting, lag, an estimate of the current RPO).
+
+Private to the collection; plain Python. The pure functions (normalise, plan, archive_status, ...) take plain data so
+unit tests call them directly; ``run()`` is the one call the module makes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+
+from ansible_collections.immersiverse.dr.plugins.module_utils import _pg, _wal
+
+# What state=present manages, in the order the SQL runs. archive_library is kept empty: PostgreSQL 15 ignores
+# archive_command while a library is set.
+PRESENT_SETTINGS = ("wal_level", "max_wal_senders", "archive_mode", "archive_library", "archive_command",
+                    "archive_timeout", "restore_command")
+# What state=absent sets. archive_timeout goes back to 0 too: the checkpointer forces segment switches on
+# archive_timeout whether or not anything archives them.
+ABSENT_SETTINGS = {"archive_mode": "off", "archive_command": "", "archive_timeout": 0}
+STATUS_SETTINGS = ("archive_mode", "archive_timeout", "wal_segment_size")
+# A setting satisfied by any value at least the desired one (a server with wal_level=logical can archive).
+AT_LEAST = frozenset(("wal_level", "max_wal_senders"))
+WAL_LEVEL_ORDER = {"minimal": 0, "replica": 1, "logical": 2}
+# Hidden aliases PostgreSQL still accepts.
+ENUM_ALIASES = {"wal_level": {"archive": "replica", "hot_standby": "replica"}}
+
+# archive_timeout derived from the RPO target: half of it, so the forced segment still has the other half to reach
+# the archive (archive_command, and a retry round if it failed once), never under the floor: every forced switch
+# ships a whole segment (16 MiB by default) however little was written.
+ARCHIVE_TIMEOUT_FLOOR = 30
+MIN_RPO_SECONDS = 2 * ARCHIVE_TIMEOUT_FLOOR
+
+# Bytes per memory unit and microseconds per time unit, as PostgreSQL spells them (case-sensitive).
+MEMORY_UNITS = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+TIME_UNITS = {"us": 1, "ms": 1000, "s": 1000 ** 2, "min": 60 * 1000 ** 2, "h": 3600 * 1000 ** 2,
+              "d": 86400 * 1000 ** 2}
+_NUMBER_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z]*)\s*$")
+# A segment's long page header: an insert position at most this far into the segment after the last archived one
+# means nothing was written since that segment was switched out.
+SEGMENT_HEADER_BYTES = 40
+# What pg_settings shows for archive_command while archive_mode is off.
+ARCHIVE_COMMAND_HIDDEN = "(disabled)"
+
+
+class ArchivingError(_pg.PgError):
+    """A request the module refuses, or a server state it cannot work with; the message says what to do."""
+
+
+# -- normalisation --------------------------------------------------------------------------------------------------
+def parse_bool(value):
+    """PostgreSQL's boolean spellings (on/off, true/false, yes/no, 1/0 and unique prefixes), any case."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text and ("true".startswith(text) or "yes".startswith(text) or text in ("on", "1")):
+        return True
+    if text and ("false".startswith(text) or "no".startswith(text) or text in ("of", "off", "0")):
+        return False
+    raise ValueError("%r is not a boolean (on/off, true/false, yes/no, 1/0)" % (value,))
+
+
+def unit_scale(unit):
+    """``('memory'|'time', factor)`` for a pg_settings unit (``8kB``, ``16MB``, ``s``, ``min``); None without one."""
+    if not unit:
+        return None
+    match = re.match(r"^(\d*)([A-Za-z]+)$", unit)
+    if not match or (match.group(2) not in MEMORY_UNITS and match.group(2) not in TIME_UNITS):
+        raise ValueError("unknown pg_settings unit %r" % (unit,))
+    count = int(match.group(1) or 1)
+    if match.group(2) in MEMORY_UNITS:
+        return "memory", count * MEMORY_UNITS[match.group(2)]
+    return "time", count * TIME_UNITS[match.group(2)]
+
+
+def parse_number(value, vartype, unit, name="setting"):
+    """A number with an optional unit, in the setting's own unit (pg_settings.unit), rounded like PostgreSQL for
+    integers. ``parse_number('1min', 'integer', 's') == 60``; a bare number is already in the setting's unit."""
+    if isinstance(value, bool):
+        raise ValueError("%s: %r is not a number" % (name, value))
+    if isinstance(value, (int, float)):
+        number, suffix = float(value), ""
+    else:
+        match = _NUMBER_RE.match(str(value))
+        if not match:
+            raise ValueError("%s: %r is not a number" % (name, value))
+        number, suffix = float(match.group(1)), match.group(2)
+    if suffix:
+        scale = unit_scale(unit)
+        table = MEMORY_UNITS if scale and scale[0] == "memory" else TIME_UNITS
+        if scale is None or suffix not in table:
+            kinds = "no unit" if scale is None else "units %s" % "/".join(table)
+            raise ValueError("%s: %r has a unit this setting does not take (it takes %s)" % (name, value, kinds))
+        number = number * table[suffix] / scale[1]
+    if vartype == "integer":
+        return int(round(number))
+    return number
+
+
+def normalise(value, row):
+    """The comparable form of ``value`` for the pg_settings ``row`` (needs vartype, unit, optional enumvals/name):
+    booleans -> bool, numbers -> int/float in the setting's unit, enums -> lower case (aliases resolved),
+    strings -> unchanged (None -> '')."""
+    name = row.get("name") or "setting"
+    vartype = row["vartype"]
+    if vartype == "bool":
+        try:
+            return parse_bool(value)
+        except ValueError as exc:
+            raise ValueError("%s: %s" % (name, exc)) from None
+    if vartype in ("integer", "real"):
+        return parse_number(value, vartype, row.get("unit"), name)
+    if vartype == "enum":
+        choices = [c.lower() for c in (row.get("enumvals") or [])]
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            text = "on" if value else "off"
+        else:
+            text = str(value).strip().lower()
+        text = ENUM_ALIASES.get(name, {}).get(text, text)
+        if choices and text not in choices and "on" in choices and "off" in choices:
+            try:
+                text = "on" if parse_bool(text) else "off"
+            except ValueError:
+                pass
+        if choices and text not in choices:
+            raise ValueError("%s: %r is not one of %s" % (name, value, ", ".join(choices)))
+        return text
+    return "" if value is None else str(value)
+
+
+def render(value, row):
+    """How a normalised value is written in ALTER SYSTEM (and shown in diffs): '60s', 'on', 'replica'."""
+    vartype = row["vartype"]
+    if vartype == "bool":
+        return "on" if value else "off"
+    if vartype in ("integer", "real"):
+        unit = row.get("unit") or ""
+        text = "%d" % value if vartype == "integer" else repr(float(value))
+        return text + unit if unit in MEMORY_UNITS or unit in TIME_UNITS else text
+    return str(value)
+
+
+def satisfies(name, current, desired):
+    """Whether a normalised value meets the desired one (at least, for wal_level and max_wal_senders)."""
+    if current is None:
+        return False
+    if name in AT_LEAST:
+        if name == "wal_level":
+            return WAL_LEVEL_ORDER.get(current, -1) >= WAL_LEVEL_ORDER.get(desired, 99)
+        return current >= desired
+    return current == desired
+
+
+def quote_literal(text):
+    """A SQL string literal, right whatever standard_conforming_strings says."""
+    text = str(text)
+    if "\\" in text:
+        return "E'%s'" % text.replace("\\", "\\\\").replace("'", "''")
+    return "'%s'" % text.replace("'", "''")
+
+
+def alter_system_sql(name, text):
+    if not re.match(r"^[a-z_]+$", name):
+        raise ValueError("not a setting name: %r" % (name,))
+    return "ALTER SYSTEM SET %s = %s" % (name, quote_literal(text))
+
+
+# -- what to ask for ------------------------------------------------------------------------------------------------
+def derive_archive_timeout(rpo_seconds):
+    """archive_timeout (seconds) for an RPO target: half of it, at least ARCHIVE_TIMEOUT_FLOOR."""
+    if rpo_seconds is None or int(rpo_seconds) < MIN_RPO_SECONDS:
+        raise ArchivingError(
+            "rpo_seconds=%s: WAL archiving cannot promise an RPO under %d s without forcing a %s switch every few "
+            "seconds; use synchronous replication for that, or set rpo_seconds to %d or more"
+            % (rpo_seconds, MIN_RPO_SECONDS, "segment", MIN_RPO_SECONDS))
+    return max(ARCHIVE_TIMEOUT_FLOOR, int(rpo_seconds) // 2)
+
+
+def desired_settings(params):
+    """``(desired, notes)``: the raw values to ensure, by setting name, for the module's parameters."""
+    notes = []
+    if params.get("state", "present") == "absent":
+        return dict(ABSENT_SETTINGS), notes
+    if params.get("archive_command") is None:
+        raise ArchivingError("archive_command is required with state=present (for example "
+                             "'/usr/local/bin/immersiverse-dr-wal push %p', installed by the wal_archive role)")
+    if not str(params["archive_command"]).strip():
+        raise ArchivingError("archive_command is empty: that archives nothing; use state=absent to turn archiving off")
+    if params.get("archive_timeout") is not None and str(params["archive_timeout"]).strip() != "":
+        archive_timeout = params["archive_timeout"]
+    else:
+        archive_timeout = derive_archive_timeout(params.get("rpo_seconds"))
+        notes.append("archive_timeout=%ds derived from rpo_seconds=%s" % (archive_timeout, params.get("rpo_seconds")))
+    archive_mode = normalise(params.get("archive_mode", "on"),
+                             {"name": "archive_mode", "vartype": "enum", "enumvals": ["always", "on", "off"]})
+    if archive_mode not in ("on", "always"):
+        raise ArchivingError("archive_mode=%s with state=present: use on or always (state=absent turns archiving off)"
+                             % archive_mode)
+    desired = {
+        "wal_level": params.get("wal_level") or "replica",
+        "max_wal_senders": params.get("max_wal_senders", 10),
+        "archive_mode": archive_mode,
+        "archive_library": "",
+        "archive_command": params["archive_command"],
+        "archive_timeout": archive_timeout,
+    }
+    if params.get("restore_command") is not None:
+        desired["restore_command"] = params["restore_command"]
+    return desired, notes
+
+
+# -- the plan -------------------------------------------------------------------------------------------------------
+def configured_value(row, file_value):
+    """The raw value the configuration files give a setting, i.e. what the server runs after a reload or restart:
+    the running value when it comes from the command line or the environment (they override the files), else the
+    last pg_file_settings entry, else (removed from the files) the built-in default."""
+    if row.get("source") in ("command line", "environment variable"):
+        return row["setting"]
+    if file_value is not None:
+        return file_value
+    return row.get("boot_val")
+
+
+def plan(desired, rows, file_values):
+    """Which settings to change, and what the server then still needs.
+
+    ``desired``: raw values by name. ``rows``: pg_settings rows by name (name, setting, unit, vartype, context,
+    enumvals, boot_val, source, pending_restart). ``file_values``: the last pg_file_settings value by name.
+
+    Returns {"changes": [{name, before, after, context, sql}], "before": {...}, "after": {...}, "restart": [names],
+    "reload": [names]}. ``before``/``after`` are the configured values, rendered. A setting is to change when its
+    configured value does not satisfy the desired one, so a re-run before the restart changes nothing. ``restart``
+    / ``reload`` list the managed settings whose running value still differs from the configured one after the
+    changes (or that pg_settings already marks pending_restart), by context.
+    """
+    result = {"changes": [], "before": {}, "after": {}, "restart": [], "reload": []}
+    for name in desired:
+        if name not in rows:
+            raise ArchivingError("the server has no setting %s (is it PostgreSQL 15 or later?)" % name)
+        row = rows[name]
+        want = normalise(desired[name], row)
+        configured = normalise(configured_value(row, file_values.get(name)), row)
+        running = normalise(row["setting"], row)
+        result["before"][name] = render(configured, row)
+        after = configured
+        if not satisfies(name, configured, want):
+            if row.get("source") in ("command line", "environment variable"):
+                raise ArchivingError(
+                    "%s is set on the server's %s (%s), which overrides ALTER SYSTEM; remove it there first"
+                    % (name, row["source"], render(running, row)))
+            after = want
+            text = render(want, row)
+            result["changes"].append({"name": name, "before": render(configured, row), "after": text,
+                                      "context": row["context"], "sql": alter_system_sql(name, text)})
+        result["after"][name] = render(after, row)
+        if name == "archive_command" and row["setting"] == ARCHIVE_COMMAND_HIDDEN:
+            # Not shown while archiving is off; it takes effect with the restart that turns archive_mode on.
+            running = after
+        if running != after or row.get("pending_restart"):
+            if row["context"] == "postmaster" or row.get("pending_restart"):
+                result["restart"].append(name)
+            else:
+                result["reload"].append(name)
+    return result
+
+
+# -- status ---------------------------------------------------------------------------------------------------------
+def _seconds(later, earlier):
+    return round(max(0.0, (later - earlier).total_seconds()), 3)
+
+
+def _iso(value):
+    return value.isoformat() if isinstance(value, (datetime.datetime, datetime.date)) else value
+
+
+def archive_status(archiver, ready, position, now, archive_mode, archive_timeout, in_recovery=False,
+                   segment_size=_wal.DEFAULT_SEGMENT_SIZE):
+    """The archiver's status from plain data.
+
+    ``archiver``: the pg_stat_archiver row. ``ready``: ``[(file name without .ready, modification time)]`` from
+    pg_ls_archive_statusdir(). ``position``: ``{"lsn", "timeline"}`` where WAL is written (primary: the insert
+    position; standby: the received/replayed position). ``archive_timeout`` in seconds.
+
+    - lag_segments: completed segments not yet archived: insert segment - last archived segment - 1 on the same
+      timeline (the segment being written cannot be archived yet); when the last archived file is not a plain
+      segment of this timeline (nothing archived yet, a .history/.backup/.partial file, another timeline): the
+      number of segments waiting (.ready).
+    - lag_seconds: age of the oldest .ready file (how long the oldest waiting file has waited); 0 when none waits.
+    - rpo_seconds (estimate of the WAL that exists only on this host, in seconds): the age of the oldest .ready file
+      when one waits (a lower bound: that segment's first record is older than its completion); otherwise 0 when
+      nothing was written since the last archived segment was switched out; otherwise the time since the last
+      archived segment, at most archive_timeout (the checkpointer forces a switch once WAL is that old); None when
+      archiving is not active here or nothing was ever archived and archive_timeout is 0.
+    """
+    active = archive_mode == "always" or (archive_mode == "on" and not in_recovery)
+    ready = sorted(ready, key=lambda item: (item[1], item[0]))
+    ready_segments = sorted(n for n, _m in ready if _wal.SEGMENT_RE.match(n))
+    oldest = ready[0] if ready else None
+    last = archiver.get("last_archived_wal")
+    timeline, current_segno = None, None
+    if position and position.get("lsn"):
+        timeline = position.get("timeline")
+        current_segno = _wal.segment_number(position["lsn"], segment_size)
+    last_segno = None
+    if last and _wal.SEGMENT_RE.match(last) and timeline is not None:
+        last_tl, segno = _wal.parse_segment(last, segment_size)
+        if last_tl == timeline:
+            last_segno = segno
+    if last_segno is not None and current_segno is not None:
+        lag_segments, basis = max(0, current_segno - last_segno - 1), "insert_segment"
+    else:
+        lag_segments, basis = len(ready_segments), "ready_segments"
+    lag_seconds = _seconds(now, oldest[1]) if oldest else 0.0
+    status = {
+        "archiving_active": active,
+        "archive_mode": archive_mode,
+        "archive_timeout": archive_timeout,
+        "in_recovery": in_recovery,
+        "archived_count": archiver.get("archived_count"),
+        "last_archived_wal": last,
+        "last_archived_time": _iso(archiver.get("last_archived_time")),
+        "failed_count": archiver.get("failed_count"),
+        "last_failed_wal": archiver.get("last_failed_wal"),
+        "last_failed_time": _iso(archiver.get("last_failed_time")),
+        "stats_reset": _iso(archiver.get("stats_reset")),
+        "ready_count": len(ready),
+        "ready_segments": len(ready_segments),
+        "oldest_ready_wal": oldest[0] if oldest else None,
+        "oldest_ready_time": _iso(oldest[1]) if oldest else None,
+        "current_lsn": position.get("lsn") if position else None,
+        "current_wal": (_wal.segment_name(timeline, current_segno, segment_size)
+                        if timeline and current_segno is not None else None),
+        "lag_segments": lag_segments,
+        "lag_segments_basis": basis,
+        "lag_seconds": lag_seconds,
+    }
+    last_time = archiver.get("last_archived_time")
+    if not active:
+        rpo, rpo_basis = None, "archiving_inactive"
+    elif oldest:
+        rpo, rpo_basis = lag_seconds, "oldest_ready"
+    elif (last_segno is not None and current_segno == last_segno + 1
+          and _wal.lsn_to_int(position["lsn"]) % segment_size <= SEGMENT_HEADER_BYTES):
+        rpo, rpo_basis = 0.0, "nothing_unarchived"
+    elif last_time is not None:
+        since = _seconds(now, last_time)
+        if archive_timeout and archive_timeout > 0 and since > archive_timeout:
+            rpo, rpo_basis = float(archive_timeout), "archive_timeout"
+        else:
+            rpo, rpo_basis = since, "since_last_archived"
+    elif archive_timeout and archive_timeout > 0:
+        rpo, rpo_basis = float(archive_timeout), "archive_timeout"
+    else:
+        rpo, rpo_basis = None, "unknown"
+    status["rpo_seconds"] = rpo
+    status["rpo_basis"] = rpo_basis
+    return status
+
+
+# -- the server -----------------------------------------------------------------------------------------------------
+def privileges(conn):
+    row = _pg.query(conn, """
+        SELECT current_user AS user,
+               (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
+               pg_has_role(current_user, 'pg_monitor', 'USAGE') AS pg_monitor,
+               pg_is_in_recovery() AS in_recovery
+    """)[0]
+    return row
+
+
+def read_settings(conn, names):
+    rows = _pg.query(conn, """
+        SELECT name, setting, unit, vartype, context, enumvals, boot_val, source, pending_restart
+          FROM pg_settings WHERE name = ANY(%s)
+    """, (list(names),))
+    return {r["name"]: r for r in rows}
+
+
+def read_file_settings(conn, names):
+    """The last valid value of each setting in the configuration files (postgresql.auto.conf comes last). A
+    postmaster setting that differs from the running value is marked 'setting could not be applied' until the
+    restart: that value counts."""
+    rows = _pg.query(conn, """
+        SELECT DISTINCT ON (name) name, setting
+          FROM pg_file_settings
+         WHERE name = ANY(%s) AND (error IS NULL OR error = 'setting could not be applied')
+         ORDER BY name, seqno DESC
+    """, (list(names),))
+    return {r["name"]: r["setting"] for r in rows}
+
+
+def file_setting_errors(conn):
+    return ["%s:%s %s" % (r["sourcefile"], r["sourceline"], r["error"]) for r in _pg.query(
+        conn, "SELECT sourcefile, sourceline, error FROM pg_file_settings "
+              "WHERE error IS NOT NULL AND error <> 'setting could not be applied'")]
+
+
+def gather_status(conn, in_recovery):
+    """archive_status() for a live server (needs a superuser or pg_monitor for pg_ls_archive_statusdir)."""
+    rows = read_settings(conn, STATUS_SETTINGS)
+    archive_timeout = normalise(rows["archive_timeout"]["setting"], rows["archive_timeout"])
+    size_row = rows["wal_segment_size"]
+    segment_size = int(size_row["setting"]) * (unit_scale(size_row["unit"])[1] if size_row.get("unit") else 1)
+    archiver = _pg.query(conn, """
+        SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
+               last_failed_time, stats_reset FROM pg_stat_archiver
+    """)[0]
+    ready = [(r["name"][:-len(".ready")], r["modification"]) for r in _pg.query(
+        conn, "SELECT name, modification FROM pg_ls_archive_statusdir() WHERE name LIKE '%%.ready'")]
+    if in_recovery:
+        pos = _pg.query(conn, """
+            SELECT COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text AS lsn,
+                   COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                            (SELECT timeline_id FROM pg_control_checkpoint())) AS timeline,
+                   clock_timestamp() AS now
+        """)[0]
+    else:
+        pos = _pg.query(conn, """
+            SELECT pg_current_wal_insert_lsn()::text AS lsn,
+                   ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int AS timeline,
+                   clock_timestamp() AS now
+        """)[0]
+    return archive_status(archiver, ready, {"lsn": pos["lsn"], "timeline": pos["timeline"]}, pos["now"],
+                          rows["archive_mode"]["setting"], archive_timeout, in_recovery=in_recovery,
+                          segment_size=segment_size)
+
+
+def _wait_for_reload(conn, names, expected, timeout):
+    """pg_reload_conf() only signals the postmaster; wait until pg_settings shows the new values."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = read_settings(conn, names)
+        left = [n for n in names if render(normalise(rows[n]["setting"], rows[n]), rows[n]) != expected[n]]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            errors = file_setting_errors(conn)
+            raise ArchivingError(
+                "reloaded the configuration but %s still run the old value after %d s%s"
+                % (", ".join(left), timeout,
+                   "; the configuration files have errors: " + "; ".join(errors) if errors else
+                   "; check the server log"))
+        time.sleep(0.1)
+
+
+def run(conn, params, check_mode=False, reload_timeout=10):
+    """Ensure the archiving settings (unless status_only) and report the archiver's status.
+
+    Returns a dict of the module's return values (plus "warnings" for the module to emit).
+    """
+    priv = privileges(conn)
+    status_only = bool(params.get("status_only"))
+    result = {"changed": False, "warnings": [], "role": "standby" if priv["in_recovery"] else "primary"}
+    if not (priv["superuser"] or priv["pg_monitor"]):
+        raise ArchivingError(
+            "role %s can read neither the archive status directory nor the archiver statistics it needs: connect "
+            "as a superuser, or GRANT pg_monitor TO %s" % (priv["user"], priv["user"]))
+    if not status_only:
+        if not priv["superuser"]:
+            raise ArchivingError(
+                "role %s is not a superuser: ALTER SYSTEM and pg_file_settings need one (use status_only=true "
+                "to only read the status as a pg_monitor member)" % priv["user"])
+        desired, notes = desired_settings(params)
+        if priv["in_recovery"] and params.get("state", "present") == "present" and \
+                str(desired["archive_mode"]).lower() != "always":
+            raise ArchivingError(
+                "this server is a standby: with archive_mode=%s it archives nothing until it is promoted; run the "
+                "module against the primary, or set archive_mode=always to archive on the standby too"
+                % desired["archive_mode"])
+        names = list(desired)
+        rows = read_settings(conn, names)
+        steps = plan(desired, rows, read_file_settings(conn, names))
+        sql = [c["sql"] for c in steps["changes"]]
+        if not check_mode:
+            for statement in sql:
+                _pg.query(conn, statement)
+        will_reload = bool(params.get("reload", True)) and bool(steps["reload"]) and not steps["restart"]
+        reloaded = False
+        if will_reload:
+            sql.append("SELECT pg_reload_conf()")
+            if not check_mode:
+                _pg.query(conn, "SELECT pg_reload_conf()")
+                _wait_for_reload(conn, steps["reload"], steps["after"], reload_timeout)
+                reloaded = True
+        if steps["restart"] and steps["reload"]:
+            result["warnings"].append("not reloading: %s wait for the restart %s needs, which applies them too"
+                                      % (", ".join(steps["reload"]), ", ".join(steps["restart"])))
+        result.update({
+            "changed": bool(steps["changes"]) or will_reload,
+            "changes": [{k: c[k] for k in ("name", "before", "after", "context")} for c in steps["changes"]],
+            "settings": steps["after"],
+            "restart_required": bool(steps["restart"]),
+            "restart_settings": steps["restart"],
+            "reload_required": bool(steps["reload"]) and not will_reload,
+            "reload_settings": [] if will_reload else steps["reload"],
+            "reloaded": reloaded,
+            "executed": [] if check_mode else sql,
+            "notes": notes,
+            "diff": {"before": steps["before"], "after": steps["after"]},
+        })
+        if check_mode:
+            result["would_run"] = sql
+        timeout = normalise(desired["archive_timeout"], rows["archive_timeout"])
+        rpo = params.get("rpo_seconds")
+        if params.get("state", "present") == "present" and rpo and timeout and timeout >= rpo:
+            result["warnings"].append(
+                "archive_timeout=%ds is not below rpo_seconds=%ds: an idle database may hold unarchived WAL longer "
+                "than the RPO target" % (timeout, rpo))
+    result["status"] = gather_status(conn, priv["in_recovery"])
+    if priv["in_recovery"] and not result["status"]["archiving_active"]:
+        result["warnings"].append("this standby archives nothing (archive_mode=%s); its status shows the primary's "
+                                  "WAL only as received" % result["status"]["archive_mode"])
+    return result
