@@ -36,6 +36,9 @@ def main(argv=None):
     p_fetch = sub.add_parser("fetch", help="restore one WAL file (restore_command ... %%f %%p)")
     p_fetch.add_argument("name")
     p_fetch.add_argument("dest")
+    p_fetch.add_argument("--unreachable", choices=["abort", "missing"],
+                         help="when no repository answers: stop recovery (abort), or report the file missing "
+                              "(a streaming standby carries on); default from the configuration")
     p_pusher = sub.add_parser("pusher", help="run the background pusher in the foreground")
     p_pusher.add_argument("--pg-wal", required=True)
     sub.add_parser("status", help="the spool: markers, errors, prefetched files")
@@ -66,7 +69,7 @@ def main(argv=None):
                              % (args.name, exc))
             return wa.EXIT_ABORT
         except (wa.WalArchiveError, repo_mod.RepositoryError, OSError) as exc:
-            if config.doc.get("fetch_unreachable", "abort") == "missing":
+            if (args.unreachable or config.doc.get("fetch_unreachable", "abort")) == "missing":
                 return 1
             sys.stderr.write("immersiverse-dr-wal fetch %s: %s; stopping recovery rather than ending it early\n"
                              % (args.name, exc))
