@@ -37,8 +37,14 @@ def status(server):
     return run(server, status_only=True)["status"]
 
 
+def status_when(server, predicate):
+    """The status when it meets ``predicate``, else None (for wait_for)."""
+    current = status(server)
+    return current if predicate(current) else None
+
+
 def show(server, name):
-    return server.psql("SHOW %s" % name)[0][0]
+    return server.psql(f"SHOW {name}")[0][0]
 
 
 def auto_conf(server):
@@ -70,7 +76,7 @@ def server(pg_server_factory):
 
 
 def copy_command(directory):
-    return "test ! -f %s/%%f && cp %%p %s/%%f" % (directory, directory)
+    return f"test ! -f {directory}/%f && cp %p {directory}/%f"
 
 
 def switch_wal(srv, times):
@@ -105,7 +111,8 @@ def test_check_mode_returns_the_sql_and_changes_nothing(server):
     before = auto_conf(srv)
     res = run(srv, check_mode=True, archive_command="/bin/true", archive_timeout="1min")
     assert res["changed"] and res["restart_required"]
-    assert res["would_run"] == ["ALTER SYSTEM SET archive_mode = 'on'", "ALTER SYSTEM SET archive_command = '/bin/true'",
+    assert res["would_run"] == ["ALTER SYSTEM SET archive_mode = 'on'",
+                                "ALTER SYSTEM SET archive_command = '/bin/true'",
                                 "ALTER SYSTEM SET archive_timeout = '60s'"]
     assert res["executed"] == []
     assert res["diff"]["before"]["archive_mode"] == "off" and res["diff"]["after"]["archive_mode"] == "on"
@@ -118,8 +125,8 @@ def test_reload_only_change_is_applied_without_a_restart_and_spellings_compare_e
     run(srv, archive_command="/bin/true", archive_timeout="60s")
     srv.restart()
     check = run(srv, check_mode=True, archive_command=copy_command(archive_dir), archive_timeout="60s")
-    assert check["would_run"] == ["ALTER SYSTEM SET archive_command = %s" % _archiving.quote_literal(
-        copy_command(archive_dir)), "SELECT pg_reload_conf()"]
+    quoted = _archiving.quote_literal(copy_command(archive_dir))
+    assert check["would_run"] == [f"ALTER SYSTEM SET archive_command = {quoted}", "SELECT pg_reload_conf()"]
     assert show(srv, "archive_command") == "/bin/true"
     res = run(srv, archive_command=copy_command(archive_dir), archive_timeout="60s")
     assert res["changed"] and res["reloaded"]
@@ -153,8 +160,7 @@ def test_working_archive_command_status(server, archive_dir):
     srv.restart()
     start = status(srv)["archived_count"]
     switch_wal(srv, 3)
-    st = wait_for(lambda: (lambda s: s if s["archived_count"] >= start + 3 and s["ready_count"] == 0 else None)(
-        status(srv)))
+    st = wait_for(lambda: status_when(srv, lambda s: s["archived_count"] >= start + 3 and s["ready_count"] == 0))
     assert st["failed_count"] == 0
     assert (st["lag_segments"], st["lag_seconds"]) == (0, 0.0)
     assert st["lag_segments_basis"] == "insert_segment"
@@ -168,7 +174,7 @@ def test_failing_archive_command_shows_lag_and_rpo(server):
     run(srv, archive_command="/bin/false", rpo_seconds=300)
     srv.restart()
     switch_wal(srv, 1)
-    st = wait_for(lambda: (lambda s: s if s["failed_count"] > 0 and s["ready_count"] >= 1 else None)(status(srv)))
+    wait_for(lambda: status_when(srv, lambda s: s["failed_count"] > 0 and s["ready_count"] >= 1))
     time.sleep(1.1)
     st = status(srv)
     assert st["failed_count"] > 0 and st["ready_count"] >= 1

@@ -251,7 +251,7 @@ def test_configured_value_falls_back_to_the_default_when_removed_from_the_files(
 
 
 # -- status ---------------------------------------------------------------------------------------------------------
-T0 = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.UTC)
 SEG = 16 * 1024 * 1024
 
 
