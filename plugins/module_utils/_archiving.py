@@ -490,8 +490,8 @@ def run(conn, params, check_mode=False, reload_timeout=10):
                 _wait_for_reload(conn, steps["reload"], steps["after"], reload_timeout)
                 reloaded = True
         if steps["restart"] and steps["reload"]:
-            result["warnings"].append("not reloading: %s wait for the restart %s needs, which applies them too"
-                                      % (", ".join(steps["reload"]), ", ".join(steps["restart"])))
+            notes.append("not reloaded for %s: the restart %s needs applies them too"
+                         % (", ".join(steps["reload"]), ", ".join(steps["restart"])))
         result.update({
             "changed": bool(steps["changes"]) or will_reload,
             "changes": [{k: c[k] for k in ("name", "before", "after", "context")} for c in steps["changes"]],

@@ -196,7 +196,7 @@ would_run:
   elements: str
   sample: ["ALTER SYSTEM SET archive_mode = 'on'", "ALTER SYSTEM SET archive_command = '/bin/true'"]
 notes:
-  description: How values were derived (archive_timeout from rpo_seconds).
+  description: How values were derived (archive_timeout from rpo_seconds), and why a reload was left to the restart.
   returned: unless status_only
   type: list
   elements: str
