@@ -470,10 +470,10 @@ def run(conn, params, check_mode=False, reload_timeout=10):
         desired, notes = desired_settings(params)
         if priv["in_recovery"] and params.get("state", "present") == "present" and \
                 str(desired["archive_mode"]).lower() != "always":
-            raise ArchivingError(
-                "this server is a standby: with archive_mode=%s it archives nothing until it is promoted; run the "
-                "module against the primary, or set archive_mode=always to archive on the standby too"
-                % desired["archive_mode"])
+            # Configured like the primary on purpose: a promoted standby must archive from its first new segment.
+            result["warnings"].append(
+                "this server is a standby: with archive_mode=%s it archives nothing until it is promoted, then it "
+                "archives like the primary (archive_mode=always archives on the standby too)" % desired["archive_mode"])
         names = list(desired)
         rows = read_settings(conn, names)
         steps = plan(desired, rows, read_file_settings(conn, names))

@@ -63,8 +63,9 @@ options:
     type: str
   archive_mode:
     description:
-      - C(on) archives on a primary; C(always) also archives on a standby (WAL it receives). On a standby, the
-        module refuses C(on), which would archive nothing there.
+      - C(on) archives on a primary; C(always) also archives on a standby (WAL it receives). A standby set to C(on)
+        archives nothing until it is promoted, then archives at once; the module configures it (with a warning)
+        so that every region is ready to take over.
       - YAML reads a bare C(on) as a boolean; C(true) is taken as C(on).
     type: raw
     default: 'on'

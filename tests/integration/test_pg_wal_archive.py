@@ -199,13 +199,13 @@ def test_absent_turns_archiving_off(server):
     assert not st["archiving_active"] and st["rpo_seconds"] is None
 
 
-def test_standby_is_refused_unless_always_and_its_status_is_reported(pg_server_factory):
+def test_a_standby_is_configured_to_archive_once_promoted_and_its_status_is_reported(pg_server_factory):
     primary = pg_server_factory("arch-primary")
     standby = pg_server_factory.standby(primary, "arch-standby")
     try:
-        with pytest.raises(_pg.PgError) as err:
-            run(standby, archive_command="/bin/true")
-        assert "standby" in str(err.value) and "always" in str(err.value)
+        configured = run(standby, archive_command="/bin/true")
+        assert configured["changed"] and configured["restart_required"]
+        assert any("until it is promoted" in w for w in configured["warnings"])
         res = run(standby, status_only=True)
         assert res["role"] == "standby" and not res["changed"]
         assert not res["status"]["archiving_active"] and res["status"]["in_recovery"]
