@@ -8,7 +8,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/lab
 
 .PHONY: drill test setup lab-up lab-down lab-status lint unit integration lab-tests molecule sanity bench bench-backup \
-	clean
+	bench-wal clean
 
 drill: lab-up
 	$(ANSIBLE_PLAYBOOK) playbooks/drill.yml $(DRILL_ARGS)
@@ -46,13 +46,17 @@ molecule: setup
 sanity: setup
 	scripts/ansible-test.sh sanity --venv --python 3.11
 
-# every benchmark (drill, then backup); results in bench/results/
+# every benchmark (drill, backup, then WAL); results in bench/results/
 bench: setup
 	scripts/bench.sh
 
 # the base-backup benchmark alone (ours vs pgBackRest, ~5 min; BENCH_ARGS="--rounds 3" for a shorter run)
 bench-backup: setup
 	scripts/bench.sh backup $(BENCH_ARGS)
+
+# the WAL push/fetch benchmark alone (ours vs pgBackRest vs cp, ~6 min; BENCH_ARGS="--rounds 1" for a shorter run)
+bench-wal: setup
+	scripts/bench.sh wal $(BENCH_ARGS)
 
 clean: lab-down
 	rm -rf .cache/lab .collections
