@@ -28,7 +28,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -114,6 +113,7 @@ class Config:
         self.wait_seconds = float(doc.get("async_wait_seconds", 30))
         self.idle_exit = float(doc.get("idle_exit_seconds", 30))
         self.pg_wal = doc.get("pg_wal_dir")
+        self.path_of_config = doc.get("_path")
         self.repository_specs = [doc["repository"]] + list(doc.get("offsite", []))
         self._repos = None
         compress(b"", self.compression)  # validates
@@ -122,7 +122,9 @@ class Config:
     def load(cls, path):
         try:
             with open(path) as fh:
-                return cls(json.load(fh))
+                doc = json.load(fh)
+            doc["_path"] = path
+            return cls(doc)
         except (OSError, ValueError) as exc:
             raise WalArchiveError("cannot read the configuration %s: %s" % (path, exc)) from None
 
@@ -206,14 +208,15 @@ def _push_async(config, path, name):
     marker_dirs(config)
     ok = config.path("ok", name)
     err = config.path("error", name)
-    if os.path.exists(ok):
+    if marker_matches(config, name, path):
         os.unlink(ok)
         return "async"
+    _remove(ok)  # a marker for another file of that name (a re-created cluster): worthless
     config.pg_wal = config.pg_wal or os.path.dirname(os.path.abspath(path))
     ensure_pusher(config)
     deadline = time.monotonic() + config.wait_seconds
     while time.monotonic() < deadline:
-        if os.path.exists(ok):
+        if marker_matches(config, name, path):
             os.unlink(ok)
             return "async"
         if os.path.exists(err):
@@ -275,7 +278,7 @@ def run_pusher(config):
                     del in_flight[name]
                     exc = fut.exception()
                     if exc is None:
-                        _touch(config.path("ok", name))
+                        _write(config.path("ok", name), file_identity(os.path.join(config.pg_wal, name)))
                         failures.pop(name, None)
                         _remove(config.path("error", name))
                     else:
@@ -321,6 +324,22 @@ def _prune_markers(config, ready):
                     pass
 
 
+def file_identity(path):
+    """What a marker vouches for: inode, size and mtime of the WAL file, as `stat -c '%i %s %Y'` prints them, so
+    the shell wrapper can check a marker against the file it is asked about (a stale marker from a re-created
+    cluster or a recycled segment never matches)."""
+    st = os.stat(path)
+    return "%d %d %d" % (st.st_ino, st.st_size, int(st.st_mtime))
+
+
+def marker_matches(config, name, path):
+    try:
+        with open(config.path("ok", name)) as fh:
+            return fh.read().strip() == file_identity(path)
+    except OSError:
+        return False
+
+
 def _touch(path):
     with open(path, "w"):
         pass
@@ -364,12 +383,39 @@ def fetch_raw(config, name):
     return None
 
 
+def config_identity(config):
+    """sha1 of the configuration file, as `sha1sum` prints it: prefetched files are trusted (by the wrapper too)
+    only while the configuration that fetched them is in force."""
+    path = config.doc.get("_path")
+    if not path:
+        return hashlib.sha1(json.dumps(config.doc, sort_keys=True).encode()).hexdigest()
+    with open(path, "rb") as fh:
+        return hashlib.sha1(fh.read()).hexdigest()
+
+
+def bind_fetch_spool(config):
+    """Empty the prefetch spool when it was filled under another configuration (other repositories)."""
+    source = config.path("fetch", ".source")
+    ident = config_identity(config)
+    try:
+        with open(source) as fh:
+            current = fh.read().strip()
+    except OSError:
+        current = None
+    if current != ident:
+        for entry in os.listdir(config.path("fetch")):
+            _remove(config.path("fetch", entry))
+        _write(source, ident)
+
+
 def fetch(config, name, dest):
     """restore_command: verified, decompressed, renamed into place. Returns True, or False when not archived."""
     if not _wal.is_wal_file_name(name) and name != "RECOVERYHISTORY":
         raise WalArchiveError("%s is not a WAL file name" % name)
     marker_dirs(config)
+    bind_fetch_spool(config)
     local = config.path("fetch", name)
+    _wait_for_prefetch(config, name)
     if os.path.exists(local):
         _place(local, dest, move=True)
         _start_prefetch(config, name)
@@ -383,6 +429,14 @@ def fetch(config, name, dest):
     os.replace(tmp, dest)
     _start_prefetch(config, name)
     return True
+
+
+def _wait_for_prefetch(config, name, timeout=30.0):
+    """When the prefetcher is downloading this very segment, wait for it instead of downloading it twice."""
+    inflight = config.path("fetch", "." + name + ".tmp")
+    deadline = time.monotonic() + timeout
+    while os.path.exists(inflight) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _place(src, dest, move):
@@ -442,52 +496,72 @@ def _start_prefetch(config, name):
 
 
 def run_prefetch(config, name):
-    """Fetch the segments after ``name`` in parallel into the spool (verified). Prefetched files nobody asks for
-    within an hour are removed by the next prefetch."""
+    """Keep the ``prefetch`` segments after the newest one recovery has taken in the spool, verified, fetched
+    ``concurrency`` at a time, until recovery stops asking (idle_exit) or the archive ends."""
     lock_fd = os.open(config.path("prefetch.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        os.close(lock_fd)
         return
     _prune_fetched(config)
-    lock = threading.Lock()
-    stop = threading.Event()
+    log = open(config.path("prefetch.log"), "a")
+    in_flight = {}
+    fetched = set()
+    end_of_archive = None
+    consumed = name
+    idle_since = time.monotonic()
 
     def one(seg):
-        if stop.is_set() or os.path.exists(config.path("fetch", seg)):
-            return
+        tmp = config.path("fetch", "." + seg + ".tmp")
+        _touch(tmp)
         try:
             raw = fetch_raw(config, seg)
-        except WalArchiveError:
-            stop.set()  # the fetch of that segment will report it when asked
-            return
-        if raw is None:
-            stop.set()  # the end of the archive
-            return
-        tmp = config.path("fetch", "." + seg + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(raw)
-        with lock:
+            if raw is None:
+                return False
+            with open(tmp, "wb") as fh:
+                fh.write(raw)
             os.replace(tmp, config.path("fetch", seg))
+            return True
+        finally:
+            _remove(tmp)
 
     try:
-        latest = name
-        for _round in range(10 ** 6):  # keeps `prefetch` segments ahead of what recovery has consumed
-            wanted = next_segments(latest, config.prefetch)
-            todo = [s for s in wanted if not os.path.exists(config.path("fetch", s))]
-            if stop.is_set() or not wanted:
-                break
-            if todo:
-                with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-                    list(pool.map(one, todo))
-            # follow recovery: it consumes (moves away) the prefetched files
-            deadline = time.monotonic() + config.idle_exit
-            while time.monotonic() < deadline and os.path.exists(config.path("fetch", wanted[0])):
-                time.sleep(0.05)
-            if os.path.exists(config.path("fetch", wanted[0])):
-                break  # recovery stopped asking
-            latest = wanted[0]
+        with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+            for _tick in range(10 ** 9):  # bounded by idle_exit
+                for seg, fut in list(in_flight.items()):
+                    if not fut.done():
+                        continue
+                    del in_flight[seg]
+                    try:
+                        if fut.result():
+                            fetched.add(seg)
+                        elif end_of_archive is None or seg < end_of_archive:
+                            end_of_archive = seg
+                    except Exception as exc:  # noqa: BLE001 - logged; the fetch of that segment reports it
+                        log.write("%s prefetch %s: %s\n" % (time.strftime("%F %T"), seg, exc))
+                        log.flush()
+                        end_of_archive = seg if end_of_archive is None else min(end_of_archive, seg)
+                # recovery took every fetched segment that is gone from the spool
+                taken = [seg for seg in fetched if not os.path.exists(config.path("fetch", seg))]
+                for seg in taken:
+                    fetched.discard(seg)
+                    consumed = max(consumed, seg)
+                    idle_since = time.monotonic()
+                window = next_segments(consumed, config.prefetch)
+                for seg in window:
+                    if end_of_archive is not None and seg >= end_of_archive:
+                        break
+                    if seg in in_flight or seg in fetched or os.path.exists(config.path("fetch", seg)):
+                        continue
+                    in_flight[seg] = pool.submit(one, seg)
+                if not in_flight and time.monotonic() - idle_since > config.idle_exit:
+                    break
+                if not in_flight and end_of_archive is not None and not fetched:
+                    break
+                time.sleep(0.01)
     finally:
+        log.close()
         os.close(lock_fd)
 
 

@@ -254,3 +254,28 @@ def test_a_full_spool_degrades_to_direct_pushes(s3_endpoint, s3_bucket, work):
     assert "unusable" in out.stderr
     repo = repo_mod.open_repository(s3_repo(s3_endpoint, s3_bucket, "primary"))
     assert wa.unpack(repo.get_bytes(_wal.wal_key(seg.name))) == b"z" * 4096
+
+
+def test_stale_spool_files_are_never_trusted(s3_endpoint, s3_bucket, work):
+    archive = Archive(work / "a", [s3_repo(s3_endpoint, s3_bucket, "primary")], async_wait_seconds=1)
+    repo = archive.engine_config().repositories()[0]
+    seg = as_postgres(work / "pg_wal") / "000000010000000000000009"
+    seg.write_bytes(b"q" * 8192)
+    os.chown(seg, pwd.getpwnam("postgres").pw_uid, -1)
+    # a marker left by another cluster's segment of the same name: the wrapper must not take it as "stored"
+    as_postgres(archive.spool / "ok")
+    (archive.spool / "ok" / seg.name).write_text("1 2 3\n")
+    pushed = archive.run("push", str(seg))
+    assert pushed.returncode == 0, pushed.stderr
+    assert wa.unpack(repo.get_bytes(_wal.wal_key(seg.name))) == b"q" * 8192, "the segment was really stored"
+    # a prefetched file from a run under another configuration (other repositories) is not replayed
+    as_postgres(archive.spool / "fetch")
+    (archive.spool / "fetch" / ".source").write_text("0" * 40 + "\n")
+    (archive.spool / "fetch" / seg.name).write_bytes(b"not this one")
+    for stale in (archive.spool / "fetch").iterdir():
+        os.chown(stale, pwd.getpwnam("postgres").pw_uid, -1)
+    dest = work / "pg_wal" / "RECOVERYXLOG"
+    got = archive.run("fetch", seg.name, str(dest))
+    assert got.returncode == 0, got.stderr
+    assert dest.read_bytes() == b"q" * 8192
+    assert (archive.spool / "fetch" / ".source").read_text().strip() != "0" * 40
