@@ -58,10 +58,10 @@ def newest_backup(region: str) -> dict:
 
 
 def test_site_archives_every_segment_between_two_backups_into_every_region(tmp_path):
-    site = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"), "-e", "wal_archive_rpo_seconds=10")
+    site = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"), "-e", "wal_archive_rpo_seconds=60")
     assert site.rc == 0, site.out[-4000:]
     assert "lab-secret-key" not in site.out
-    again = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"), "-e", "wal_archive_rpo_seconds=10")
+    again = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"), "-e", "wal_archive_rpo_seconds=60")
     assert again.rc == 0 and not again.changed(), again.out[-3000:]
 
     region = serving_region()
