@@ -776,12 +776,17 @@ def take_backup(repository, conn_params, identity, pg_bin="/usr/lib/postgresql/1
             pass  # stays incomplete: never listed as valid, removed by the next run
         raise
     finally:
-        if pgpass:
-            try:
-                os.unlink(pgpass)
-            except OSError:
-                pass
-        shutil.rmtree(work, ignore_errors=True)
+        cleanup_work(pgpass, work)
+
+
+def cleanup_work(pgpass, work):
+    """Remove a run's temporary pgpass file and staging directory, whatever happened."""
+    if pgpass:
+        try:
+            os.unlink(pgpass)
+        except OSError:
+            pass
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def write_progress(path, phase, **extra):

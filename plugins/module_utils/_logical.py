@@ -116,12 +116,7 @@ def take_logical_backup(repository, conn_params, identity, databases, pg_bin="/u
             pass
         raise
     finally:
-        if pgpass:
-            try:
-                os.unlink(pgpass)
-            except OSError:
-                pass
-        shutil.rmtree(work, ignore_errors=True)
+        _backup.cleanup_work(pgpass, work)
 
 
 def _upload_all(repository, prefix, local_files, concurrency):

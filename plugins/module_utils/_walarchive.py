@@ -231,13 +231,18 @@ def _push_async(config, path, name):
 
 def ensure_pusher(config):
     """Start the background pusher unless one holds the lock."""
-    lock_path = config.path("pusher.lock")
+    return spawn_detached(config.path("pusher.lock"), run_pusher, config, log=config.path("pusher.log"))
+
+
+def spawn_detached(lock_path, target, config, *args, log=None):
+    """Run target(config, *args) in a detached grandchild unless a process holds lock_path (the target takes the
+    lock itself). Returns False when one runs already."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        return False  # running
+        return False
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
     pid = os.fork()
@@ -247,12 +252,12 @@ def ensure_pusher(config):
             if os.fork() != 0:
                 os._exit(0)
             devnull = os.open(os.devnull, os.O_RDWR)
-            for stream_fd in (0, 1):
+            for stream_fd in (0, 1, 2):
                 os.dup2(devnull, stream_fd)
-            log = os.open(config.path("pusher.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(log, 2)
-            run_pusher(config)
-        except BaseException:  # pragma: no cover - logged by run_pusher
+            if log:
+                os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
+            target(config, *args)
+        except BaseException:  # pragma: no cover - the targets log what they can
             pass
         finally:
             os._exit(0)
@@ -469,30 +474,7 @@ def _start_prefetch(config, name):
     wanted = [n for n in next_segments(name, config.prefetch) if not os.path.exists(config.path("fetch", n))]
     if not wanted:
         return
-    lock_path = config.path("prefetch.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return  # a prefetcher runs
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for stream_fd in (0, 1, 2):
-                os.dup2(devnull, stream_fd)
-            run_prefetch(config, name)
-        except BaseException:  # pragma: no cover
-            pass
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    spawn_detached(config.path("prefetch.lock"), run_prefetch, config, name)
 
 
 def run_prefetch(config, name):

@@ -198,6 +198,12 @@ def test_fetch_verifies_prefetches_and_says_when_a_segment_is_missing_or_damaged
     for i, name in enumerate(names):
         (src / name).write_bytes(bytes([i]) * 65536)
         wa.push_file(config, str(src / name), name)
+    # one flipped byte in the last object (before anything fetches it): recovery must stop there, not end early
+    client = s3_endpoint.client()
+    key = "auth-db/" + _wal.wal_key(names[5])
+    body = bytearray(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    body[-10] ^= 0xFF
+    client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(body))
     dest = as_postgres(work / "pg_wal")
     got = archive.run("fetch", names[0], str(dest / "RECOVERYXLOG"))
     assert got.returncode == 0, got.stderr
@@ -207,12 +213,6 @@ def test_fetch_verifies_prefetches_and_says_when_a_segment_is_missing_or_damaged
     assert fast.returncode == 0 and (dest / "RECOVERYXLOG").read_bytes() == bytes([1]) * 65536
     missing = archive.run("fetch", _wal.segment_name(1, 0x99), str(dest / "RECOVERYXLOG"))
     assert (missing.returncode, missing.stderr) == (1, ""), "the end of the archive is not an error"
-    # one flipped byte in the last object: recovery must stop, not end early
-    client = s3_endpoint.client()
-    key = "auth-db/" + _wal.wal_key(names[5])
-    body = bytearray(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
-    body[-10] ^= 0xFF
-    client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(body))
     shutil.rmtree(archive.spool / "fetch")
     damaged = archive.run("fetch", names[5], str(dest / "RECOVERYXLOG"))
     assert damaged.returncode == wa.EXIT_ABORT and "damaged" in damaged.stderr
