@@ -18,6 +18,7 @@ Private to the collection; plain Python, no Ansible.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -192,21 +193,13 @@ def decompressor_for(name):
         if _zstd is None:
             raise BackupError("python zstandard is needed to verify zstd backups on this host "
                               "(python3-zstandard)")
-        return _ZstdStream(_zstd.ZstdDecompressor().decompressobj())
+        return _zstd.ZstdDecompressor().decompressobj()
     return _Identity()
 
 
 class _Identity:
     def decompress(self, data):
         return data
-
-
-class _ZstdStream:
-    def __init__(self, obj):
-        self.obj = obj
-
-    def decompress(self, data):
-        return self.obj.decompress(data)
 
 
 class TarWalker:
@@ -228,8 +221,6 @@ class TarWalker:
             return 0
         if self.algorithm == "NONE":
             return None
-        import hashlib
-
         return hashlib.new(self.algorithm.lower().replace("-", ""))
 
     def _update(self, state, data):
@@ -325,9 +316,6 @@ class TarWalker:
             self.kept[name] = bytes(kept)
 
 
-SizedTarWalker = TarWalker
-
-
 def parse_backup_label(text):
     """The fields of a backup_label file."""
     info = {}
@@ -382,8 +370,6 @@ def check_wal(manifest, wal_names, segment_size=_wal.DEFAULT_SEGMENT_SIZE):
 
 def manifest_self_check(raw):
     """pg_verifybackup's first check: the manifest's own SHA256 over everything before its last line."""
-    import hashlib
-
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     idx = text.rfind('"Manifest-Checksum"')
     if idx < 0:
@@ -444,7 +430,7 @@ class Follower(threading.Thread):
 
     def _follow(self, name):
         path = os.path.join(self.directory, name)
-        walker = SizedTarWalker(self.algorithm)
+        walker = TarWalker(self.algorithm)
         decomp = decompressor_for(name)
         in_place = isinstance(self.repository, repo_mod.LocalRepository)
         # a local repository stages on its own filesystem: hash while reading, then rename into place (no copy)
@@ -484,8 +470,6 @@ class Follower(threading.Thread):
 
 class _HashOnly:
     def __init__(self):
-        import hashlib
-
         self.sha256 = hashlib.sha256()
 
     def write(self, data):
@@ -493,16 +477,6 @@ class _HashOnly:
 
     def abort(self):
         pass
-
-
-def _dir_bytes(directory):
-    total = 0
-    for name in os.listdir(directory):
-        try:
-            total += os.path.getsize(os.path.join(directory, name))
-        except OSError:
-            pass
-    return total
 
 
 # -- the catalog ----------------------------------------------------------------------------------------------------
@@ -689,7 +663,7 @@ def take_backup(repository, conn_params, identity, pg_bin="/usr/lib/postgresql/1
                 continue
             path = os.path.join(target, name)
             if name.startswith("pg_wal.tar"):
-                walker = SizedTarWalker("NONE")
+                walker = TarWalker("NONE")
                 decomp = decompressor_for(name)
                 writer = _HashOnly() if local else repository.writer(prefix + name, overwrite=True)
                 try:
@@ -706,8 +680,6 @@ def take_backup(repository, conn_params, identity, pg_bin="/usr/lib/postgresql/1
                     raise
                 wal_names = list(walker.files)
             elif local:
-                import hashlib
-
                 files[name] = repository.adopt(prefix + name, path,
                                                sha256=hashlib.sha256(manifest_raw).hexdigest())
             else:
@@ -1019,7 +991,7 @@ def plan_retention(backups, now=None, keep_full=None, keep_days=None):
     return keep, delete
 
 
-def plan_wal_retention(kept, wal_segments, histories=()):
+def plan_wal_retention(kept, wal_segments):
     """WAL segments no kept backup needs: those before the oldest kept backup's start segment (history files are
     always kept). Without any kept backup nothing is deleted."""
     if not kept:
@@ -1040,8 +1012,8 @@ def apply_retention(repository, keep_full=None, keep_days=None, now=None, check_
     keep, delete = plan_retention(backups, now=now, keep_full=keep_full, keep_days=keep_days)
     wal_victims = []
     if area == "backup":  # logical backups need no WAL
-        segments, histories = wal_inventory(repository)
-        wal_victims = plan_wal_retention([b for b, _r in keep], segments, histories)
+        segments = wal_inventory(repository)[0]
+        wal_victims = plan_wal_retention([b for b, _r in keep], segments)
     incomplete = [b["id"] for b in backups if b.get("status") == "incomplete" and is_abandoned(b, now)]
     report = {"repository": repository.describe(), "kept": [{"id": b["id"], "reason": r} for b, r in keep],
               "deleted": [], "skipped": {}, "wal_deleted": 0, "wal_skipped": {}, "incomplete_removed": incomplete,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
+
 try:
     import psycopg2
     import psycopg2.extras
@@ -97,17 +99,11 @@ _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 
 
 def lsn_to_int(lsn):
-    """'16/B374D848' -> 0x16B374D848. None stays None."""
-    if lsn is None:
-        return None
-    m = _LSN_RE.match(str(lsn))
-    if not m:
-        raise ValueError("not an LSN: %r" % (lsn,))
-    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+    """'16/B374D848' -> 0x16B374D848. None stays None. (WAL arithmetic lives in _wal.)"""
+    return None if lsn is None else _wal.lsn_to_int(lsn)
 
 
-def int_to_lsn(value):
-    return "%X/%X" % (value >> 32, value & 0xFFFFFFFF)
+int_to_lsn = _wal.int_to_lsn
 
 
 def timeline_of_walfile(name):

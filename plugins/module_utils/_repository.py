@@ -19,7 +19,6 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -177,6 +176,25 @@ class Repository:
     def head(self, key):
         """ObjectInfo, or None when the key does not exist."""
         raise NotImplementedError
+
+    def read(self, key):
+        """``(content, ObjectInfo)`` of a whole object, or None when it does not exist. The info carries the
+        sha256 recorded at write time where the store keeps one."""
+        info = self.head(key)
+        if info is None:
+            return None
+        return self.get_bytes(key), info
+
+    def read_start(self, key, size):
+        """The first ``size`` bytes of an object, or None when it does not exist."""
+        try:
+            stream = self.open(key)
+        except NotFound:
+            return None
+        try:
+            return stream.read(size)
+        finally:
+            stream.close()
 
     def list(self, prefix=""):
         """ObjectInfo for every key under prefix (a key prefix, not necessarily a directory), sorted by key."""
@@ -555,7 +573,7 @@ class S3Repository(Repository):
 
     def check(self):
         """Prove the bucket exists and is listable with these credentials (a cheap preflight)."""
-        self.call("list_objects_v2", Bucket=self.bucket, Prefix=self._key("x")[:-1], MaxKeys=1)
+        self.call("list_objects_v2", Bucket=self.bucket, Prefix=self._list_prefix(""), MaxKeys=1)
 
     def head(self, key):
         try:
@@ -582,6 +600,21 @@ class S3Repository(Repository):
     def open(self, key):
         resp = self.call("get_object", Bucket=self.bucket, Key=self._key(key))
         return resp["Body"]
+
+    def read(self, key):
+        """One GET: the content and the sha256 from its metadata (no HEAD first)."""
+        try:
+            resp = self.call("get_object", Bucket=self.bucket, Key=self._key(key))
+        except NotFound:
+            return None
+        return resp["Body"].read(), self._info(key, resp)
+
+    def read_start(self, key, size):
+        try:
+            resp = self.call("get_object", Bucket=self.bucket, Key=self._key(key), Range="bytes=0-%d" % (size - 1))
+        except NotFound:
+            return None
+        return resp["Body"].read()
 
     def list(self, prefix=""):
         found = []
@@ -806,7 +839,3 @@ def open_repository(spec):
             concurrency=spec.get("concurrency") or 4, max_attempts=spec.get("max_attempts") or 5,
             validate_certs=spec.get("validate_certs", True), ca_bundle=spec.get("ca_bundle"), name=name)
     raise ValueError("repository.type must be s3 or local, got %r" % (kind,))
-
-
-def remove_tree(path):
-    shutil.rmtree(path, ignore_errors=True)

@@ -167,18 +167,10 @@ def push_file(config, path, name=None):
 
 
 def _peek_header(repo, key):
-    info = repo.head(key)
-    if info is None:
+    """The content sha256 in a stored object's header; None when there is no such object."""
+    head = repo.read_start(key, 120)
+    if head is None:
         return None
-    if isinstance(repo, repo_mod.S3Repository):
-        resp = repo.call("get_object", Bucket=repo.bucket, Key=repo._key(key), Range="bytes=0-119")
-        head = resp["Body"].read()
-    else:
-        stream = repo.open(key)
-        try:
-            head = stream.read(120)
-        finally:
-            stream.close()
     try:
         return parse_header(head)[0]
     except CorruptWal:
@@ -273,6 +265,7 @@ def run_pusher(config):
     except OSError:
         return
     status_dir = os.path.join(config.pg_wal, "archive_status")
+    config.repositories()  # built once, before the worker threads share them
     in_flight = {}
     failures = {}
     idle_since = time.monotonic()
@@ -371,13 +364,13 @@ def fetch_raw(config, name):
     last_error = None
     for repo in config.repositories():
         try:
-            info = repo.head(key)
+            found = repo.read(key)
         except repo_mod.RepositoryError as exc:
             last_error = exc
             continue
-        if info is None:
+        if found is None:
             continue
-        blob = repo.get_bytes(key)
+        blob, info = found
         stored = info.get("sha256")
         if stored and hashlib.sha256(blob).hexdigest() != stored:
             raise CorruptWal("%s: %s does not match its stored checksum: the object is damaged"
@@ -487,6 +480,7 @@ def run_prefetch(config, name):
         os.close(lock_fd)
         return
     _prune_fetched(config)
+    config.repositories()  # built once, before the worker threads share them
     log = open(config.path("prefetch.log"), "a")
     in_flight = {}
     fetched = set()
