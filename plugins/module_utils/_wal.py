@@ -86,6 +86,50 @@ def wal_key(name):
     return "wal/%s/%s" % (name[:16], name)
 
 
+def stream_key(name):
+    """Where a file pg_receivewal streamed lives: the same layout as wal_key under ``stream/``, a separate area so
+    the primary's archive_command and the streamer never write the same key."""
+    return "stream/" + wal_key(name)[len("wal/"):]
+
+
+# A growing segment pg_receivewal streams (its ``.partial`` file) is stored as immutable pieces, each the bytes
+# [start, end) of the segment: S3 has no append, and re-uploading a growing 16 MiB file every fraction of a second
+# would cost a segment per upload (and a version of it in a versioned bucket).
+PIECE_RE = re.compile(r"^([0-9A-F]{8})-([0-9A-F]{8})$")
+
+
+def partial_prefix(name):
+    """The key prefix under which the pieces of segment ``name``'s partial live (``name`` without .partial)."""
+    return stream_key(name) + ".partial/"
+
+
+def piece_key(name, start, end):
+    return "%s%08X-%08X" % (partial_prefix(name), start, end)
+
+
+def parse_piece_key(key):
+    """``(start, end)`` of a piece key (or of its last part); None for anything else."""
+    match = PIECE_RE.match(key.rsplit("/", 1)[-1])
+    if not match:
+        return None
+    start, end = int(match.group(1), 16), int(match.group(2), 16)
+    return (start, end) if end > start else None
+
+
+def cover(pieces):
+    """The pieces (``(start, end)``, in any order, overlapping or not) that make the longest contiguous run from
+    byte 0, in order, fewest first choice: at each point the piece reaching furthest. Returns ``(chosen, end)``."""
+    chosen, pos = [], 0
+    remaining = sorted(set(pieces))
+    for _step in range(len(remaining)):
+        best = max((p for p in remaining if p[0] <= pos < p[1]), key=lambda p: p[1], default=None)
+        if best is None:
+            break
+        chosen.append(best)
+        pos = best[1]
+    return chosen, pos
+
+
 def missing_segments(present, timeline, start_segno, stop_segno, segment_size=DEFAULT_SEGMENT_SIZE):
     """The segment names between two segment numbers (inclusive) on one timeline that ``present`` lacks."""
     return [segment_name(timeline, n, segment_size)

@@ -113,6 +113,8 @@ class Config:
         self.wait_seconds = float(doc.get("async_wait_seconds", 30))
         self.idle_exit = float(doc.get("idle_exit_seconds", 30))
         self.pg_wal = doc.get("pg_wal_dir")
+        self.fetch_partial = bool(doc.get("fetch_partial", False))
+        self.segment_size = int(doc.get("wal_segment_size", _wal.DEFAULT_SEGMENT_SIZE))
         self.path_of_config = doc.get("_path")
         self.repository_specs = [doc["repository"]] + list(doc.get("offsite", []))
         self._repos = None
@@ -138,8 +140,9 @@ class Config:
 
 
 # -- push ----------------------------------------------------------------------------------------------------------
-def push_file(config, path, name=None):
-    """Store one WAL file in every repository. Same content already there: success. Different: refused."""
+def push_file(config, path, name=None, key=None):
+    """Store one WAL file in every repository. Same content already there: success. Different: refused.
+    ``key``: another place than the archive's (the streamer stores under ``stream/``)."""
     name = name or os.path.basename(path)
     if not _wal.is_wal_file_name(name):
         raise WalArchiveError("%s is not a WAL file name: refusing to archive it" % name)
@@ -149,7 +152,7 @@ def push_file(config, path, name=None):
     except OSError as exc:
         raise WalArchiveError("cannot read %s: %s" % (path, exc)) from None
     blob, digest = pack(raw, config.compression)
-    key = _wal.wal_key(name)
+    key = key or _wal.wal_key(name)
     results = []
     for repo in config.repositories():
         existing = _peek_header(repo, key)
@@ -358,27 +361,75 @@ def _remove(path):
 
 
 # -- fetch ------------------------------------------------------------------------------------------------------------
-def fetch_raw(config, name):
-    """The verified content of a WAL file from the first repository that has it; None when none has it."""
-    key = _wal.wal_key(name)
-    last_error = None
+def fetch_raw(config, name, partial=False):
+    """The verified content of a WAL file from the first repository that has it; None when none has it.
+
+    Looked for under ``wal/`` (what the archive_command stored), then ``stream/`` (what the streamer completed),
+    then, with ``partial``, the streamed partial of that segment padded to a whole segment with zeros: recovery
+    replays to its last complete record and ends there (barman-wal-restore -P does the same)."""
+    errors = []
+    for key in (_wal.wal_key(name), _wal.stream_key(name)):
+        for repo in config.repositories():
+            try:
+                raw = _read_verified(repo, key, name)
+            except repo_mod.RepositoryError as exc:
+                errors.append(exc)
+                continue
+            if raw is not None:
+                return raw
+    if partial and _wal.SEGMENT_RE.match(name):
+        raw = fetch_partial(config, name, errors)
+        if raw is not None:
+            return raw
+    if errors:
+        raise WalArchiveError("no repository answered for %s: %s" % (name, errors[-1]))
+    return None
+
+
+def _read_verified(repo, key, name):
+    found = repo.read(key)
+    if found is None:
+        return None
+    blob, info = found
+    stored = info.get("sha256")
+    if stored and hashlib.sha256(blob).hexdigest() != stored:
+        raise CorruptWal("%s: %s does not match its stored checksum: the object is damaged" % (repo.describe(), key))
+    return unpack(blob, "%s in %s" % (key, repo.describe()))
+
+
+def fetch_partial(config, name, errors):
+    """The longest contiguous streamed prefix of segment ``name`` over the repositories, padded with zeros to the
+    segment size; None when no repository holds a piece of it. A damaged piece is CorruptWal."""
+    best = b""
     for repo in config.repositories():
         try:
-            found = repo.read(key)
+            keys = [o["key"] for o in repo.list(_wal.partial_prefix(name))]
         except repo_mod.RepositoryError as exc:
-            last_error = exc
+            errors.append(exc)
             continue
-        if found is None:
+        by_range = {}
+        for key in keys:
+            span = _wal.parse_piece_key(key)
+            if span is not None:
+                by_range[span] = key
+        chosen, end = _wal.cover(by_range)
+        if end <= len(best):
             continue
-        blob, info = found
-        stored = info.get("sha256")
-        if stored and hashlib.sha256(blob).hexdigest() != stored:
-            raise CorruptWal("%s: %s does not match its stored checksum: the object is damaged"
-                             % (repo.describe(), name))
-        return unpack(blob, "%s in %s" % (name, repo.describe()))
-    if last_error is not None:
-        raise WalArchiveError("no repository answered for %s: %s" % (name, last_error))
-    return None
+        with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+            parts = list(pool.map(_read_verified, [repo] * len(chosen), [by_range[s] for s in chosen],
+                                  [name] * len(chosen)))
+        data = bytearray()
+        for index, (start, stop) in enumerate(chosen):
+            part = parts[index]
+            if part is None or len(part) != stop - start:  # removed meanwhile (the segment completed): ask again
+                raise WalArchiveError("%s: a piece of %s.partial changed while it was read" % (repo.describe(), name))
+            data += part[len(data) - start:]
+        best = bytes(data[:end])
+    if not best:
+        return None
+    if len(best) > config.segment_size:
+        raise CorruptWal("%s.partial: %d bytes are more than a segment (%d)" % (name, len(best), config.segment_size))
+    return best + b"\0" * (config.segment_size - len(best))
 
 
 def config_identity(config):
@@ -406,8 +457,9 @@ def bind_fetch_spool(config):
         _write(source, ident)
 
 
-def fetch(config, name, dest):
-    """restore_command: verified, decompressed, renamed into place. Returns True, or False when not archived."""
+def fetch(config, name, dest, partial=None):
+    """restore_command: verified, decompressed, renamed into place. Returns True, or False when not archived.
+    ``partial`` (default: the configuration's fetch_partial): serve a streamed partial segment as a last resort."""
     if not _wal.is_wal_file_name(name) and name != "RECOVERYHISTORY":
         raise WalArchiveError("%s is not a WAL file name" % name)
     marker_dirs(config)
@@ -418,7 +470,7 @@ def fetch(config, name, dest):
         _place(local, dest, move=True)
         _start_prefetch(config, name)
         return True
-    raw = fetch_raw(config, name)
+    raw = fetch_raw(config, name, partial=config.fetch_partial if partial is None else partial)
     if raw is None:
         return False
     tmp = dest + ".immersiverse-dr.tmp"

@@ -5,6 +5,7 @@
 
     archive_command = '/usr/local/bin/immersiverse-dr-wal push %p'
     restore_command = '/usr/local/bin/immersiverse-dr-wal fetch %f %p'
+    immersiverse-dr-wal stream [--ensure | --stop | --status]     the streamer (on a host in another region)
 
 The installed wrapper answers from the spool without starting Python when the background pusher has already
 stored a segment, or the prefetcher has already fetched one; otherwise it runs this module. Configuration:
@@ -24,6 +25,7 @@ import sys
 
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive as wa
+from ansible_collections.immersiverse.dr.plugins.module_utils import _walstream as ws
 
 DEFAULT_CONFIG = "/etc/immersiverse-dr/wal.json"
 
@@ -39,10 +41,18 @@ def main(argv=None):
     p_fetch.add_argument("--unreachable", choices=["abort", "missing"],
                          help="when no repository answers: stop recovery (abort), or report the file missing "
                               "(a streaming standby carries on); default from the configuration")
+    p_fetch.add_argument("--partial", action="store_true", default=None,
+                         help="when the segment is neither archived nor streamed whole, serve what the streamer "
+                              "stored of it (its .partial), padded to a segment: recovery ends at its last record")
+    p_stream = sub.add_parser("stream", help="pg_receivewal into the repository (foreground, for a service)")
+    mode = p_stream.add_mutually_exclusive_group()
+    mode.add_argument("--ensure", action="store_true", help="start it detached unless it runs (for cron)")
+    mode.add_argument("--stop", action="store_true", help="stop a detached streamer")
+    mode.add_argument("--status", action="store_true", help="print the streamer's status as JSON")
     p_pusher = sub.add_parser("pusher", help="run the background pusher in the foreground")
     p_pusher.add_argument("--pg-wal", required=True)
     sub.add_parser("status", help="the spool: markers, errors, prefetched files")
-    for p in (p_push, p_fetch, p_pusher):
+    for p in (p_push, p_fetch, p_pusher, p_stream):
         p.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     args = parser.parse_args(argv)
@@ -63,7 +73,7 @@ def main(argv=None):
         return 0
     if args.command == "fetch":
         try:
-            found = wa.fetch(config, args.name, args.dest)
+            found = wa.fetch(config, args.name, args.dest, partial=args.partial)
         except wa.CorruptWal as exc:
             sys.stderr.write("immersiverse-dr-wal fetch %s: %s; stopping recovery rather than ending it early\n"
                              % (args.name, exc))
@@ -80,12 +90,30 @@ def main(argv=None):
         wa.marker_dirs(config)
         wa.run_pusher(config)
         return 0
+    if args.command == "stream":
+        return stream(config, args)
     if args.command == "status":
         wa.marker_dirs(config)
         doc = {sub_dir: sorted(os.listdir(config.path(sub_dir))) for sub_dir in ("ok", "error", "fetch")}
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
     return 2
+
+
+def stream(config, args):
+    try:
+        if args.ensure:
+            ws.ensure(config)
+        elif args.stop:
+            ws.stop(config)
+        elif args.status:
+            sys.stdout.write(json.dumps(ws.status(config), sort_keys=True) + "\n")
+        else:
+            ws.Streamer(config).run()
+    except (wa.WalArchiveError, repo_mod.RepositoryError, ValueError, OSError) as exc:
+        sys.stderr.write("immersiverse-dr-wal stream: %s\n" % exc)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

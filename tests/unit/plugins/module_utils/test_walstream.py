@@ -1,0 +1,121 @@
+import os
+
+import pytest
+
+from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
+from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive as wa
+from ansible_collections.immersiverse.dr.plugins.module_utils import _walstream as ws
+
+SEG = "000000010000000A000000FF"
+
+
+def test_stream_keys_mirror_the_archive_layout_under_their_own_area():
+    assert _wal.stream_key(SEG) == "stream/000000010000000A/" + SEG
+    assert _wal.stream_key("00000002.history") == "stream/00000002.history"
+    assert _wal.piece_key(SEG, 0, 0x2000) == f"stream/000000010000000A/{SEG}.partial/00000000-00002000"
+    assert _wal.parse_piece_key(_wal.piece_key(SEG, 0x10, 0x2000)) == (0x10, 0x2000)
+
+
+@pytest.mark.parametrize("key", ["x/00000010-00000010", "x/0000001-00000020", "x/foo", "x/00000020-00000010"])
+def test_parse_piece_key_refuses(key):
+    assert _wal.parse_piece_key(key) is None
+
+
+@pytest.mark.parametrize("pieces, chosen, end", [
+    ([], [], 0),
+    ([(0, 10), (10, 20), (20, 25)], [(0, 10), (10, 20), (20, 25)], 25),
+    ([(10, 20), (0, 10)], [(0, 10), (10, 20)], 20),
+    ([(0, 10), (20, 30)], [(0, 10)], 10),  # a gap: only what is contiguous from 0
+    ([(5, 10)], [], 0),
+    ([(0, 10), (0, 30), (10, 20), (25, 40)], [(0, 30), (25, 40)], 40),  # overlaps: furthest reach first
+])
+def test_cover(pieces, chosen, end):
+    assert _wal.cover(pieces) == (chosen, end)
+
+
+def test_data_end_finds_the_last_written_byte_before_the_zero_padding(tmp_path):
+    path = tmp_path / (SEG + ".partial")
+    data = bytearray(16 * 8192 * 4)
+    data[0:8192 + 100] = b"\x01" * (8192 + 100)  # one page and a bit of the next
+    data[8192 + 50] = 0  # a zero inside the data is data
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert ws.data_end(fd, 0, len(data)) == 8192 + 100
+        assert ws.data_end(fd, 8192 + 100, len(data)) == 8192 + 100
+        assert ws.data_end(fd, 8192 + 40, len(data)) == 8192 + 100
+    finally:
+        os.close(fd)
+
+
+def test_classify_sorts_the_receive_directory():
+    names = [SEG, SEG + ".partial", "00000002.history", "stream.lock", "000000010000000A000000FE", "x.partial"]
+    assert ws.classify(names) == (["000000010000000A000000FE", SEG], [SEG], ["00000002.history"])
+
+
+def test_contiguous_end_of_stored_pieces():
+    keys = [_wal.piece_key(SEG, 0, 100), _wal.piece_key(SEG, 100, 300), _wal.piece_key(SEG, 400, 500), "junk"]
+    assert ws.contiguous_end(keys) == 300
+
+
+def test_pg_receivewal_argv_never_holds_a_password():
+    settings = ws.StreamSettings({"stream": {"conninfo": "host=a,b user=r passfile=/p target_session_attrs=read-write",
+                                             "dir": "/s", "slot": "dr_stream", "pg_bin_dir": "/bin15"}})
+    assert ws.create_slot_argv(settings) == ["/bin15/pg_receivewal", "--create-slot", "--if-not-exists", "--slot",
+                                             "dr_stream", "--no-password", "--dbname", settings.conninfo]
+    assert ws.receive_argv(settings) == ["/bin15/pg_receivewal", "--directory", "/s/wal", "--slot", "dr_stream",
+                                         "--synchronous", "--no-loop", "--no-password", "--status-interval", "1",
+                                         "--dbname", settings.conninfo]
+
+
+@pytest.mark.parametrize("stream, message", [
+    ({}, "no stream.conninfo"),
+    ({"conninfo": "host=a password=x"}, "must not hold a password"),
+    ({"conninfo": "host=a", "slot": "Bad-Slot"}, "lower-case"),
+])
+def test_stream_settings_refuse(stream, message):
+    with pytest.raises(ws.StreamError, match=message):
+        ws.StreamSettings({"stream": stream})
+
+
+class _Repo:
+    """An in-memory repository: enough of the interface for fetch."""
+
+    def __init__(self, objects):
+        self.objects = objects
+
+    def read(self, key):
+        blob = self.objects.get(key)
+        return None if blob is None else (blob, {})
+
+    def list(self, prefix=""):
+        return [{"key": k} for k in sorted(self.objects) if k.startswith(prefix)]
+
+    def describe(self):
+        return "memory"
+
+
+def _config(objects, **doc):
+    config = wa.Config(dict({"repository": {"type": "local", "path": "/nonexistent"}}, **doc))
+    config._repos = [_Repo(objects)]
+    return config
+
+
+def test_fetch_falls_back_to_the_stream_then_to_the_partial_padded_to_a_segment():
+    whole = b"w" * 1000
+    objects = {_wal.stream_key(SEG): wa.pack(whole, "lz4")[0]}
+    assert wa.fetch_raw(_config(objects), SEG) == whole
+    nxt = "000000010000000B00000000"
+    objects = {_wal.piece_key(nxt, 0, 4): wa.pack(b"abcd", "lz4")[0],
+               _wal.piece_key(nxt, 2, 6): wa.pack(b"cdef", "none")[0]}
+    assert wa.fetch_raw(_config(objects), nxt) is None, "a partial only when asked for"
+    got = wa.fetch_raw(_config(objects, wal_segment_size=16), nxt, partial=True)
+    assert got == b"abcdef" + b"\0" * 10
+    objects[_wal.piece_key(nxt, 2, 6)] = objects[_wal.piece_key(nxt, 2, 6)][:-1] + b"X"
+    with pytest.raises(wa.CorruptWal):
+        wa.fetch_raw(_config(objects, wal_segment_size=16), nxt, partial=True)
+
+
+def test_the_archive_wins_over_the_stream():
+    objects = {_wal.wal_key(SEG): wa.pack(b"archived", "lz4")[0], _wal.stream_key(SEG): wa.pack(b"streamed", "lz4")[0]}
+    assert wa.fetch_raw(_config(objects), SEG) == b"archived"
