@@ -215,6 +215,7 @@ class TarWalker:
         self.current = None  # [name, remaining, state, padding, kept bytes or None, size]
         self.finished = False
         self.long_name = None
+        self.sink = None  # optional: start(name, typeflag), write(view), end() - a restore writes the files
 
     def _new_state(self):
         if self.algorithm == "CRC32C":
@@ -257,6 +258,8 @@ class TarWalker:
                         cur[2] = self._update(cur[2], view[pos:pos + take])
                     if cur[4] is not None:
                         cur[4] += view[pos:pos + take]
+                    if self.sink is not None and cur[0] is not None and cur[0] != "\0longname":
+                        self.sink.write(view[pos:pos + take])
                     cur[1] -= take
                     pos += take
                 if cur[1]:
@@ -293,6 +296,8 @@ class TarWalker:
         if self.long_name is not None:
             name, self.long_name = self.long_name, None
         padding = (512 - size % 512) % 512
+        if self.sink is not None and typeflag not in (b"L", b"x", b"g"):
+            self.sink.start(name, typeflag)
         if typeflag in (b"0", b"\0", b"7"):
             keep = bytearray() if name in self.keep else None
             self.current = [name, size, self._new_state(), padding, keep, size]
@@ -306,6 +311,8 @@ class TarWalker:
 
     def _finish_member(self, cur):
         name, _remaining, state, _pad, kept, size = cur
+        if self.sink is not None and name != "\0longname":
+            self.sink.end()
         if name is None:
             return
         if name == "\0longname":

@@ -1,0 +1,792 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore: choose the backup that serves a target, prove the WAL reaches it, restore the files, watch recovery.
+
+The plan comes first and changes nothing: the newest valid backup that ends before the target (same system
+identifier), the timeline path from that backup to the target (history files), and every WAL segment in between,
+found in a repository (``wal/``, or ``stream/`` from the streaming receiver). A target the repositories cannot
+reach (before the oldest backup, after the end of the archive, behind a missing segment) is refused here, before
+anything is touched; PostgreSQL's own check ("recovery ended before configured recovery target was reached") is
+the second line, and ``wait_for_recovery`` reports it as a failure, never as success at an earlier point.
+
+The restore never deletes: a data directory in the way is renamed to ``<data_dir>.replaced-<UTC time>``; the backup
+is restored into ``<data_dir>.restoring`` and renamed into place only when every file matched its stored sha256 and
+the backup manifest's checksums. A state file beside the data directory (``<data_dir>.immersiverse-dr-restore.json``)
+records each step, so a re-run after an interruption continues (or starts the restore over) instead of moving a
+half-restored directory aside as if it were the damaged one.
+
+Private to the collection; plain Python, no Ansible.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+from ansible_collections.immersiverse.dr.plugins.module_utils import _backup
+from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
+
+TARGET_TYPES = ("end", "immediate", "time", "lsn", "xid", "name")
+CHUNK = 1024 * 1024
+STATE_SUFFIX = ".immersiverse-dr-restore.json"
+
+
+class RestoreError(Exception):
+    """A restore that must not go on; the message says why and what to do next."""
+
+
+# -- targets ---------------------------------------------------------------------------------------------------------
+def parse_target_time(value):
+    """A recovery_target_time with an explicit zone, as an aware datetime. Naive times are refused: in an incident
+    nobody should have to guess which zone a time was meant in."""
+    text = str(value or "").strip()
+    if not text:
+        raise RestoreError("target_time is empty")
+    norm = text.replace("Z", "+00:00").replace(" UTC", "+00:00")
+    norm = re.sub(r"([+-]\d\d)$", r"\1:00", norm)
+    try:
+        moment = datetime.datetime.fromisoformat(norm)
+    except ValueError:
+        raise RestoreError("target_time %r is not a timestamp (use e.g. 2026-11-27 14:03:07.25+00)" % text) from None
+    if moment.tzinfo is None:
+        raise RestoreError("target_time %r has no time zone: add one (+00, Z or an offset)" % text)
+    return moment
+
+
+def normalise_target(target):
+    """{'type', 'value', 'inclusive', 'timeline'} checked; the value parsed for time and LSN targets."""
+    target = dict(target or {})
+    kind = target.get("type") or "end"
+    if kind not in TARGET_TYPES:
+        raise RestoreError("unknown target type %r (one of %s)" % (kind, ", ".join(TARGET_TYPES)))
+    value = target.get("value")
+    out = {"type": kind, "value": value, "inclusive": bool(target.get("inclusive", True)),
+           "timeline": str(target.get("timeline") or "latest")}
+    if kind in ("end", "immediate"):
+        if value not in (None, ""):
+            raise RestoreError("a %s target takes no value (got %r)" % (kind, value))
+        out["value"] = None
+    elif value in (None, ""):
+        raise RestoreError("a %s target needs a value" % kind)
+    elif kind == "time":
+        out["moment"] = parse_target_time(value)
+        out["value"] = str(value)
+    elif kind == "lsn":
+        out["lsn_int"] = _wal.lsn_to_int(value)
+        out["value"] = _wal.int_to_lsn(out["lsn_int"])
+    elif kind == "xid":
+        if not re.match(r"^[1-9][0-9]{0,19}$", str(value)):
+            raise RestoreError("target_xid %r is not a transaction id" % (value,))
+        out["value"] = str(value)
+    elif kind == "name":
+        if re.search(r"['\n\r\0\\]", str(value)) or len(str(value)) > 63:
+            raise RestoreError("target_name %r: at most 63 characters, no quotes, backslashes or newlines"
+                               % (value,))
+    tl = out["timeline"]
+    if tl not in ("latest", "current") and not re.match(r"^[1-9][0-9]{0,9}$", tl):
+        raise RestoreError("target timeline %r: latest, current or a timeline number" % tl)
+    return out
+
+
+# -- WAL in the repositories -----------------------------------------------------------------------------------------
+def parse_history(text):
+    """A timeline history file: [(parent timeline, switch LSN as int)], oldest first."""
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            raise RestoreError("history file line %r does not parse" % line)
+        entries.append((int(fields[0]), _wal.lsn_to_int(fields[1])))
+    return entries
+
+
+class WalCatalog:
+    """Every WAL object the repositories hold: archived (``wal/``) and streamed (``stream/``) segments, streamed
+    ``.partial`` segments, and the timeline history files (read, they are small)."""
+
+    def __init__(self, repositories, segment_size=_wal.DEFAULT_SEGMENT_SIZE):
+        self.segment_size = segment_size
+        self.segments = {}  # (tl, segno) -> info dict
+        self.partials = {}
+        self.histories = {}  # tl -> [(parent, switch_lsn)]
+        for repo in repositories:
+            for area in ("wal/", "stream/"):
+                try:
+                    objects = repo.list(area)
+                except repo_mod.RepositoryError as exc:
+                    raise RestoreError("cannot list %s in %s: %s" % (area, repo.describe(), exc)) from None
+                for obj in objects:
+                    self._add(repo, area, obj)
+
+    def _add(self, repo, area, obj):
+        base = obj["key"].rsplit("/", 1)[-1]
+        info = {"key": obj["key"], "mtime": obj["mtime"], "repository": repo.name, "area": area.rstrip("/"),
+                "size": obj["size"]}
+        match = _wal.HISTORY_RE.match(base)
+        if match:
+            tl = int(match.group(1), 16)
+            if tl not in self.histories:
+                raw = repo.get_bytes(obj["key"])
+                try:
+                    from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive
+
+                    raw = _walarchive.unpack(raw, base)
+                except Exception:  # noqa: BLE001 - a plain history file (copied by hand) is fine too
+                    pass
+                self.histories[tl] = parse_history(raw.decode("utf-8", "replace"))
+            return
+        name, _dot, suffix = base.partition(".")
+        if not _wal.SEGMENT_RE.match(name) or suffix not in ("", "partial"):
+            return
+        timeline, segno = _wal.parse_segment(name, self.segment_size)
+        table = self.partials if suffix == "partial" else self.segments
+        known = table.get((timeline, segno))
+        if known is None or (known["area"] == "stream" and info["area"] == "wal"):
+            table[(timeline, segno)] = info  # prefer the archive's copy
+
+    def timelines(self):
+        return sorted(set(tl for tl, _n in self.segments) | set(self.histories) | set(tl for tl, _n in self.partials))
+
+
+def timeline_path(histories, target_tl):
+    """[(timeline, begin LSN, end LSN or None)] from the first timeline to ``target_tl``."""
+    if target_tl == 1 and 1 not in histories:
+        return [(1, 0, None)]
+    if target_tl not in histories:
+        raise RestoreError("timeline %d has no history file in the repositories (%08X.history): it cannot be "
+                           "followed" % (target_tl, target_tl))
+    path, begin = [], 0
+    for parent, switch in histories[target_tl]:
+        path.append((parent, begin, switch))
+        begin = switch
+    path.append((target_tl, begin, None))
+    return path
+
+
+def choose_timeline(catalog, backup, requested):
+    """The timeline recovery will follow from ``backup``: its own (current), a given one, or the newest one whose
+    history passes through the backup's timeline after the backup started (latest)."""
+    btl = int(backup["timeline"])
+    start = _wal.lsn_to_int(backup["start_lsn"])
+
+    def passes(tl):
+        try:
+            path = timeline_path(catalog.histories, tl)
+        except RestoreError:
+            return False
+        return any(t == btl and b <= start and (e is None or e > start) for t, b, e in path)
+
+    if requested == "current":
+        return btl
+    if requested != "latest":
+        tl = int(requested)
+        if not passes(tl):
+            raise RestoreError("timeline %d does not descend from backup %s's timeline %d after its start %s"
+                               % (tl, backup["id"], btl, backup["start_lsn"]))
+        return tl
+    candidates = [tl for tl in catalog.timelines() if tl >= btl and passes(tl)]
+    return max(candidates) if candidates else btl
+
+
+def wal_chain(catalog, backup, target_tl):
+    """Walk the segments recovery needs after the backup, on the timeline path to ``target_tl``.
+    Returns {'last_segno', 'last_name', 'last_time', 'segments', 'partial', 'gap', 'after_gap'}."""
+    seg_size = catalog.segment_size
+    path = timeline_path(catalog.histories, target_tl) if target_tl != int(backup["timeline"]) else \
+        [(int(backup["timeline"]), 0, None)]
+
+    def tl_for(segno):
+        chosen = path[0][0]
+        for tl, begin, _end in path:
+            if begin // seg_size <= segno:
+                chosen = tl
+        return chosen
+
+    stop_segno = _wal.segment_number(backup["stop_lsn"], seg_size)
+    segno = stop_segno + 1
+    names = []
+    last_time = _backup.parse_iso(backup["stop_time"])
+    last_segno = stop_segno
+    for _step in range(1 << 24):  # bounded: 2^24 segments is 256 TB of WAL
+        info = catalog.segments.get((tl_for(segno), segno))
+        if info is None:
+            break
+        names.append(_wal.segment_name(tl_for(segno), segno, seg_size))
+        last_time = max(last_time, info["mtime"])
+        last_segno = segno
+        segno += 1
+    partial = catalog.partials.get((tl_for(segno), segno))
+    if partial is not None:
+        last_time = max(last_time, partial["mtime"])
+    later = sorted(n for (tl, n) in catalog.segments if n > segno and tl in {p[0] for p in path})
+    return {
+        "first": names[0] if names else None,
+        "last_segno": last_segno,
+        "last": _wal.segment_name(tl_for(last_segno), last_segno, seg_size),
+        "last_time": last_time,
+        "segments": len(names),
+        "bytes": len(names) * seg_size + (seg_size if partial else 0),
+        "partial": _wal.segment_name(tl_for(segno), segno, seg_size) + ".partial" if partial else None,
+        "missing": _wal.segment_name(tl_for(segno), segno, seg_size) if later else None,
+        "segments_after_gap": len(later),
+        "reach_lsn_int": (last_segno + 1) * seg_size - 1,
+    }
+
+
+# -- the plan --------------------------------------------------------------------------------------------------------
+def all_backups(repositories):
+    """Valid full backups across repositories, the first repository's copy preferred; oldest first."""
+    seen = {}
+    for repo in repositories:
+        try:
+            found = _backup.list_backups(repo)
+        except repo_mod.RepositoryError as exc:
+            raise RestoreError("cannot list backups in %s: %s" % (repo.describe(), exc)) from None
+        for record in found:
+            if record.get("status") == "valid" and record.get("kind", "full") == "full":
+                seen.setdefault(record["id"], record)
+    return sorted(seen.values(), key=lambda r: (r["stop_time"], r["id"]))
+
+
+def _describe(record):
+    return "%s (ended %s at %s, timeline %s)" % (record["id"], record["stop_time"], record["stop_lsn"],
+                                                 record["timeline"])
+
+
+def plan(repositories, target, system_identifier=None, backup_id=None):
+    """What a restore to ``target`` would use, or RestoreError saying why the target cannot be reached."""
+    target = normalise_target(target)
+    backups = all_backups(repositories)
+    if not backups:
+        raise RestoreError("no valid backup in %s: take one first (playbooks/backup.yml)"
+                           % ", ".join(r.describe() for r in repositories))
+    identities = sorted(set(b["system_identifier"] for b in backups))
+    if system_identifier:
+        backups = [b for b in backups if b["system_identifier"] == str(system_identifier)]
+        if not backups:
+            raise RestoreError("no backup of cluster %s in the repositories (they hold %s): wrong region or wrong "
+                               "repository?" % (system_identifier, ", ".join(identities)))
+    elif len(identities) > 1:
+        raise RestoreError("the repositories hold backups of %d clusters (%s): say which with system_identifier"
+                           % (len(identities), ", ".join(identities)))
+    oldest = backups[0]
+    if backup_id:
+        chosen = [b for b in backups if b["id"] == backup_id]
+        if not chosen:
+            raise RestoreError("backup %s is not a valid backup here; valid: %s"
+                               % (backup_id, ", ".join(b["id"] for b in backups)))
+        candidates = chosen
+    elif target["type"] == "time":
+        candidates = [b for b in backups if _backup.parse_iso(b["stop_time"]) < target["moment"]]
+        if not candidates:
+            raise RestoreError("target time %s is before the oldest backup's end, %s: no backup can restore it. The "
+                               "earliest point these repositories can restore is %s"
+                               % (target["value"], _describe(oldest), oldest["stop_time"]))
+    elif target["type"] == "lsn":
+        candidates = [b for b in backups if _wal.lsn_to_int(b["stop_lsn"]) <= target["lsn_int"]]
+        if not candidates:
+            raise RestoreError("target LSN %s is before the oldest backup's end, %s: no backup can restore it"
+                               % (target["value"], _describe(oldest)))
+    else:
+        candidates = backups
+    record = candidates[-1]
+    if target["type"] == "time" and _backup.parse_iso(record["stop_time"]) >= target["moment"]:
+        raise RestoreError("backup %s ends after the target time %s" % (record["id"], target["value"]))
+    if target["type"] == "lsn" and _wal.lsn_to_int(record["stop_lsn"]) > target["lsn_int"]:
+        raise RestoreError("backup %s ends after the target LSN %s" % (record["id"], target["value"]))
+
+    seg_size = record.get("wal_segment_size") or _wal.DEFAULT_SEGMENT_SIZE
+    catalog = WalCatalog(repositories, seg_size)
+    tl = choose_timeline(catalog, record, target["timeline"])
+    chain = wal_chain(catalog, record, tl)
+    problem = _reach_problem(target, record, chain)
+    if problem:
+        raise RestoreError(problem)
+    warnings = []
+    if target["type"] in ("xid", "name"):
+        warnings.append("where %s %s lies is known only to the WAL: PostgreSQL stops the restore if it does not "
+                        "find it; pass backup_id to start from an older backup" % (target["type"], target["value"]))
+    if chain["partial"]:
+        warnings.append("the last WAL is the streamed partial segment %s" % chain["partial"])
+    return {
+        "target": {k: v for k, v in target.items() if k not in ("moment", "lsn_int")},
+        "backup": {k: record.get(k) for k in ("id", "label", "repository", "region", "system_identifier",
+                                               "timeline", "start_lsn", "stop_lsn", "start_time", "stop_time",
+                                               "database_bytes", "stored_bytes", "pg_version")},
+        "timeline": tl,
+        "timeline_path": [[t, _wal.int_to_lsn(b), _wal.int_to_lsn(e) if e is not None else None]
+                          for t, b, e in (timeline_path(catalog.histories, tl) if tl != int(record["timeline"])
+                                          else [(tl, 0, None)])],
+        "wal": {"first": chain["first"], "last": chain["last"], "segments": chain["segments"],
+                "bytes_to_replay": chain["bytes"], "partial": chain["partial"],
+                "archive_ends": _backup.iso(chain["last_time"]),
+                "reach_lsn": _wal.int_to_lsn(chain["reach_lsn_int"])},
+        "warnings": warnings,
+    }
+
+
+def _reach_problem(target, record, chain):
+    gap = ""
+    if chain["missing"]:
+        gap = (" WAL segment %s is missing from every repository while %d later segments exist: recovery "
+               "cannot pass it" % (chain["missing"], chain["segments_after_gap"]))
+    kind = target["type"]
+    if kind == "immediate":
+        return None
+    if kind == "time":
+        if chain["last_time"] < target["moment"]:
+            return ("target time %s is after the end of the WAL these repositories hold for backup %s (last "
+                    "segment %s, stored %s).%s Nothing was changed. Pick an earlier target, or wait for the next "
+                    "segment to be archived (SELECT pg_switch_wal() on the primary)."
+                    % (target["value"], record["id"], chain["last"], _backup.iso(chain["last_time"]), gap))
+        return None
+    if kind == "lsn":
+        seg = _wal.segment_number(target["lsn_int"], record.get("wal_segment_size") or _wal.DEFAULT_SEGMENT_SIZE)
+        covered = chain["last_segno"] + (1 if chain["partial"] else 0)
+        if seg > covered:
+            return ("target LSN %s is after the end of the WAL these repositories hold for backup %s (last "
+                    "segment %s).%s Nothing was changed." % (target["value"], record["id"], chain["last"], gap))
+        return None
+    if gap:  # end, xid, name: a gap would end recovery early without anyone asking for that point
+        return ("recovery to %s would stop early:%s. Nothing was changed. Restore the segment (from another "
+                "region's repository), or ask for that point explicitly with a target before it (target_lsn %s)."
+                % ("the end of the archive" if kind == "end" else "%s %s" % (kind, target["value"]), gap,
+                   _wal.int_to_lsn(chain["reach_lsn_int"])))
+    return None
+
+
+# -- restoring the files ---------------------------------------------------------------------------------------------
+class _FileSink:
+    """Receives a tar stream's members from a TarWalker and writes them under ``root``, refusing escapes."""
+
+    def __init__(self, root):
+        self.root = os.path.realpath(root)
+        self.fd = None
+        self.files = 0
+
+    def _path(self, name):
+        if name.startswith("/") or ".." in name.split("/"):
+            raise RestoreError("archive member %r would land outside the data directory" % name)
+        path = os.path.join(self.root, name)
+        parent = os.path.realpath(os.path.dirname(path))
+        if parent != self.root and not parent.startswith(self.root + os.sep):
+            raise RestoreError("archive member %r would land outside the data directory" % name)
+        return path
+
+    def start(self, name, typeflag):
+        path = self._path(name.rstrip("/"))
+        if typeflag == b"5":
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        elif typeflag in (b"0", b"\0", b"7"):
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.files += 1
+        elif typeflag in (b"1", b"2"):
+            raise RestoreError("archive member %r is a link: backups with tablespaces are not restorable by this "
+                               "version (restore them with pg_basebackup's tar files and tar -x)" % name)
+
+    def write(self, view):
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def end(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _stage(func, inq, outq, errors):
+    """One stage of the restore pipeline: func(item) -> item for the next stage (None ends the stream)."""
+    item = None
+    try:
+        for _item in range(1 << 40):
+            item = inq.get()
+            if item is None or errors:
+                break
+            result = func(item)
+            if outq is not None and result:
+                outq.put(result)
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        errors.append(exc)
+    finally:
+        if outq is not None:
+            outq.put(None)
+        for _rest in range(1 << 40):  # drain so an upstream producer never blocks forever
+            if item is None:
+                break
+            item = inq.get()
+
+
+def _restore_archive(repository, key, name, expected_sha, dest, walker, progress=None):
+    """Fetch, hash, decompress, walk and write one tar archive with three threads (reading, decompressing and
+    writing each release the GIL in their C parts, so the stages overlap on two cores)."""
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    sink = _FileSink(dest)
+    walker.sink = sink
+    sha = hashlib.sha256()
+    decomp = _backup.decompressor_for(name)
+    errors = []
+    q_raw, q_plain = queue.Queue(maxsize=8), queue.Queue(maxsize=8)
+
+    def decompress(data):
+        return decomp.decompress(data)
+
+    def walk(data):
+        walker.feed(data)
+        if progress:
+            progress(len(data))
+
+    workers = [threading.Thread(target=_stage, args=(decompress, q_raw, q_plain, errors), daemon=True),
+               threading.Thread(target=_stage, args=(walk, q_plain, None, errors), daemon=True)]
+    for w in workers:
+        w.start()
+    stream = repository.open(key)
+    try:
+        for _chunk in range(1 << 40):
+            if errors:
+                break
+            data = stream.read(CHUNK)
+            if not data:
+                break
+            sha.update(data)
+            q_raw.put(data)
+    except repo_mod.RepositoryError as exc:
+        errors.append(exc)
+    finally:
+        q_raw.put(None)
+        for w in workers:
+            w.join()
+        sink.end()
+        close = getattr(stream, "close", None)
+        if close:
+            close()
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, (RestoreError, repo_mod.RepositoryError)) or not isinstance(exc, Exception):
+            raise exc
+        raise RestoreError("%s: %s" % (name, exc)) from exc
+    if sha.hexdigest() != expected_sha:
+        raise RestoreError("%s of backup %s does not match its stored sha256: the copy in %s is damaged. Nothing "
+                           "was put in place; restore from another region's copy (repository) or an older backup"
+                           % (name, key.split("/")[-2], repository.describe()))
+    return sink.files
+
+
+def restore_files(repository, record, dest, progress=None):
+    """Restore a backup's files into the empty directory ``dest``, checking the stored sha256 of every object
+    and the manifest's checksum of every file. Returns a summary."""
+    names = {f["name"]: f for f in record["files"]}
+    extra = [n for n in names if not (n.startswith(("base.tar", "pg_wal.tar")) or n == "backup_manifest")]
+    if extra:
+        raise RestoreError("backup %s has tablespace archives (%s): not restorable by this version"
+                           % (record["id"], ", ".join(extra)))
+    prefix = "backup/%s/" % record["id"]
+    manifest_raw = repository.get_bytes(prefix + "backup_manifest")
+    if hashlib.sha256(manifest_raw).hexdigest() != names["backup_manifest"]["sha256"]:
+        raise RestoreError("backup_manifest of %s does not match its stored sha256: damaged" % record["id"])
+    manifest = json.loads(manifest_raw)
+    algorithm = record.get("manifest_checksum_algorithm") or "CRC32C"
+    base_name = next(n for n in names if n.startswith("base.tar"))
+    walker = _backup.TarWalker(algorithm, keep=())
+    t0 = time.monotonic()
+    files = _restore_archive(repository, prefix + base_name, base_name, names[base_name]["sha256"], dest, walker,
+                             progress)
+    wal_names = []
+    wal_name = next((n for n in names if n.startswith("pg_wal.tar")), None)
+    if wal_name:
+        wal_walker = _backup.TarWalker("NONE", keep=())
+        files += _restore_archive(repository, prefix + wal_name, wal_name, names[wal_name]["sha256"],
+                                  os.path.join(dest, "pg_wal"), wal_walker, progress)
+        wal_names = list(wal_walker.files)
+    problems = _backup.check_manifest(manifest, walker.files)
+    problems += _backup.check_wal(manifest, wal_names, record.get("wal_segment_size") or _wal.DEFAULT_SEGMENT_SIZE)
+    if problems:
+        raise RestoreError("the restored files do not match backup %s's manifest: %s"
+                           % (record["id"], "; ".join(problems[:10])))
+    with open(os.path.join(dest, "backup_manifest"), "wb") as fh:
+        fh.write(manifest_raw)
+    for sub in ("pg_wal/archive_status",):
+        os.makedirs(os.path.join(dest, sub), mode=0o700, exist_ok=True)
+    os.chmod(dest, 0o700)
+    return {"files": files, "bytes": sum(f.get("Size", 0) for f in manifest.get("Files", [])),
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+# -- the data directory's state --------------------------------------------------------------------------------------
+def state_path(data_dir):
+    return data_dir.rstrip("/") + STATE_SUFFIX
+
+
+def read_state(data_dir):
+    try:
+        with open(state_path(data_dir)) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(data_dir, doc):
+    path = state_path(data_dir)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+    return doc
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def postmaster_running(data_dir):
+    """The pid of a live postmaster using data_dir, else None."""
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as fh:
+            pid = int(fh.readline().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _nonempty(path):
+    try:
+        return bool(os.listdir(path))
+    except FileNotFoundError:
+        return False
+
+
+def restore_request(plan_doc):
+    """What identifies one restore: the backup and the target (a re-run of the same request continues it)."""
+    return {"backup_id": plan_doc["backup"]["id"], "target": plan_doc["target"], "timeline": plan_doc["timeline"]}
+
+
+def prepare_data_dir(repositories, plan_doc, data_dir, now=None, check_mode=False, progress=None):
+    """Move whatever is in ``data_dir`` aside and restore the planned backup into it. Idempotent: the same
+    request already restored (or being recovered) is left alone; an interrupted one continues or starts over.
+    Returns {'changed', 'moved_aside', 'restored', 'state'}."""
+    data_dir = os.path.abspath(data_dir.rstrip("/"))
+    request = restore_request(plan_doc)
+    state = read_state(data_dir)
+    if postmaster_running(data_dir):
+        if state and state.get("request") == request:
+            return {"changed": False, "moved_aside": state.get("moved_aside"), "restored": False, "state": state}
+        raise RestoreError("PostgreSQL is running on %s (pid %s): stop it first (the restore role does), a "
+                           "restore never replaces a live data directory" % (data_dir, postmaster_running(data_dir)))
+    same = bool(state and state.get("request") == request)
+    if same and state.get("phase") in ("restored", "recovering", "recovered") and _nonempty(data_dir):
+        return {"changed": False, "moved_aside": state.get("moved_aside"), "restored": False, "state": state}
+    staging = data_dir + ".restoring"
+    now = now or _backup.utcnow()
+    aside = data_dir + ".replaced-" + now.strftime("%Y%m%dT%H%M%SZ")
+    if check_mode:
+        return {"changed": True, "moved_aside": aside if _nonempty(data_dir) else None, "restored": True,
+                "state": state}
+    moved = state.get("moved_aside") if same else None
+    if _nonempty(data_dir):
+        if same and state.get("phase") == "placing":
+            # interrupted between the rename into place and the state update: the directory is ours, complete
+            state["phase"] = "restored"
+            return {"changed": True, "moved_aside": moved, "restored": True, "state": write_state(data_dir, state)}
+        if os.path.exists(aside):
+            raise RestoreError("%s already exists: wait a second and run again" % aside)
+        write_state(data_dir, {"request": request, "phase": "moving-aside", "moved_aside": aside,
+                               "started": _backup.iso(now)})
+        os.rename(data_dir, aside)
+        moved = aside
+    elif os.path.isdir(data_dir):
+        os.rmdir(data_dir)  # empty: nothing to keep
+    if os.path.exists(staging):
+        shutil.rmtree(staging)  # an interrupted restore of ours: start it over
+    write_state(data_dir, {"request": request, "phase": "restoring", "moved_aside": moved,
+                           "started": _backup.iso(now)})
+    repo = _repository_of(repositories, plan_doc["backup"])
+    record = json.loads(repo.get_bytes("backup/%s/%s" % (plan_doc["backup"]["id"], _backup.RECORD)))
+    os.makedirs(staging, mode=0o700)
+    try:
+        summary = restore_files(repo, record, staging, progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        write_state(data_dir, {"request": request, "phase": "failed", "moved_aside": moved,
+                               "started": _backup.iso(now)})
+        raise
+    write_state(data_dir, {"request": request, "phase": "placing", "moved_aside": moved, "started": _backup.iso(now)})
+    os.rename(staging, data_dir)
+    _fsync_dir(os.path.dirname(data_dir))
+    doc = write_state(data_dir, {"request": request, "phase": "restored", "moved_aside": moved,
+                                 "started": _backup.iso(now), "restored": summary})
+    return {"changed": True, "moved_aside": moved, "restored": True, "state": doc, "summary": summary}
+
+
+def _repository_of(repositories, backup):
+    for repo in repositories:
+        if repo.name == backup.get("repository"):
+            return repo
+    return repositories[0]
+
+
+def set_phase(data_dir, phase, **extra):
+    state = read_state(data_dir) or {}
+    state.update(extra)
+    state["phase"] = phase
+    return write_state(data_dir, state)
+
+
+def prune_moved_aside(data_dir, keep_days, now=None, protect=(), check_mode=False):
+    """Delete ``<data_dir>.replaced-*`` directories older than keep_days, never one in ``protect``."""
+    now = now or _backup.utcnow()
+    parent, base = os.path.split(os.path.abspath(data_dir.rstrip("/")))
+    removed = []
+    for entry in sorted(os.listdir(parent)):
+        match = re.match(re.escape(base) + r"\.replaced-(\d{8}T\d{6}Z)$", entry)
+        if not match:
+            continue
+        path = os.path.join(parent, entry)
+        when = datetime.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+        if path in protect or now - when < datetime.timedelta(days=keep_days):
+            continue
+        if not check_mode:
+            shutil.rmtree(path)
+        removed.append(path)
+    return removed
+
+
+# -- watching recovery -------------------------------------------------------------------------------------------------
+LOG_PATTERNS = {
+    "stopping": re.compile(r"recovery stopping .*"),
+    "redo_done": re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)"),
+    "last_tx": re.compile(r"last completed transaction was at log time (.+)"),
+    "paused": re.compile(r"pausing at the end of recovery|recovery has paused"),
+    "fatal": re.compile(r"(?:FATAL|PANIC):\s+(.*)"),
+    "timeline": re.compile(r"selected new timeline ID: (\d+)"),
+}
+
+
+def scan_log(text):
+    found = {}
+    for line in text.splitlines():
+        for key, pattern in LOG_PATTERNS.items():
+            match = pattern.search(line)
+            if match:
+                if key == "fatal":
+                    found.setdefault("fatal", []).append(match.group(1).strip())
+                else:
+                    found[key] = match.group(1) if match.groups() else match.group(0)
+    return found
+
+
+def log_since(path, offset):
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(4 * 1024 * 1024).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def log_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def wait_for_recovery(connect, data_dir, log_file, log_offset=0, timeout=3600, poll=1.0, progress=None):
+    """Poll a server in recovery until it pauses at its target or finishes recovery (promoted); RestoreError when
+    it stops instead (PostgreSQL refuses a target it cannot reach) or the timeout passes. ``connect`` returns a
+    DB-API connection or raises. Returns what was reached."""
+    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
+    last = {}
+    seen_running = False
+    for _poll in range(int(timeout / max(poll, 0.05)) + 2):
+        if time.monotonic() > deadline:
+            break
+        try:
+            conn = connect()
+        except Exception as exc:  # noqa: BLE001 - not up yet, or stopped: the pid file tells
+            if postmaster_running(data_dir) is None and (seen_running or time.monotonic() - t0 > 15):
+                found = scan_log(log_since(log_file, log_offset))
+                reason = "; ".join(found.get("fatal", [])[-3:]) or str(exc).strip()
+                raise RestoreError("PostgreSQL stopped during recovery: %s. It did not open at an earlier point; "
+                                   "the data directory that was moved aside is untouched" % reason) from None
+            seen_running = seen_running or postmaster_running(data_dir) is not None
+            time.sleep(poll)
+            continue
+        seen_running = True
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+                        "pg_last_xact_replay_timestamp()::text, "
+                        "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END")
+            in_recovery, replay_lsn, replay_time, pause = cur.fetchone()
+            last = {"in_recovery": in_recovery, "replay_lsn": replay_lsn, "replay_time": replay_time,
+                    "pause_state": pause}
+            if not in_recovery:
+                cur.execute("SELECT pg_current_wal_lsn()::text, "
+                            "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int")
+                current_lsn, timeline = cur.fetchone()
+                found = scan_log(log_since(log_file, log_offset))
+                return {"outcome": "promoted", "timeline": timeline, "current_lsn": current_lsn,
+                        "recovered_to_lsn": found.get("redo_done"), "recovered_to_time": found.get("last_tx"),
+                        "stopped": found.get("stopping"), "seconds": round(time.monotonic() - t0, 3)}
+            if pause == "paused":
+                found = scan_log(log_since(log_file, log_offset))
+                cur.execute("SELECT timeline_id FROM pg_control_checkpoint()")
+                return {"outcome": "paused", "timeline": cur.fetchone()[0], "recovered_to_lsn": replay_lsn,
+                        "recovered_to_time": replay_time, "stopped": found.get("stopping"),
+                        "seconds": round(time.monotonic() - t0, 3)}
+        except Exception:  # noqa: BLE001 - the server is changing state; try again
+            pass
+        finally:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if progress:
+            progress(last)
+        time.sleep(poll)
+    raise RestoreError("recovery did not reach its target within %d s (last seen: %s); PostgreSQL is still "
+                       "replaying: look at its log, or raise the timeout" % (timeout, last))
+
+
+def pg_controldata(pg_bin, data_dir):
+    """The fields of pg_controldata as a dict ({} when the directory holds no cluster)."""
+    try:
+        out = subprocess.run([os.path.join(pg_bin, "pg_controldata"), "-D", data_dir], capture_output=True,
+                             text=True, timeout=60, check=False, env=dict(os.environ, LC_ALL="C"))
+    except OSError:
+        return {}
+    if out.returncode != 0:
+        return {}
+    fields = {}
+    for line in out.stdout.splitlines():
+        key, _sep, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields

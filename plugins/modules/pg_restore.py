@@ -1,0 +1,258 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_restore
+short_description: Plan and carry out a PostgreSQL restore from the backups and WAL in the repositories
+version_added: 0.3.0
+description:
+  - O(state=planned) chooses the backup that serves the target (the newest valid one that ends before it, of the
+    same cluster), follows the timeline history from it to the target and checks that every WAL segment in between
+    is in a repository (archived under C(wal/) or streamed under C(stream/)). It returns that plan, or fails with the
+    reason when the target is before the oldest backup, after the end of the archive or behind a missing segment.
+    It changes nothing.
+  - O(state=restored) makes the plan, then moves the data directory aside (renamed to
+    C(<data_dir>.replaced-<UTC time>), never deleted), restores the backup into C(<data_dir>.restoring) checking
+    every stored object's sha256 and every file's checksum from the backup manifest, and renames it into place.
+    A state file beside the data directory records each step, so a re-run of the same request continues it and
+    a re-run after the restore changes nothing.
+  - O(state=recovered) waits while the server (started by the caller with the recovery settings of
+    M(immersiverse.dr.pg_recovery)) replays WAL, until it pauses at its target or finishes recovery. When
+    PostgreSQL stops instead (for example "recovery ended before configured recovery target was reached") it
+    fails with PostgreSQL's reason; PostgreSQL never opens at an earlier point than asked.
+  - Runs on the database host as the data directory's owner (become_user postgres).
+author:
+  - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.repository.repositories
+  - immersiverse.dr.postgres
+attributes:
+  check_mode:
+    support: full
+    description: O(state=planned) and O(state=restored) return the plan and what would be moved; nothing is
+      written. O(state=recovered) only reads.
+  diff_mode:
+    support: none
+    description: A data directory is not a diff.
+options:
+  state:
+    description: Which step.
+    type: str
+    default: planned
+    choices: [planned, restored, recovered]
+  data_dir:
+    description: The data directory to restore into (its parent must be writable by the user the module runs as).
+    type: path
+  target:
+    description: What to recover to.
+    type: str
+    default: end
+    choices: [end, immediate, time, lsn, xid, name]
+  target_value:
+    description:
+      - The target for O(target=time) (a timestamp with a time zone), O(target=lsn), O(target=xid) or
+        O(target=name) (a restore point made with pg_create_restore_point).
+    type: str
+  target_inclusive:
+    description: Stop just after the target (true) or just before it (false).
+    type: bool
+    default: true
+  target_timeline:
+    description: The timeline to follow, C(latest), C(current) or a number.
+    type: str
+    default: latest
+  backup_id:
+    description: Restore this backup instead of the one the plan would choose (it must still end before the target).
+    type: str
+  system_identifier:
+    description:
+      - Only backups of this cluster. Default, the system identifier of the cluster in O(data_dir) when there is
+        one (a restore never silently swaps in another cluster), otherwise the only one in the repositories.
+    type: str
+  pg_bin_dir:
+    description: Where pg_controldata lives.
+    type: path
+    default: /usr/lib/postgresql/15/bin
+  progress_file:
+    description: A JSON file rewritten about once a second with the bytes restored so far, for a poller.
+    type: path
+  log_file:
+    description: The server's log, read by O(state=recovered) to report where recovery stopped and why it failed.
+    type: path
+  log_offset:
+    description: Where in O(log_file) this start's messages begin (its size before the server was started).
+    type: int
+    default: 0
+  timeout:
+    description: How long O(state=recovered) waits, in seconds.
+    type: int
+    default: 3600
+requirements:
+  - boto3 for S3 repositories, psycopg2 for O(state=recovered), on the host the module runs on
+seealso:
+  - module: immersiverse.dr.pg_recovery
+  - module: immersiverse.dr.pg_backup_info
+"""
+
+EXAMPLES = r"""
+- name: What would a restore to 14:03:07 UTC use?
+  immersiverse.dr.pg_restore:
+    state: planned
+    repositories: "{{ [restore_repository] + restore_offsite_repositories }}"
+    data_dir: /var/lib/postgresql/15/main
+    target: time
+    target_value: "2026-11-27 14:03:07+00"
+  become: true
+  become_user: postgres
+  register: plan
+
+- name: Move the damaged data directory aside and restore the planned backup
+  immersiverse.dr.pg_restore:
+    state: restored
+    repositories: "{{ [restore_repository] }}"
+    data_dir: /var/lib/postgresql/15/main
+    target: time
+    target_value: "2026-11-27 14:03:07+00"
+  become: true
+  become_user: postgres
+"""
+
+RETURN = r"""
+plan:
+  description: The backup, timeline path and WAL range the restore uses.
+  returned: always
+  type: dict
+  sample:
+    backup: {id: 20261127T140000F, stop_lsn: 0/5000100, stop_time: "2026-11-27T14:00:02.1Z", timeline: 1}
+    timeline: 2
+    wal: {first: 000000010000000000000006, last: 00000002000000000000000B, segments: 6,
+          bytes_to_replay: 100663296, partial: null, archive_ends: "2026-11-27T14:05:00.0Z"}
+moved_aside:
+  description: Where the previous data directory went (null when there was none).
+  returned: O(state=restored)
+  type: str
+restored:
+  description: Files and bytes restored and the seconds it took (absent when nothing was restored this run).
+  returned: O(state=restored)
+  type: dict
+recovery:
+  description:
+    - What recovery reached. C(outcome) is C(paused) (at the target, waiting to be promoted) or C(promoted);
+      C(recovered_to_lsn), C(recovered_to_time), C(timeline), C(stopped) (PostgreSQL's "recovery stopping" line).
+  returned: O(state=recovered)
+  type: dict
+"""
+
+import json
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.immersiverse.dr.plugins.module_utils import _backup
+from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+from ansible_collections.immersiverse.dr.plugins.module_utils import _restore
+
+
+def _progress_writer(path):
+    if not path:
+        return None
+    state = {"bytes": 0, "last": 0.0, "t0": time.monotonic()}
+
+    def add(nbytes):
+        state["bytes"] += nbytes
+        now = time.monotonic()
+        if now - state["last"] >= 1.0:
+            state["last"] = now
+            _write_progress(path, "restoring", state)
+
+    return add, state
+
+
+def _write_progress(path, phase, state):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"phase": phase, "bytes": state["bytes"], "seconds": round(time.monotonic() - state["t0"], 1)}, fh)
+    os.replace(tmp, path)
+
+
+def run_module(module):
+    p = module.params
+    state = p["state"]
+    if state == "recovered":
+        if not p["data_dir"]:
+            module.fail_json(msg="state=recovered needs data_dir")
+        if module.check_mode:
+            return {"changed": False, "recovery": None}
+        reached = _restore.wait_for_recovery(lambda: _pg.connect(p), p["data_dir"], p["log_file"] or "",
+                                             p["log_offset"], p["timeout"])
+        try:
+            _restore.set_phase(p["data_dir"], "recovered" if reached["outcome"] == "promoted" else "recovering",
+                               recovery=reached)
+        except OSError:
+            pass
+        return {"changed": False, "recovery": reached}
+    repositories = [repo_mod.open_repository(spec) for spec in p["repositories"]]
+    system_identifier = p["system_identifier"]
+    if not system_identifier and p["data_dir"]:
+        control = _restore.pg_controldata(p["pg_bin_dir"], p["data_dir"])
+        system_identifier = control.get("Database system identifier")
+        state_doc = _restore.read_state(p["data_dir"])
+        if not system_identifier and state_doc and state_doc.get("moved_aside"):
+            control = _restore.pg_controldata(p["pg_bin_dir"], state_doc["moved_aside"])
+            system_identifier = control.get("Database system identifier")
+    target = {"type": p["target"], "value": p["target_value"], "inclusive": p["target_inclusive"],
+              "timeline": p["target_timeline"]}
+    plan = _restore.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"])
+    if state == "planned":
+        return {"changed": False, "plan": plan}
+    if not p["data_dir"]:
+        module.fail_json(msg="state=restored needs data_dir")
+    progress = _progress_writer(p["progress_file"])
+    done = _restore.prepare_data_dir(repositories, plan, p["data_dir"], check_mode=module.check_mode,
+                                     progress=progress[0] if progress else None)
+    if progress and not module.check_mode:
+        _write_progress(p["progress_file"], "restored", progress[1])
+    result = {"changed": done["changed"], "plan": plan, "moved_aside": done["moved_aside"]}
+    if done.get("summary"):
+        result["restored"] = done["summary"]
+    return result
+
+
+def main():
+    argument_spec = _pg.connection_argument_spec()
+    argument_spec.update(
+        state=dict(type="str", default="planned", choices=["planned", "restored", "recovered"]),
+        repositories=dict(type="list", elements="dict", options=repo_mod.repository_argument_spec()),
+        data_dir=dict(type="path"),
+        target=dict(type="str", default="end", choices=list(_restore.TARGET_TYPES)),
+        target_value=dict(type="str"),
+        target_inclusive=dict(type="bool", default=True),
+        target_timeline=dict(type="str", default="latest"),
+        backup_id=dict(type="str"),
+        system_identifier=dict(type="str"),
+        pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
+        progress_file=dict(type="path"),
+        log_file=dict(type="path"),
+        log_offset=dict(type="int", default=0),
+        timeout=dict(type="int", default=3600),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_if=[("state", "planned", ["repositories"]),
+                                        ("state", "restored", ["repositories", "data_dir"]),
+                                        ("state", "recovered", ["data_dir"])])
+    try:
+        result = run_module(module)
+    except (_restore.RestoreError, _backup.BackupError, repo_mod.RepositoryError, ValueError, OSError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""Restores against real PostgreSQL: PITR exactness under the workload generator (time inclusive and exclusive,
+LSN, named restore point), targets that cannot be reached (refused by the plan, and by PostgreSQL when the plan is
+bypassed), a missing and a corrupted segment, interruption and re-run, check mode.
+
+The source archives with the collection's own archive_command (the wal_archive role's wrapper, run by PostgreSQL
+as the postgres user) into a local repository; restores use the same wrapper as restore_command. Restored servers
+pause at their target (recovery_target_action = pause) and are read as hot standbys, so no test opens a new
+timeline that a later test would follow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+from conftest import PG_BIN, PgServer, create_service_database
+from test_backups import run_module
+from test_wal_push_fetch import Archive
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / ".collections"))
+from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _restore, _wal  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils import _pg  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod  # noqa: E402
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs the archive command as postgres")]
+POSTGRES = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+
+
+def chown_tree(path: Path) -> None:
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), POSTGRES.pw_uid, POSTGRES.pw_gid)
+    os.chown(path, POSTGRES.pw_uid, POSTGRES.pw_gid)
+
+
+class Source:
+    """A primary archiving into a local repository, with one backup and a journalled generator run after it."""
+
+    def __init__(self, factory, work: Path):
+        self.work = work
+        self.repo_dir = work / "repo"
+        self.repo_dir.mkdir(mode=0o700)
+        os.chown(self.repo_dir, POSTGRES.pw_uid, POSTGRES.pw_gid)
+        self.spec = {"type": "local", "name": "primary", "path": str(self.repo_dir)}
+        self.archive = Archive(work / "wal", [self.spec], prefetch=4)
+        self.server = factory("pitr-src", settings={
+            "wal_level": "replica", "archive_mode": "on", "max_wal_senders": "5", "track_commit_timestamp": "on",
+            "archive_command": f"'{self.archive.wrapper} push %p'"})
+        self.db = create_service_database(self.server)
+        self.repo = repo_mod.LocalRepository(str(self.repo_dir), name="primary")
+
+    def backup(self) -> dict:
+        conn = _pg.connect({"login_host": self.server.host, "login_port": self.server.port,
+                            "login_user": "postgres", "login_password": self.server.password,
+                            "login_db": "postgres", "login_unix_socket": "", "connect_timeout": 5,
+                            "ssl_mode": "disable"})
+        try:
+            ident = _backup.cluster_identity(conn)
+        finally:
+            conn.close()
+        params = {"login_host": self.server.host, "login_port": self.server.port, "login_user": "postgres",
+                  "login_password": self.server.password, "login_db": "postgres", "login_unix_socket": "",
+                  "connect_timeout": 5, "ssl_mode": "disable"}
+        record = _backup.take_backup(self.repo, params, ident)
+        chown_tree(self.repo_dir)
+        return record
+
+    def switch_and_wait(self) -> str:
+        last = self.server.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+        self.server.psql("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = self.server.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")[0][0]
+            if done >= last:
+                return last
+            time.sleep(0.2)
+        raise AssertionError(f"{last} was not archived in 60 s: {self.server.psql('SELECT * FROM pg_stat_archiver')}")
+
+    def run_generator(self, seconds: float, during=None) -> list[dict]:
+        journal = self.work / f"journal-{time.monotonic_ns()}.jsonl"
+        env = {**self.server.env(), "PYTHONPATH": str(REPO / "lab"), "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "drlab.generator", "--journal", str(journal), "--user", "auth_app",
+                "--dbname", self.db, "--connect-timeout", "2", "--endpoint",
+                f"primary={self.server.host}:{self.server.port}", "--rate", "100", "--duration", str(seconds)]
+        gen = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        extra = during() if during else None
+        assert gen.wait(seconds + 60) == 0, gen.stderr.read()
+        acks = [json.loads(line) for line in journal.read_text().splitlines()]
+        return [a for a in acks if a.get("type") == "ack"], extra
+
+    def commit_times(self, request_ids) -> dict:
+        rows = self.server.psql(
+            "SELECT request_id::text, pg_xact_commit_timestamp(xmin)::text, "
+            "extract(epoch FROM pg_xact_commit_timestamp(xmin))::numeric FROM audit_logs "
+            "WHERE request_id::text = ANY(%s)", (list(request_ids),), dbname=self.db)
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def source(pg_server_factory):
+    work = Path(tempfile.mkdtemp(prefix="drtest-restore-"))
+    work.chmod(0o711)
+    src = Source(pg_server_factory, work)
+    src.record = src.backup()
+    moments = {}
+
+    def during():
+        time.sleep(2.5)
+        moments["lsn_read_at"] = time.time()
+        moments["lsn"] = src.server.psql("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+        moments["lsn_done_at"] = time.time()
+        src.server.psql("SELECT pg_switch_wal()")
+        time.sleep(1.5)
+        moments["rp_at"] = time.time()
+        moments["rp_lsn"] = src.server.psql("SELECT pg_create_restore_point('before-cleanup')::text")[0][0]
+        moments["rp_done_at"] = time.time()
+        time.sleep(1.0)
+        src.server.psql("SELECT pg_switch_wal()")
+        return moments
+
+    src.acks, _moments = src.run_generator(7, during)
+    src.moments = moments
+    src.last_wal = src.switch_and_wait()
+    src.commits = src.commit_times(a["request_id"] for a in src.acks)
+    assert len(src.commits) == len(src.acks) > 300
+    yield src
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def restored_server(src: Source, name: str) -> PgServer:
+    server = PgServer(src.work / name, name)
+    server.run_dir.mkdir(parents=True)
+    os.chown(server.run_dir, POSTGRES.pw_uid, POSTGRES.pw_gid)
+    server.base_dir.chmod(0o711)
+    server.password = src.server.password
+    server._add_pgpass(server.user, server.password)
+    return server
+
+
+def recover(src: Source, server: PgServer, settings: dict, plan: dict | None = None, timeout: int = 120) -> dict:
+    """Restore settings as PostgreSQL reads them, start, wait until paused at the target (or fail)."""
+    auto = server.data_dir / "postgresql.auto.conf"
+    lines = [f"port = {server.port}", f"unix_socket_directories = '{server.run_dir}'", "archive_mode = off",
+             f"restore_command = '{src.archive.wrapper} fetch %f %p --unreachable abort'",
+             "recovery_target_action = 'pause'"]
+    lines += [f"{k} = '{v}'" for k, v in settings.items()]
+    with open(auto, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    (server.data_dir / "recovery.signal").touch()
+    chown_tree(server.data_dir)
+    server._run(str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l", str(server.log_file), "-w", "-t", "5",
+                "start", check=False)
+
+    def connect():
+        return psycopg2.connect(server.dsn("postgres"), connect_timeout=2)
+
+    return _restore.wait_for_recovery(connect, str(server.data_dir), str(server.log_file), timeout=timeout,
+                                      poll=0.3)
+
+
+def restore_to(src: Source, name: str, target: dict) -> tuple[PgServer, dict, dict]:
+    plan = _restore.plan([src.repo], target)
+    server = restored_server(src, name)
+    _restore.prepare_data_dir([src.repo], plan, str(server.data_dir))
+    settings = {"recovery_target_inclusive": "on" if target.get("inclusive", True) else "off"}
+    key = {"time": "recovery_target_time", "lsn": "recovery_target_lsn", "name": "recovery_target_name",
+           "xid": "recovery_target_xid"}.get(target["type"])
+    if key:
+        settings[key] = target["value"]
+    reached = recover(src, server, settings, plan)
+    return server, plan, reached
+
+
+def quiet_prefetch_spool(src: Source) -> None:
+    """Wait for an earlier restore's prefetcher to finish, then empty its spool (its verified copies would be served
+    instead of the object a test damages)."""
+    import fcntl
+
+    lock = src.archive.spool / "prefetch.lock"
+    if lock.exists():
+        with open(lock) as fh:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+    shutil.rmtree(src.archive.spool / "fetch", ignore_errors=True)
+
+
+def present_ids(server: PgServer, db: str) -> set[str]:
+    return {r[0] for r in server.psql("SELECT request_id::text FROM audit_logs", dbname=db)}
+
+
+def stop(server: PgServer) -> None:
+    server._run(str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "stop", "-m", "immediate", check=False)
+
+
+# -- exactness -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_pitr_to_a_commit_time_keeps_exactly_the_writes_up_to_it(source, inclusive):
+    ordered = sorted(source.commits.items(), key=lambda kv: kv[1][1])
+    k = len(ordered) // 2
+    pivot_id, (pivot_text, pivot_epoch) = ordered[k]
+    assert ordered[k - 1][1][1] < pivot_epoch < ordered[k + 1][1][1], "two commits share a timestamp"
+    target = {"type": "time", "value": pivot_text, "inclusive": inclusive}
+    server, plan, reached = restore_to(source, f"pitr-time-{inclusive}", target)
+    try:
+        assert reached["outcome"] == "paused", reached
+        assert plan["backup"]["id"] == source.record["id"]
+        assert plan["wal"]["segments"] >= 2
+        got = present_ids(server, source.db)
+        want = {rid for rid, (_t, ep) in source.commits.items() if ep < pivot_epoch or (inclusive and ep == pivot_epoch)}
+        run_ids = set(source.commits)
+        assert got & run_ids == want, (len(got & run_ids), len(want))
+        assert (pivot_id in got) is inclusive
+        assert "recovery stopping" in (reached.get("stopped") or "")
+    finally:
+        stop(server)
+
+
+def test_pitr_to_an_lsn_under_load(source):
+    m = source.moments
+    before = {a["request_id"] for a in source.acks if _backup.parse_iso(a["acked_at"]).timestamp() < m["lsn_read_at"]}
+    after = {a["request_id"] for a in source.acks if _wal.lsn_to_int(a["lsn"]) > _wal.lsn_to_int(m["lsn"])}
+    assert len(before) > 50 and len(after) > 50
+    server, plan, reached = restore_to(source, "pitr-lsn", {"type": "lsn", "value": m["lsn"], "inclusive": False})
+    try:
+        assert reached["outcome"] == "paused"
+        got = present_ids(server, source.db)
+        assert before <= got, f"{len(before - got)} writes acknowledged before the target are missing"
+        assert not (after & got), f"{len(after & got)} writes after the target were replayed"
+    finally:
+        stop(server)
+
+
+def test_pitr_to_a_named_restore_point_under_load(source):
+    m = source.moments
+    before = {a["request_id"] for a in source.acks if _backup.parse_iso(a["acked_at"]).timestamp() < m["rp_at"]}
+    after = {a["request_id"] for a in source.acks if _wal.lsn_to_int(a["lsn"]) > _wal.lsn_to_int(m["rp_lsn"])}
+    assert len(before) > 50 and len(after) > 20
+    server, _plan, reached = restore_to(source, "pitr-name", {"type": "name", "value": "before-cleanup"})
+    try:
+        assert reached["outcome"] == "paused"
+        assert "before-cleanup" in (reached.get("stopped") or "")
+        got = present_ids(server, source.db)
+        assert before <= got and not (after & got)
+    finally:
+        stop(server)
+
+
+# -- targets that cannot be reached ----------------------------------------------------------------------------------
+def test_target_before_the_oldest_backup_is_refused(source):
+    with pytest.raises(_restore.RestoreError, match="before the oldest backup"):
+        _restore.plan([source.repo], {"type": "time", "value": "2001-01-01 00:00:00+00"})
+    with pytest.raises(_restore.RestoreError, match="before the oldest backup"):
+        _restore.plan([source.repo], {"type": "lsn", "value": "0/10"})
+    with pytest.raises(_restore.RestoreError, match="no time zone"):
+        _restore.plan([source.repo], {"type": "time", "value": "2026-11-27 10:00:00"})
+
+
+def test_target_after_the_archive_is_refused_and_postgres_never_opens_early(source):
+    late = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() + 3600))
+    with pytest.raises(_restore.RestoreError, match="after the end of the WAL"):
+        _restore.plan([source.repo], {"type": "time", "value": late})
+    # bypass the plan: PostgreSQL's own check stops recovery, it does not open at the end of the archive
+    plan = _restore.plan([source.repo], {"type": "end"})
+    server = restored_server(source, "pitr-late")
+    _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
+    with pytest.raises(_restore.RestoreError, match="recovery ended before configured recovery target"):
+        recover(source, server, {"recovery_target_time": late})
+    assert _restore.postmaster_running(str(server.data_dir)) is None
+
+
+def test_missing_segment_is_refused_before_anything_moves(source, tmp_path):
+    tl, lo = _wal.parse_segment(source.record["stop_wal"])
+    victim = _wal.segment_name(tl, lo + 1)
+    key_path = source.repo_dir / _wal.wal_key(victim)
+    assert key_path.exists()
+    hidden = tmp_path / victim
+    shutil.move(key_path, hidden)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    try:
+        for target in ({"type": "end"}, {"type": "time", "value": source.commits[max(source.commits,
+                       key=lambda r: source.commits[r][1])][0]}):
+            with pytest.raises(_restore.RestoreError, match=f"{victim} is missing"):
+                _restore.plan([source.repo], target)
+        result = run_module("pg_restore", {"state": "restored", "repositories": [source.spec],
+                                           "data_dir": str(data), "target": "end"})
+        assert result.get("failed") and victim in result["msg"], result
+        assert (data / "PG_VERSION").read_text() == "15\n"  # not moved, not touched
+        assert not list(tmp_path.glob("data.replaced-*"))
+    finally:
+        shutil.move(hidden, key_path)
+
+
+def test_corrupted_segment_stops_recovery_and_the_old_directory_is_intact(source):
+    tl, lo = _wal.parse_segment(source.record["stop_wal"])
+    victim = source.repo_dir / _wal.wal_key(_wal.segment_name(tl, lo + 1))
+    original = victim.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    quiet_prefetch_spool(source)
+    server = restored_server(source, "pitr-corrupt")
+    server.data_dir.mkdir(mode=0o700)
+    (server.data_dir / "PG_VERSION").write_text("15\n")
+    (server.data_dir / "damaged-but-precious").write_text("keep me")
+    chown_tree(server.base_dir)
+    try:
+        victim.write_bytes(bytes(damaged))
+        plan = _restore.plan([source.repo], {"type": "end"})
+        done = _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
+        aside = Path(done["moved_aside"])
+        with pytest.raises(_restore.RestoreError, match="stopped during recovery"):
+            recover(source, server, {})
+        assert (aside / "damaged-but-precious").read_text() == "keep me"
+        log = server.log_file.read_text()
+        assert "damaged" in log or "checksum" in log, log[-2000:]
+    finally:
+        victim.write_bytes(original)
+        stop(server)
+
+
+# -- interruption, re-run, check mode, the module --------------------------------------------------------------------
+def test_interrupted_restore_starts_over_and_a_rerun_changes_nothing(source):
+    plan = _restore.plan([source.repo], {"type": "end"})
+    data = source.work / "rerun" / "data"
+    data.parent.mkdir()
+    data.mkdir()
+    (data / "old-file").write_text("old")
+
+    def boom(nbytes, seen=[0]):  # noqa: B006 - a counter across calls
+        seen[0] += nbytes
+        if seen[0] > 4 * 1024 * 1024:
+            raise KeyboardInterrupt("operator pressed ctrl-c")
+
+    with pytest.raises(KeyboardInterrupt):
+        _restore.prepare_data_dir([source.repo], plan, str(data), progress=boom)
+    state = _restore.read_state(str(data))
+    assert state["phase"] == "failed"
+    aside = Path(state["moved_aside"])
+    assert (aside / "old-file").read_text() == "old"
+    assert not data.exists() and not Path(str(data) + ".restoring").exists()
+    again = _restore.prepare_data_dir([source.repo], plan, str(data))
+    assert again["changed"] and again["moved_aside"] == str(aside)  # nothing else moved aside
+    assert (data / "PG_VERSION").exists() and (data / "backup_label").exists()
+    assert len(list(data.parent.glob("data.replaced-*"))) == 1
+    third = _restore.prepare_data_dir([source.repo], plan, str(data))
+    assert not third["changed"]
+
+
+def test_module_check_mode_shows_the_plan_and_changes_nothing(source, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keep").write_text("x")
+    args = {"state": "restored", "repositories": [source.spec], "data_dir": str(data), "target": "lsn",
+            "target_value": source.moments["lsn"], "system_identifier": source.record["system_identifier"]}
+    result = run_module("pg_restore", args, check=True)
+    assert result["changed"] and not result.get("failed"), result
+    assert result["plan"]["backup"]["id"] == source.record["id"]
+    assert result["plan"]["wal"]["segments"] >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"] and (data / "keep").read_text() == "x"
+    wrong = run_module("pg_restore", {**args, "system_identifier": "42"})
+    assert wrong.get("failed") and "no backup of cluster 42" in wrong["msg"]
