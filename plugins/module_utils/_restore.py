@@ -82,7 +82,10 @@ def normalise_target(target):
         out["moment"] = parse_target_time(value)
         out["value"] = str(value)
     elif kind == "lsn":
-        out["lsn_int"] = _wal.lsn_to_int(value)
+        try:
+            out["lsn_int"] = _wal.lsn_to_int(value)
+        except _wal.WalError as exc:
+            raise RestoreError("target_lsn: %s" % exc) from None
         out["value"] = _wal.int_to_lsn(out["lsn_int"])
     elif kind == "xid":
         if not re.match(r"^[1-9][0-9]{0,19}$", str(value)):
@@ -102,8 +105,8 @@ def normalise_target(target):
 def parse_history(text):
     """A timeline history file: [(parent timeline, switch LSN as int)], oldest first."""
     entries = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         fields = line.split()
@@ -132,9 +135,19 @@ class WalCatalog:
                     self._add(repo, area, obj)
 
     def _add(self, repo, area, obj):
-        base = obj["key"].rsplit("/", 1)[-1]
+        parts = obj["key"].split("/")
+        base = parts[-1]
         info = {"key": obj["key"], "mtime": obj["mtime"], "repository": repo.name, "area": area.rstrip("/"),
                 "size": obj["size"]}
+        if len(parts) >= 2 and parts[-2].endswith(".partial") and _wal.parse_piece_key(base):
+            # a piece of a streamed partial segment (stream/<tl+log>/<segment>.partial/<start>-<end>)
+            name = parts[-2][:-len(".partial")]
+            if _wal.SEGMENT_RE.match(name):
+                key = _wal.parse_segment(name, self.segment_size)
+                known = self.partials.get(key)
+                if known is None or known["mtime"] < info["mtime"]:
+                    self.partials[key] = info
+            return
         match = _wal.HISTORY_RE.match(base)
         if match:
             tl = int(match.group(1), 16)
@@ -152,10 +165,11 @@ class WalCatalog:
         if not _wal.SEGMENT_RE.match(name) or suffix not in ("", "partial"):
             return
         timeline, segno = _wal.parse_segment(name, self.segment_size)
-        table = self.partials if suffix == "partial" else self.segments
-        known = table.get((timeline, segno))
+        if suffix == "partial":  # a .partial PostgreSQL archived at a promotion: recovery never asks for it
+            return
+        known = self.segments.get((timeline, segno))
         if known is None or (known["area"] == "stream" and info["area"] == "wal"):
-            table[(timeline, segno)] = info  # prefer the archive's copy
+            self.segments[(timeline, segno)] = info  # prefer the archive's copy
 
     def timelines(self):
         return sorted(set(tl for tl, _n in self.segments) | set(self.histories) | set(tl for tl, _n in self.partials))
@@ -201,7 +215,7 @@ def choose_timeline(catalog, backup, requested):
     return max(candidates) if candidates else btl
 
 
-def wal_chain(catalog, backup, target_tl):
+def wal_chain(catalog, backup, target_tl, use_partial=True):
     """Walk the segments recovery needs after the backup, on the timeline path to ``target_tl``.
     Returns {'last_segno', 'last_name', 'last_time', 'segments', 'partial', 'gap', 'after_gap'}."""
     seg_size = catalog.segment_size
@@ -228,7 +242,7 @@ def wal_chain(catalog, backup, target_tl):
         last_time = max(last_time, info["mtime"])
         last_segno = segno
         segno += 1
-    partial = catalog.partials.get((tl_for(segno), segno))
+    partial = catalog.partials.get((tl_for(segno), segno)) if use_partial else None
     if partial is not None:
         last_time = max(last_time, partial["mtime"])
     later = sorted(n for (tl, n) in catalog.segments if n > segno and tl in {p[0] for p in path})
@@ -266,8 +280,9 @@ def _describe(record):
                                                  record["timeline"])
 
 
-def plan(repositories, target, system_identifier=None, backup_id=None):
-    """What a restore to ``target`` would use, or RestoreError saying why the target cannot be reached."""
+def plan(repositories, target, system_identifier=None, backup_id=None, use_partial=True):
+    """What a restore to ``target`` would use, or RestoreError saying why the target cannot be reached.
+    ``use_partial``: restore_command serves streamed partial segments (immersiverse-dr-wal fetch --partial)."""
     target = normalise_target(target)
     backups = all_backups(repositories)
     if not backups:
@@ -311,7 +326,7 @@ def plan(repositories, target, system_identifier=None, backup_id=None):
     seg_size = record.get("wal_segment_size") or _wal.DEFAULT_SEGMENT_SIZE
     catalog = WalCatalog(repositories, seg_size)
     tl = choose_timeline(catalog, record, target["timeline"])
-    chain = wal_chain(catalog, record, tl)
+    chain = wal_chain(catalog, record, tl, use_partial)
     problem = _reach_problem(target, record, chain)
     if problem:
         raise RestoreError(problem)

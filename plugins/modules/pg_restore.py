@@ -26,6 +26,8 @@ description:
     M(immersiverse.dr.pg_recovery)) replays WAL, until it pauses at its target or finishes recovery. When
     PostgreSQL stops instead (for example "recovery ended before configured recovery target was reached") it
     fails with PostgreSQL's reason; PostgreSQL never opens at an earlier point than asked.
+  - O(state=pruned) deletes data directories earlier restores moved aside, once they are older than
+    O(keep_replaced_days); the caller runs it after the restored cluster passed verification.
   - Runs on the database host as the data directory's owner (become_user postgres).
 author:
   - immersiverse.dr maintainers (@immersiverse)
@@ -45,7 +47,7 @@ options:
     description: Which step.
     type: str
     default: planned
-    choices: [planned, restored, recovered]
+    choices: [planned, restored, recovered, pruned]
   data_dir:
     description: The data directory to restore into (its parent must be writable by the user the module runs as).
     type: path
@@ -67,6 +69,18 @@ options:
     description: The timeline to follow, C(latest), C(current) or a number.
     type: str
     default: latest
+  use_partial:
+    description:
+      - The restore_command serves the streaming receiver's partial segment at the end of the archive
+        (C(immersiverse-dr-wal fetch --partial)), so the plan counts it as reachable WAL.
+    type: bool
+    default: true
+  keep_replaced_days:
+    description:
+      - O(state=pruned) deletes C(<data_dir>.replaced-<time>) directories older than this many days (by the time in
+        their name), never the one the last restore moved aside.
+    type: int
+    default: 7
   backup_id:
     description: Restore this backup instead of the one the plan would choose (it must still end before the target).
     type: str
@@ -141,6 +155,11 @@ restored:
   description: Files and bytes restored and the seconds it took (absent when nothing was restored this run).
   returned: O(state=restored)
   type: dict
+removed:
+  description: The moved-aside data directories O(state=pruned) deleted.
+  returned: O(state=pruned)
+  type: list
+  elements: str
 recovery:
   description:
     - What recovery reached. C(outcome) is C(paused) (at the target, waiting to be promoted) or C(promoted);
@@ -185,6 +204,13 @@ def _write_progress(path, phase, state):
 def run_module(module):
     p = module.params
     state = p["state"]
+    if state == "pruned":
+        if not p["data_dir"]:
+            module.fail_json(msg="state=pruned needs data_dir")
+        last = (_restore.read_state(p["data_dir"]) or {}).get("moved_aside")
+        removed = _restore.prune_moved_aside(p["data_dir"], p["keep_replaced_days"], protect={last} if last else (),
+                                             check_mode=module.check_mode)
+        return {"changed": bool(removed), "removed": removed}
     if state == "recovered":
         if not p["data_dir"]:
             module.fail_json(msg="state=recovered needs data_dir")
@@ -209,7 +235,8 @@ def run_module(module):
             system_identifier = control.get("Database system identifier")
     target = {"type": p["target"], "value": p["target_value"], "inclusive": p["target_inclusive"],
               "timeline": p["target_timeline"]}
-    plan = _restore.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"])
+    plan = _restore.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"],
+                         use_partial=p["use_partial"])
     if state == "planned":
         return {"changed": False, "plan": plan}
     if not p["data_dir"]:
@@ -228,7 +255,7 @@ def run_module(module):
 def main():
     argument_spec = _pg.connection_argument_spec()
     argument_spec.update(
-        state=dict(type="str", default="planned", choices=["planned", "restored", "recovered"]),
+        state=dict(type="str", default="planned", choices=["planned", "restored", "recovered", "pruned"]),
         repositories=dict(type="list", elements="dict", options=repo_mod.repository_argument_spec()),
         data_dir=dict(type="path"),
         target=dict(type="str", default="end", choices=list(_restore.TARGET_TYPES)),
@@ -236,6 +263,8 @@ def main():
         target_inclusive=dict(type="bool", default=True),
         target_timeline=dict(type="str", default="latest"),
         backup_id=dict(type="str"),
+        use_partial=dict(type="bool", default=True),
+        keep_replaced_days=dict(type="int", default=7),
         system_identifier=dict(type="str"),
         pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
         progress_file=dict(type="path"),
@@ -246,7 +275,8 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("state", "planned", ["repositories"]),
                                         ("state", "restored", ["repositories", "data_dir"]),
-                                        ("state", "recovered", ["data_dir"])])
+                                        ("state", "recovered", ["data_dir"]),
+                                        ("state", "pruned", ["data_dir"])])
     try:
         result = run_module(module)
     except (_restore.RestoreError, _backup.BackupError, repo_mod.RepositoryError, ValueError, OSError) as exc:
