@@ -1,0 +1,105 @@
+"""Restores on the running lab, through the playbooks an operator runs: a PITR of a standby region to a time taken
+under the workload generator (paused at the target, read-only, so the lab keeps one primary), then the same region's
+data directory deleted and rebuilt as a standby from its own region's repository (restore_mode=standby).
+
+Runs after test_wal_lab.py (file order): WAL archiving is set up and there are backups in every region."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+from conftest import REPO, playbook
+from test_wal_lab import REGIONS, serving_region, superuser_sql
+
+INVENTORY = str(REPO / "inventories" / "lab")
+
+
+def standby_region(serving: str) -> str:
+    return [r for r in REGIONS if r != serving][-1]
+
+
+def sql(region: str, query: str, db: str = "authdb") -> str:
+    out = subprocess.run(["podman", "exec", "-u", "postgres", f"dr-lab-{region}-db", "psql", "-AtX", "-d", db,
+                          "-c", query], capture_output=True, text=True, check=True, timeout=60)
+    return out.stdout.strip()
+
+
+def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_path):
+    serving = serving_region()
+    region = standby_region(serving)
+    if not os.path.exists("/proc") or subprocess.run(
+            ["podman", "exec", f"dr-lab-{region}-db", "test", "-x", "/usr/local/bin/immersiverse-dr-wal"],
+            check=False).returncode != 0:
+        site = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"))
+        assert site.rc == 0, site.out[-3000:]
+    backup = playbook("-i", INVENTORY, str(REPO / "playbooks" / "backup.yml"))
+    assert backup.rc == 0, backup.out[-3000:]
+
+    journal = tmp_path / "journal.jsonl"
+    env = {**os.environ, "PGPASSFILE": str(REPO / ".lab" / "pgpass"), "PYTHONPATH": str(REPO / "lab")}
+    gen = subprocess.Popen([sys.executable, "-m", "drlab.generator", "--journal", str(journal), "--user", "auth_app",
+                            "--dbname", "authdb", "--endpoint",
+                            f"{serving}=127.0.0.1:{REGIONS[serving] * 10000 + 5432}", "--rate", "100",
+                            "--duration", "6"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert gen.wait(90) == 0, gen.stderr.read()
+    acks = [json.loads(line) for line in journal.read_text().splitlines()]
+    acks = [a for a in acks if a.get("type") == "ack"]
+    assert len(acks) > 200
+    pivot = acks[len(acks) // 2]
+    target = datetime.fromisoformat(pivot["acked_at"].replace("Z", "+00:00"))
+    target_text = target.strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    superuser_sql(serving, "SELECT pg_switch_wal()")
+    time.sleep(3)  # archive_command pushes it to every region
+
+    # what the serving primary knows: when each write's transaction started (its commit came later)
+    started = dict(line.split("|") for line in sql(serving, (
+        "SELECT request_id::text, extract(epoch FROM occurred_at) FROM audit_logs "
+        "WHERE details->>'run_id' = '%s'" % pivot["run_id"])).splitlines())
+    must = {a["request_id"] for a in acks if datetime.fromisoformat(a["acked_at"].replace("Z", "+00:00")) <= target}
+    must_not = {rid for rid, epoch in started.items() if float(epoch) > target.timestamp()}
+    assert len(must) > 100 and len(must_not) > 100
+
+    args = ["-i", INVENTORY, str(REPO / "playbooks" / "pitr.yml"), "-e", f"restore_region={region}",
+            "-e", f"target_time={target_text}", "-e", "restore_target_action=pause"]
+    check = playbook(*args, "--check")
+    assert check.rc == 0, check.out[-4000:]
+    assert "from backup" in check.out and "WAL segments" in check.out
+    assert sql(region, "SELECT pg_is_in_recovery()") == "t"
+    assert "streaming" in sql(region, "SELECT status FROM pg_stat_wal_receiver", "postgres")  # untouched
+
+    refused = playbook(*args)
+    assert refused.rc != 0 and "confirm=true" in refused.out
+
+    pitr = playbook(*args, "-e", "confirm=true")
+    assert pitr.rc == 0, pitr.out[-6000:]
+    assert "lab-secret-key" not in pitr.out
+    present = set(sql(region, "SELECT request_id::text FROM audit_logs WHERE details->>'run_id' = '%s'"
+                      % pivot["run_id"]).splitlines())
+    assert must <= present, f"{len(must - present)} writes acknowledged before the target are missing"
+    assert not (must_not & present), f"{len(must_not & present)} writes begun after the target were replayed"
+    assert sql(region, "SELECT pg_get_wal_replay_pause_state()") == "paused"
+    aside = subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "sh", "-c",
+                            "ls -d /var/lib/postgresql/15/main.replaced-*"], capture_output=True, text=True,
+                           check=False).stdout.split()
+    assert aside, "the old data directory was not kept"
+
+    # the data directory is lost; the region's standby comes back from its own repository, then streams
+    subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "pg_ctlcluster", "15", "main", "stop", "-m",
+                    "immediate"], check=False, capture_output=True)
+    subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "rm", "-rf", "/var/lib/postgresql/15/main"],
+                   check=True)
+    rebuilt = playbook("-i", INVENTORY, str(REPO / "playbooks" / "restore.yml"), "-e", f"restore_region={region}",
+                       "-e", "restore_mode=standby", "-e", "confirm=true")
+    assert rebuilt.rc == 0, rebuilt.out[-6000:]
+    deadline = time.monotonic() + 60
+    primary_count = sql(serving, "SELECT count(*) FROM audit_logs")
+    while time.monotonic() < deadline and sql(region, "SELECT count(*) FROM audit_logs") != primary_count:
+        time.sleep(1)
+    assert sql(region, "SELECT count(*) FROM audit_logs") == primary_count
+    assert sql(region, "SELECT pg_is_in_recovery()") == "t"
+    assert "streaming" in sql(region, "SELECT status FROM pg_stat_wal_receiver", "postgres")
