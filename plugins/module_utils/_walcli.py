@@ -102,10 +102,10 @@ def main(argv=None):
 
 def stream(config, args):
     try:
-        if args.ensure:
-            ws.ensure(config)
+        if args.ensure:  # the role reads the answer (changed or not)
+            sys.stdout.write("started\n" if ws.ensure(config) else "running\n")
         elif args.stop:
-            ws.stop(config)
+            sys.stdout.write("stopped\n" if ws.stop(config) else "not running\n")
         elif args.status:
             sys.stdout.write(json.dumps(ws.status(config), sort_keys=True) + "\n")
         else:

@@ -56,10 +56,10 @@ class StreamError(wa.WalArchiveError):
 class StreamSettings:
     """The ``stream`` section of the configuration."""
 
-    def __init__(self, doc):
+    def __init__(self, doc, require_conninfo=True):
         section = dict(DEFAULTS, **(doc.get("stream") or {}))
         self.conninfo = section.get("conninfo") or ""
-        if not self.conninfo:
+        if require_conninfo and not self.conninfo:
             raise StreamError("the configuration has no stream.conninfo: streaming is not configured on this host")
         if "password=" in self.conninfo.replace(" ", ""):
             raise StreamError("stream.conninfo must not hold a password: put it in the passfile it names")
@@ -433,7 +433,7 @@ def running_pid(settings):
 def stop(config, timeout=20.0):
     """SIGTERM the running streamer (it stops pg_receivewal and uploads what arrived last), then wait; its process
     group gets SIGKILL when it does not stop in time. True when one was running."""
-    settings = StreamSettings(config.doc)
+    settings = StreamSettings(config.doc, require_conninfo=False)
     pid = running_pid(settings)
     if pid is None:
         return False
@@ -459,7 +459,7 @@ def _signal(pid, sig):
 
 
 def status(config):
-    settings = StreamSettings(config.doc)
+    settings = StreamSettings(config.doc, require_conninfo=False)
     try:
         with open(settings.path("status.json")) as fh:
             doc = json.load(fh)
