@@ -136,8 +136,8 @@ def choose_logical_backup(repository, database, backup_id=None):
     if backup_id:
         valid = [b for b in valid if b["id"] == backup_id]
         if not valid:
-            raise _backup.BackupError("logical backup %s is not a valid backup in %s" % (backup_id,
-                                                                                       repository.describe()))
+            raise _backup.BackupError("logical backup %s is not a valid backup in %s"
+                                      % (backup_id, repository.describe()))
     holding = [b for b in valid if database in b.get("databases", [])]
     if not holding:
         raise _backup.BackupError("no valid logical backup of database %s in %s: take one (playbooks/backup.yml "
@@ -232,9 +232,9 @@ def restore_logical(repository, conn_params, database, pg_bin="/usr/lib/postgres
                 _copy_rows(pg_restore, psql, dump, env, schema, table, scratch_schema)
                 restored.append("%s.%s -> %s.%s" % (schema, table, scratch_schema, table))
         else:
-            exists = _run(psql[:-2] + ["-d", "postgres", "-Atc",
-                                        "SELECT count(*) FROM pg_database WHERE datname = '%s'" % target_database],
-                          env, "look up database %s" % target_database).stdout.strip()
+            lookup = "SELECT count(*) FROM pg_database WHERE datname = '%s'" % target_database
+            exists = _run(psql[:-2] + ["-d", "postgres", "-Atc", lookup], env,
+                          "look up database %s" % target_database).stdout.strip()
             if exists == "0":
                 _run(psql[:-2] + ["-d", "postgres", "-c", "CREATE DATABASE %s" % _quote_ident(target_database)],
                      env, "CREATE DATABASE %s" % target_database)

@@ -280,6 +280,10 @@ def _describe(record):
                                                  record["timeline"])
 
 
+PLAN_BACKUP_FIELDS = ("id", "label", "repository", "region", "system_identifier", "timeline", "start_lsn", "stop_lsn",
+                      "start_time", "stop_time", "database_bytes", "stored_bytes", "pg_version")
+
+
 def plan(repositories, target, system_identifier=None, backup_id=None, use_partial=True):
     """What a restore to ``target`` would use, or RestoreError saying why the target cannot be reached.
     ``use_partial``: restore_command serves streamed partial segments (immersiverse-dr-wal fetch --partial)."""
@@ -338,9 +342,7 @@ def plan(repositories, target, system_identifier=None, backup_id=None, use_parti
         warnings.append("the last WAL is the streamed partial segment %s" % chain["partial"])
     return {
         "target": {k: v for k, v in target.items() if k not in ("moment", "lsn_int")},
-        "backup": {k: record.get(k) for k in ("id", "label", "repository", "region", "system_identifier",
-                                               "timeline", "start_lsn", "stop_lsn", "start_time", "stop_time",
-                                               "database_bytes", "stored_bytes", "pg_version")},
+        "backup": {k: record.get(k) for k in PLAN_BACKUP_FIELDS},
         "timeline": tl,
         "timeline_path": [[t, _wal.int_to_lsn(b), _wal.int_to_lsn(e) if e is not None else None]
                           for t, b, e in (timeline_path(catalog.histories, tl) if tl != int(record["timeline"])

@@ -256,7 +256,7 @@ def main():
     argument_spec = _pg.connection_argument_spec()
     argument_spec.update(
         state=dict(type="str", default="planned", choices=["planned", "restored", "recovered", "pruned"]),
-        repositories=dict(type="list", elements="dict", options=repo_mod.repository_argument_spec()),
+        repositories=dict(type="list", elements="dict", required=True, options=repo_mod.repository_argument_spec()),
         data_dir=dict(type="path"),
         target=dict(type="str", default="end", choices=list(_restore.TARGET_TYPES)),
         target_value=dict(type="str"),
@@ -273,8 +273,7 @@ def main():
         timeout=dict(type="int", default=3600),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           required_if=[("state", "planned", ["repositories"]),
-                                        ("state", "restored", ["repositories", "data_dir"]),
+                           required_if=[("state", "restored", ["data_dir"]),
                                         ("state", "recovered", ["data_dir"]),
                                         ("state", "pruned", ["data_dir"])])
     try:

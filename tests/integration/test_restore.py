@@ -348,7 +348,9 @@ def test_interrupted_restore_starts_over_and_a_rerun_changes_nothing(source):
     data.mkdir()
     (data / "old-file").write_text("old")
 
-    def boom(nbytes, seen=[0]):  # noqa: B006 - a counter across calls
+    seen = [0]
+
+    def boom(nbytes):
         seen[0] += nbytes
         if seen[0] > 4 * 1024 * 1024:
             raise KeyboardInterrupt("operator pressed ctrl-c")

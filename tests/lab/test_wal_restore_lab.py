@@ -57,9 +57,10 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     time.sleep(3)  # archive_command pushes it to every region
 
     # what the serving primary knows: when each write's transaction started (its commit came later)
+    run = pivot["run_id"]
     started = dict(line.split("|") for line in sql(serving, (
         "SELECT request_id::text, extract(epoch FROM occurred_at) FROM audit_logs "
-        "WHERE details->>'run_id' = '%s'" % pivot["run_id"])).splitlines())
+        f"WHERE details->>'run_id' = '{run}'")).splitlines())
     must = {a["request_id"] for a in acks if datetime.fromisoformat(a["acked_at"].replace("Z", "+00:00")) <= target}
     must_not = {rid for rid, epoch in started.items() if float(epoch) > target.timestamp()}
     assert len(must) > 100 and len(must_not) > 100
@@ -78,8 +79,8 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     pitr = playbook(*args, "-e", "confirm=true")
     assert pitr.rc == 0, pitr.out[-6000:]
     assert "lab-secret-key" not in pitr.out
-    present = set(sql(region, "SELECT request_id::text FROM audit_logs WHERE details->>'run_id' = '%s'"
-                      % pivot["run_id"]).splitlines())
+    present = set(sql(region, f"SELECT request_id::text FROM audit_logs WHERE details->>'run_id' = '{run}'")
+                  .splitlines())
     assert must <= present, f"{len(must - present)} writes acknowledged before the target are missing"
     assert not (must_not & present), f"{len(must_not & present)} writes begun after the target were replayed"
     assert sql(region, "SELECT pg_get_wal_replay_pause_state()") == "paused"
