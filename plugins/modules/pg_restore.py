@@ -147,6 +147,13 @@ plan:
     timeline: 2
     wal: {first: 000000010000000000000006, last: 00000002000000000000000B, segments: 6,
           bytes_to_replay: 100663296, partial: null, archive_ends: "2026-11-27T14:05:00.0Z"}
+previous:
+  description:
+    - O(state=planned) with O(data_dir) - the last restore's phase in this data directory (C(restoring),
+      C(restored), C(paused), C(recovered), C(failed)), whether it was this same request (backup, target, timeline)
+      and where it moved the old data directory. A caller skips a request already C(recovered).
+  returned: O(state=planned)
+  type: dict
 moved_aside:
   description: Where the previous data directory went (null when there was none).
   returned: O(state=restored)
@@ -219,7 +226,7 @@ def run_module(module):
         reached = _restore.wait_for_recovery(lambda: _pg.connect(p), p["data_dir"], p["log_file"] or "",
                                              p["log_offset"], p["timeout"])
         try:
-            _restore.set_phase(p["data_dir"], "recovered" if reached["outcome"] == "promoted" else "recovering",
+            _restore.set_phase(p["data_dir"], "recovered" if reached["outcome"] == "promoted" else "paused",
                                recovery=reached)
         except OSError:
             pass
@@ -238,7 +245,11 @@ def run_module(module):
     plan = _restore.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"],
                          use_partial=p["use_partial"])
     if state == "planned":
-        return {"changed": False, "plan": plan}
+        previous = _restore.read_state(p["data_dir"]) if p["data_dir"] else None
+        same = bool(previous and previous.get("request") == _restore.restore_request(plan))
+        return {"changed": False, "plan": plan,
+                "previous": {"phase": (previous or {}).get("phase"), "same_request": same,
+                             "moved_aside": (previous or {}).get("moved_aside")}}
     if not p["data_dir"]:
         module.fail_json(msg="state=restored needs data_dir")
     progress = _progress_writer(p["progress_file"])
