@@ -26,6 +26,13 @@ options:
     description: The repository's name (the region).
     type: str
     required: true
+  reached_from:
+    description:
+      - C(hosts) - the endpoint as the database hosts reach it (C(dr_s3_endpoint_url_from_hosts), else
+        C(dr_s3_endpoint_url)); C(controller) - as the Ansible controller reaches it (C(dr_s3_endpoint_url)).
+    type: str
+    default: hosts
+    choices: [hosts, controller]
 """
 
 EXAMPLES = r"""
@@ -48,7 +55,7 @@ FIELDS = (("bucket", "dr_s3_bucket"), ("prefix", "dr_s3_prefix"), ("region", "dr
           ("access_key", "dr_s3_access_key"), ("secret_key", "dr_s3_secret_key"))
 
 
-def region_repository(hostvars, name):
+def region_repository(hostvars, name, reached_from="hosts"):
     if not hasattr(hostvars, "get"):
         raise AnsibleFilterError("region_repository expects a host's variables (hostvars[host])")
     if not hostvars.get("dr_s3_bucket"):
@@ -58,7 +65,11 @@ def region_repository(hostvars, name):
         value = hostvars.get(var)
         if value not in (None, ""):
             repo[key] = value
-    endpoint = hostvars.get("dr_s3_endpoint_url_from_hosts") or hostvars.get("dr_s3_endpoint_url")
+    if reached_from not in ("hosts", "controller"):
+        raise AnsibleFilterError("region_repository: reached_from is hosts or controller, not %r" % (reached_from,))
+    endpoint = hostvars.get("dr_s3_endpoint_url")
+    if reached_from == "hosts":
+        endpoint = hostvars.get("dr_s3_endpoint_url_from_hosts") or endpoint
     if endpoint:
         repo["endpoint_url"] = endpoint
     return repo
