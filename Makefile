@@ -8,7 +8,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/lab
 
 .PHONY: drill test setup lab-up lab-down lab-status lint unit integration lab-tests molecule sanity bench bench-backup \
-	bench-wal clean
+	bench-wal bench-restore clean
 
 drill: lab-up
 	$(ANSIBLE_PLAYBOOK) playbooks/drill.yml $(DRILL_ARGS)
@@ -46,7 +46,7 @@ molecule: setup
 sanity: setup
 	scripts/ansible-test.sh sanity --venv --python 3.11
 
-# every benchmark (drill, backup, then WAL); results in bench/results/
+# every benchmark (drill, backup, WAL, then restore); results in bench/results/
 bench: setup
 	scripts/bench.sh
 
@@ -57,6 +57,11 @@ bench-backup: setup
 # the WAL push/fetch benchmark alone (ours vs pgBackRest vs cp, ~6 min; BENCH_ARGS="--rounds 1" for a shorter run)
 bench-wal: setup
 	scripts/bench.sh wal $(BENCH_ARGS)
+
+# the restore and PITR benchmark alone (ours vs pgBackRest restore and archive-get, ~10 min;
+# BENCH_ARGS="--rounds 1 --pitr-rounds 1" for a shorter run)
+bench-restore: setup
+	scripts/bench.sh restore $(BENCH_ARGS)
 
 clean: lab-down
 	rm -rf .cache/lab .collections

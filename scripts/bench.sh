@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # make bench: the benchmarks under bench/, each writing bench/results/<name>.json.
-#   scripts/bench.sh                  every benchmark: drill (brings the lab up), then backup, then wal
+#   scripts/bench.sh                  every benchmark: drill (brings the lab up), then backup, wal, restore
 #   scripts/bench.sh drill [ARGS]     bench/drill.py only (the lab must come up)
 #   scripts/bench.sh backup [ARGS]    bench/backup.py only (no lab: its own PostgreSQL, S3 endpoint, pgBackRest)
 #   scripts/bench.sh wal [ARGS]       bench/wal.py only (no lab: its own small PostgreSQL, S3 endpoint, pgBackRest)
+#   scripts/bench.sh restore [ARGS]   bench/restore.py only (no lab: the backup benchmark's cluster, its own S3 endpoint)
 # A first argument that is an option (e.g. --drills 5) goes to drill.py, as before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 which=all
 case "${1:-}" in
-  drill|backup|wal|all) which=$1; shift ;;
+  drill|backup|wal|restore|all) which=$1; shift ;;
 esac
 
 run_drill() { scripts/lab.sh up; .venv/bin/python bench/drill.py "$@"; }
@@ -18,14 +19,18 @@ run_drill() { scripts/lab.sh up; .venv/bin/python bench/drill.py "$@"; }
 run_backup() { .venv/bin/python bench/backup.py "$@"; }
 # The WAL benchmark too (PostgreSQL runs our archive/restore commands as the postgres user).
 run_wal() { .venv/bin/python bench/wal.py "$@"; }
+# The restore benchmark too (pgBackRest restore and the PITR's restore_command run as the postgres user).
+run_restore() { .venv/bin/python bench/restore.py "$@"; }
 
 case "$which" in
   drill) run_drill "$@" ;;
   backup) run_backup "$@" ;;
   wal) run_wal "$@" ;;
+  restore) run_restore "$@" ;;
   all)
     if [ $# -gt 0 ] && [[ "$1" == -* ]]; then run_drill "$@"; else run_drill; fi
     run_backup
     run_wal
+    run_restore
     ;;
 esac
