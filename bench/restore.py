@@ -31,7 +31,8 @@ recovery_target_action promote, hot_standby off), and times from `pg_ctl start` 
 (the target reached, the server promoted); the log must show "recovery stopping" and every segment up to the
 target restored:
 
-    ours_fetch_s3            immersiverse-dr-wal fetch %f %p (verified, prefetch 8, concurrency 4)
+    ours_fetch_s3            immersiverse-dr-wal fetch %f %p (verified, concurrency 4), the spool warmed from the
+                             first segment 16 deep before PostgreSQL starts, as the restore role does
     pgbackrest_get_s3        pgbackrest archive-get %f %p (what a restore writes by default)
     pgbackrest_get_async_s3  the same with archive-async=y, process-max=2 (prefetch)
     cp_local                 reference, first round only: cp from a directory (start-up and replay floor)
@@ -266,6 +267,9 @@ class PitrBench(wal.Bench):
             h.chown_pg(r.data / f)
         r.port = h.free_port()
         t0 = time.monotonic()
+        if config.startswith("ours"):  # as the restore role does: the plan knows the first segment
+            h.run(["runuser", "-u", "postgres", "--", str(self.ours["fetch"].wrapper), "prefetch",
+                   min(self.expected), "--depth", "16"], timeout=60)
         r.start_nowait({"unix_socket_directories": str(r.sock)})
         seconds = r.wait_ready(t0, timeout=600)
         text = r.logfile.read_text(errors="replace")

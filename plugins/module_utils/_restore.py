@@ -273,7 +273,8 @@ def _describe(record):
 
 
 PLAN_BACKUP_FIELDS = ("id", "label", "repository", "region", "system_identifier", "timeline", "start_lsn", "stop_lsn",
-                      "start_time", "stop_time", "database_bytes", "stored_bytes", "pg_version")
+                      "start_wal", "stop_wal", "start_time", "stop_time", "database_bytes", "stored_bytes",
+                      "pg_version")
 
 
 def plan(repositories, target, system_identifier=None, backup_id=None, use_partial=True):
@@ -616,7 +617,7 @@ def prepare_data_dir(repositories, plan_doc, data_dir, now=None, check_mode=Fals
     data_dir = os.path.abspath(data_dir.rstrip("/"))
     request = restore_request(plan_doc)
     state = read_state(data_dir)
-    if postmaster_running(data_dir):
+    if postmaster_running(data_dir) and not check_mode:  # check mode: the caller stops it before the real run
         if state and state.get("request") == request:
             return {"changed": False, "moved_aside": state.get("moved_aside"), "restored": False, "state": state}
         raise RestoreError("PostgreSQL is running on %s (pid %s): stop it first (the restore role does), a "

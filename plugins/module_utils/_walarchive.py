@@ -481,6 +481,19 @@ def fetch(config, name, dest, partial=None):
     return True
 
 
+def warm(config, first, depth=None):
+    """Start the prefetcher at segment ``first`` before recovery asks for anything (a restore knows its WAL range
+    from its plan), so the first requests already find their segments in the spool. Returns False when a prefetcher
+    runs already."""
+    timeline, segno = _wal.parse_segment(first)
+    if depth:
+        config.prefetch = max(1, int(depth))
+    marker_dirs(config)
+    bind_fetch_spool(config)
+    before = _wal.segment_name(timeline, segno - 1) if segno else first
+    return spawn_detached(config.path("prefetch.lock"), run_prefetch, config, before)
+
+
 def _wait_for_prefetch(config, name, timeout=30.0):
     """When the prefetcher is downloading this very segment, wait for it instead of downloading it twice."""
     inflight = config.path("fetch", "." + name + ".tmp")

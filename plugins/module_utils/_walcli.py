@@ -44,6 +44,10 @@ def main(argv=None):
     p_fetch.add_argument("--partial", action="store_true", default=None,
                          help="when the segment is neither archived nor streamed whole, serve what the streamer "
                               "stored of it (its .partial), padded to a segment: recovery ends at its last record")
+    p_prefetch = sub.add_parser("prefetch", help="start fetching segments from NAME on into the spool, before "
+                                                 "recovery asks (a restore knows where its WAL starts)")
+    p_prefetch.add_argument("name")
+    p_prefetch.add_argument("--depth", type=int, help="segments kept ahead of recovery (default: the configuration's)")
     p_stream = sub.add_parser("stream", help="pg_receivewal into the repository (foreground, for a service)")
     mode = p_stream.add_mutually_exclusive_group()
     mode.add_argument("--ensure", action="store_true", help="start it detached unless it runs (for cron)")
@@ -52,7 +56,7 @@ def main(argv=None):
     p_pusher = sub.add_parser("pusher", help="run the background pusher in the foreground")
     p_pusher.add_argument("--pg-wal", required=True)
     sub.add_parser("status", help="the spool: markers, errors, prefetched files")
-    for p in (p_push, p_fetch, p_pusher, p_stream):
+    for p in (p_push, p_fetch, p_pusher, p_stream, p_prefetch):
         p.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     args = parser.parse_args(argv)
@@ -85,6 +89,14 @@ def main(argv=None):
                              % (args.name, exc))
             return wa.EXIT_ABORT
         return 0 if found else 1
+    if args.command == "prefetch":
+        try:
+            started = wa.warm(config, args.name, args.depth)
+        except (wa.WalArchiveError, ValueError, OSError) as exc:
+            sys.stderr.write("immersiverse-dr-wal prefetch %s: %s\n" % (args.name, exc))
+            return 1
+        sys.stdout.write("started\n" if started else "running\n")
+        return 0
     if args.command == "pusher":
         config.pg_wal = args.pg_wal
         wa.marker_dirs(config)

@@ -425,3 +425,25 @@ def test_logical_restore_of_one_table_into_a_scratch_schema_while_serving(source
     again = run_module("pg_logical_restore", {**params, "repository": source.spec, "database": source.db,
                                               "tables": ["public.users"], "scratch_schema": "rescue"})
     assert again.get("failed") and "already exists" in again["msg"], again
+
+
+def test_prefetch_warms_the_spool_from_the_plans_first_segment(source):
+    quiet_prefetch_spool(source)
+    plan = _restore.plan([source.repo], {"type": "end"})
+    first = plan["backup"]["start_wal"]
+    tl, segno = _wal.parse_segment(first)
+    wanted = [_wal.segment_name(tl, segno + i) for i in range(3)]
+    run = source.archive.run("prefetch", first, "--depth", "3")
+    assert run.returncode == 0 and run.stdout.strip() == "started", run.stderr
+    spool = source.archive.spool / "fetch"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all((spool / n).exists() for n in wanted):
+        time.sleep(0.1)
+    assert all((spool / n).exists() for n in wanted), sorted(p.name for p in spool.iterdir())
+    dest = source.archive.root / "fetched-first"
+    got = source.archive.run("fetch", first, str(dest))
+    assert got.returncode == 0, got.stderr
+    raw = dest.read_bytes()
+    assert len(raw) == 16 * 1024 * 1024 and not (spool / first).exists()  # served from the spool, moved
+    bad = source.archive.run("prefetch", "not-a-segment")
+    assert bad.returncode != 0 and "not a WAL segment name" in bad.stderr

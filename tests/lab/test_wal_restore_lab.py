@@ -52,7 +52,7 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     assert len(acks) > 200
     pivot = acks[len(acks) // 2]
     target = datetime.fromisoformat(pivot["acked_at"].replace("Z", "+00:00"))
-    target_text = target.strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    target_text = target.strftime("%Y-%m-%dT%H:%M:%S.%f+00")  # no space: -e key=value splits on it
     superuser_sql(serving, "SELECT pg_switch_wal()")
     time.sleep(3)  # archive_command pushes it to every region
 
