@@ -267,13 +267,16 @@ class PitrBench(wal.Bench):
             h.chown_pg(r.data / f)
         r.port = h.free_port()
         t0 = time.monotonic()
+        warm = 0.0
         if config.startswith("ours"):  # as the restore role does: the plan knows the first segment
             h.run(["runuser", "-u", "postgres", "--", str(self.ours["fetch"].wrapper), "prefetch",
-                   min(self.expected), "--depth", "16"], timeout=60)
+                   min(self.expected), "--depth", "16", "--absent-history", "00000002.history"], timeout=60)
+            warm = time.monotonic() - t0
         r.start_nowait({"unix_socket_directories": str(r.sock)})
         seconds = r.wait_ready(t0, timeout=600)
         text = r.logfile.read_text(errors="replace")
         r._pg_ctl("stop", "-m", "immediate", "-w", "-t", "30", check=False)
+        (h.ROOT / f"pitr-{config}.log").write_text(text)  # the last round's, for a closer look
         restored = sorted({line.split('restored log file "', 1)[1][:24] for line in text.splitlines()
                            if 'restored log file "' in line and len(line.split('restored log file "', 1)[1]) > 24})
         stopping = [line.split("LOG:", 1)[-1].strip() for line in text.splitlines() if "recovery stopping" in line]
@@ -285,7 +288,8 @@ class PitrBench(wal.Bench):
                                f"stopped at the target: {bool(stopping)}; log: {text[-1500:]}")
         return {"segments": len(restored), "seconds": round(seconds, 3),
                 "segments_per_second": round(len(restored) / seconds, 2), "stopped": stopping[-1],
-                "processes_left_running": len(killed), **restore_gaps(text)}
+                "processes_left_running": len(killed), "prefetch_call_seconds": round(warm, 3),
+                **restore_gaps(text)}
 
 
 def restore_gaps(text: str) -> dict:
@@ -303,7 +307,11 @@ def restore_gaps(text: str) -> dict:
     if not times:
         return {}
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    out = {"first_segment_after_recovery_start": round(times[0] - start, 3) if start else None}
+    first = next((stamp(x) for x in text.splitlines() if stamp(x) is not None), None)
+    ready = next((stamp(x) for x in text.splitlines() if "ready to accept connections" in x), None)
+    out = {"first_segment_after_recovery_start": round(times[0] - start, 3) if start else None,
+           "log_start_to_recovery_start": round(start - first, 3) if start and first else None,
+           "last_segment_to_ready": round(ready - times[-1], 3) if ready else None}
     if gaps:
         out |= {"gap_median": round(statistics.median(gaps), 3), "gap_max": round(max(gaps), 3)}
     return out

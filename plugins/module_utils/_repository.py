@@ -19,20 +19,31 @@ import errno
 import hashlib
 import os
 import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-try:
-    import boto3
-    import botocore.config
-    import botocore.exceptions
+# boto3 is imported when the first S3 repository is made (a quarter of a second here): the WAL commands that
+# PostgreSQL runs for local repositories, or before any S3 call, do not pay for it.
+boto3 = None
+botocore = None
+BOTO3_IMPORT_ERROR = None
 
-    HAS_BOTO3 = True
-    BOTO3_IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - reported by the module
-    boto3 = None
-    HAS_BOTO3 = False
-    BOTO3_IMPORT_ERROR = exc
+
+def load_boto3():
+    """Import boto3 and botocore on first use; True when they are there."""
+    global boto3, botocore, BOTO3_IMPORT_ERROR  # noqa: PLW0603  # pylint: disable=global-statement
+    if boto3 is None and BOTO3_IMPORT_ERROR is None:
+        try:
+            import boto3 as boto3_mod
+            import botocore.config
+            import botocore.exceptions
+
+            boto3 = boto3_mod
+            botocore = sys.modules["botocore"]
+        except ImportError as exc:  # pragma: no cover - reported to the caller
+            BOTO3_IMPORT_ERROR = exc
+    return boto3 is not None
 
 CHUNK = 1024 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
@@ -487,7 +498,7 @@ class S3Repository(Repository):
                  session_token=None, sse=None, sse_kms_key_id=None, storage_class=None, tags=None,
                  part_size_mb=16, concurrency=4, max_attempts=5, validate_certs=True, ca_bundle=None, name=""):
         super().__init__(name)
-        if not HAS_BOTO3:
+        if not load_boto3():
             raise RepositoryError("boto3 is required for an S3 repository on this host: %s" % BOTO3_IMPORT_ERROR)
         if not bucket or not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
             raise ValueError("repository.bucket %r is not a valid S3 bucket name" % (bucket,))

@@ -345,6 +345,8 @@ def plan(repositories, target, system_identifier=None, backup_id=None, use_parti
                 "archive_ends": _backup.iso(chain["last_time"]),
                 "reach_lsn": _wal.int_to_lsn(chain["reach_lsn_int"])},
         "warnings": warnings,
+        # PostgreSQL probes for this one when recovery starts and ends (is there a newer timeline?)
+        "absent_history": "%08X.history" % (max(catalog.timelines() + [tl]) + 1),
     }
 
 

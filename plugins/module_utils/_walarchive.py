@@ -481,17 +481,27 @@ def fetch(config, name, dest, partial=None):
     return True
 
 
-def warm(config, first, depth=None):
+ABSENT_TTL = 30  # seconds the wrapper answers "not there" for a history file a restore's plan found missing
+
+
+def warm(config, first, depth=None, absent_histories=()):
     """Start the prefetcher at segment ``first`` before recovery asks for anything (a restore knows its WAL range
-    from its plan), so the first requests already find their segments in the spool. Returns False when a prefetcher
-    runs already."""
+    from its plan), so the first requests already find their segments in the spool. ``absent_histories``: history
+    files the plan found in no repository (the next timeline's, which PostgreSQL probes when recovery starts and
+    when it ends); for ABSENT_TTL seconds the wrapper answers "not there" for them without starting Python.
+    Returns False when a prefetcher runs already."""
     timeline, segno = _wal.parse_segment(first)
     if depth:
         config.prefetch = max(1, int(depth))
     marker_dirs(config)
     bind_fetch_spool(config)
+    for name in absent_histories:
+        if not _wal.HISTORY_RE.match(name):
+            raise WalArchiveError("%s is not a timeline history file name" % name)
+        _write(config.path("fetch", ".absent-" + name), "%d\n" % (time.time() + ABSENT_TTL))
     before = _wal.segment_name(timeline, segno - 1) if segno else first
-    return spawn_detached(config.path("prefetch.lock"), run_prefetch, config, before)
+    config.repositories()  # clients made before the fork: the prefetcher's first GET starts at once
+    return spawn_detached(config.path("prefetch.lock"), run_prefetch, config, before, True)
 
 
 def _wait_for_prefetch(config, name, timeout=30.0):
@@ -535,9 +545,10 @@ def _start_prefetch(config, name):
     spawn_detached(config.path("prefetch.lock"), run_prefetch, config, name)
 
 
-def run_prefetch(config, name):
+def run_prefetch(config, name, ramp=False):
     """Keep the ``prefetch`` segments after the newest one recovery has taken in the spool, verified, fetched
-    ``concurrency`` at a time, until recovery stops asking (idle_exit) or the archive ends."""
+    ``concurrency`` at a time, until recovery stops asking (idle_exit) or the archive ends. ``ramp`` (a warm start,
+    before PostgreSQL runs): two segments ahead until recovery takes the first one."""
     lock_fd = os.open(config.path("prefetch.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -551,6 +562,7 @@ def run_prefetch(config, name):
     fetched = set()
     end_of_archive = None
     consumed = name
+    taken_any = not ramp
     idle_since = time.monotonic()
 
     def one(seg):
@@ -586,10 +598,13 @@ def run_prefetch(config, name):
                 # recovery took every fetched segment that is gone from the spool
                 taken = [seg for seg in fetched if not os.path.exists(config.path("fetch", seg))]
                 for seg in taken:
+                    taken_any = True
                     fetched.discard(seg)
                     consumed = max(consumed, seg)
                     idle_since = time.monotonic()
-                window = next_segments(consumed, config.prefetch)
+                # two ahead until recovery takes its first one: a restore warms the spool while PostgreSQL is still
+                # syncing the data directory, which a burst of writes into the spool would slow down
+                window = next_segments(consumed, config.prefetch if taken_any else min(2, config.prefetch))
                 for seg in window:
                     if end_of_archive is not None and seg >= end_of_archive:
                         break

@@ -48,6 +48,9 @@ def main(argv=None):
                                                  "recovery asks (a restore knows where its WAL starts)")
     p_prefetch.add_argument("name")
     p_prefetch.add_argument("--depth", type=int, help="segments kept ahead of recovery (default: the configuration's)")
+    p_prefetch.add_argument("--absent-history", action="append", default=[], metavar="NAME",
+                            help="a history file the restore's plan found in no repository: answered 'not there' "
+                                 "without Python for %d s" % wa.ABSENT_TTL)
     p_stream = sub.add_parser("stream", help="pg_receivewal into the repository (foreground, for a service)")
     mode = p_stream.add_mutually_exclusive_group()
     mode.add_argument("--ensure", action="store_true", help="start it detached unless it runs (for cron)")
@@ -91,7 +94,7 @@ def main(argv=None):
         return 0 if found else 1
     if args.command == "prefetch":
         try:
-            started = wa.warm(config, args.name, args.depth)
+            started = wa.warm(config, args.name, args.depth, args.absent_history)
         except (wa.WalArchiveError, ValueError, OSError) as exc:
             sys.stderr.write("immersiverse-dr-wal prefetch %s: %s\n" % (args.name, exc))
             return 1

@@ -432,8 +432,9 @@ def test_prefetch_warms_the_spool_from_the_plans_first_segment(source):
     plan = _restore.plan([source.repo], {"type": "end"})
     first = plan["backup"]["start_wal"]
     tl, segno = _wal.parse_segment(first)
-    wanted = [_wal.segment_name(tl, segno + i) for i in range(3)]
-    run = source.archive.run("prefetch", first, "--depth", "3")
+    wanted = [_wal.segment_name(tl, segno + i) for i in range(2)]  # two ahead until recovery takes one
+    assert plan["absent_history"] == "00000002.history"
+    run = source.archive.run("prefetch", first, "--depth", "3", "--absent-history", plan["absent_history"])
     assert run.returncode == 0 and run.stdout.strip() == "started", run.stderr
     spool = source.archive.spool / "fetch"
     deadline = time.monotonic() + 30
@@ -445,5 +446,18 @@ def test_prefetch_warms_the_spool_from_the_plans_first_segment(source):
     assert got.returncode == 0, got.stderr
     raw = dest.read_bytes()
     assert len(raw) == 16 * 1024 * 1024 and not (spool / first).exists()  # served from the spool, moved
+    later = [_wal.segment_name(tl, segno + i) for i in (2, 3)]  # recovery took one: the window opens to --depth
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all((spool / n).exists() for n in later):
+        time.sleep(0.1)
+    assert all((spool / n).exists() for n in later), sorted(p.name for p in spool.iterdir())
+    marker = spool / ".absent-00000002.history"  # the next timeline's history file, probed by PostgreSQL twice
+    assert marker.exists() and int(marker.read_text()) > time.time()
+    t0 = time.monotonic()
+    probe = source.archive.run("fetch", "00000002.history", str(source.archive.root / "h"))
+    assert probe.returncode == 1 and time.monotonic() - t0 < 0.2  # answered by the wrapper, no Python
+    marker.write_text("0\n")  # expired: the engine looks again (and still finds nothing)
+    assert source.archive.run("fetch", "00000002.history", str(source.archive.root / "h")).returncode == 1
+    assert source.archive.run("fetch", "00000001.history", str(source.archive.root / "h")).returncode == 1
     bad = source.archive.run("prefetch", "not-a-segment")
     assert bad.returncode != 0 and "not a WAL segment name" in bad.stderr
