@@ -500,8 +500,31 @@ def warm(config, first, depth=None, absent_histories=()):
             raise WalArchiveError("%s is not a timeline history file name" % name)
         _write(config.path("fetch", ".absent-" + name), "%d\n" % (time.time() + ABSENT_TTL))
     before = _wal.segment_name(timeline, segno - 1) if segno else first
-    config.repositories()  # clients made before the fork: the prefetcher's first GET starts at once
-    return spawn_detached(config.path("prefetch.lock"), run_prefetch, config, before, True)
+    # The first two segments are marked in flight before the prefetcher exists, so a request that comes while it
+    # is still importing boto3 waits for it (in the wrapper) instead of starting a Python of its own.
+    claimed = [config.path("fetch", "." + seg + ".tmp") for seg in next_segments(before, 2)
+               if not os.path.exists(config.path("fetch", seg))]
+    if not _lock_free(config.path("prefetch.lock")):
+        return False
+    for path in claimed:
+        _touch(path)
+    started = spawn_detached(config.path("prefetch.lock"), run_prefetch, config, before, True)
+    if not started:  # another one won the race: it does not know about these claims
+        for path in claimed:
+            _remove(path)
+    return started
+
+
+def _lock_free(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _wait_for_prefetch(config, name, timeout=30.0):
@@ -555,6 +578,15 @@ def run_prefetch(config, name, ramp=False):
     except OSError:
         os.close(lock_fd)
         return
+    claimed = [config.path("fetch", "." + seg + ".tmp") for seg in next_segments(name, 2)] if ramp else []
+    try:
+        _prefetch_loop(config, name, ramp, lock_fd)
+    finally:
+        for path in claimed:  # warm()'s claims this run did not get to (it failed early): nobody waits on them
+            _remove(path)
+
+
+def _prefetch_loop(config, name, ramp, lock_fd):
     _prune_fetched(config)
     config.repositories()  # built once, before the worker threads share them
     log = open(config.path("prefetch.log"), "a")
