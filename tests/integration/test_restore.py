@@ -266,6 +266,31 @@ def test_pitr_to_a_named_restore_point_under_load(source):
         stop(server)
 
 
+def test_full_restore_after_the_data_directory_was_deleted_keeps_every_archived_write(source):
+    server = restored_server(source, "full-after-rm")
+    assert not server.data_dir.exists()  # the disaster: nothing left of the data directory
+    plan = _restore.plan([source.repo], {"type": "end"})
+    done = _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
+    assert done["moved_aside"] is None and done["restored"]
+    auto = server.data_dir / "postgresql.auto.conf"
+    with open(auto, "a", encoding="utf-8") as fh:  # the end of the archive: no target; PostgreSQL opens there
+        fh.write(f"port = {server.port}\nunix_socket_directories = '{server.run_dir}'\narchive_mode = off\n"
+                 f"restore_command = '{source.archive.wrapper} fetch %f %p --unreachable abort'\n")
+    (server.data_dir / "recovery.signal").touch()
+    chown_tree(server.data_dir)
+    server._run(str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l", str(server.log_file), "-w", "-t", "5",
+                "start", check=False)
+    reached = _restore.wait_for_recovery(lambda: psycopg2.connect(server.dsn("postgres"), connect_timeout=2),
+                                         str(server.data_dir), str(server.log_file), timeout=120, poll=0.3)
+    try:
+        assert reached["outcome"] == "promoted" and reached["timeline"] == 2, reached
+        got = present_ids(server, source.db)
+        acked = {a["request_id"] for a in source.acks}
+        assert acked <= got, f"{len(acked - got)} acknowledged writes lost"
+    finally:
+        stop(server)
+
+
 # -- targets that cannot be reached ----------------------------------------------------------------------------------
 def test_target_before_the_oldest_backup_is_refused(source):
     with pytest.raises(_restore.RestoreError, match="before the oldest backup"):
