@@ -1013,6 +1013,26 @@ def plan_wal_retention(kept, wal_segments):
     return victims
 
 
+def plan_stream_retention(kept, objects):
+    """Streamed WAL (``stream/``: whole segments and the pieces of partial ones) that no kept backup needs: the same
+    rule as plan_wal_retention. History files are always kept."""
+    if not kept:
+        return []
+    oldest = min(_wal.segment_number(b["start_lsn"], b.get("wal_segment_size") or _wal.DEFAULT_SEGMENT_SIZE)
+                 for b in kept)
+    victims = []
+    for obj in objects:
+        parts = obj["key"].split("/")
+        name = parts[-1]
+        if len(parts) >= 2 and parts[-2].endswith(".partial"):
+            name = parts[-2][:-len(".partial")]
+        if not _wal.SEGMENT_RE.match(name):
+            continue
+        if _wal.parse_segment(name)[1] < oldest:
+            victims.append(obj["key"])
+    return victims
+
+
 def apply_retention(repository, keep_full=None, keep_days=None, now=None, check_mode=False, area="backup"):
     """Plan and (unless check_mode) apply retention in one repository. Returns a report."""
     backups = list_backups(repository, area)
@@ -1021,6 +1041,7 @@ def apply_retention(repository, keep_full=None, keep_days=None, now=None, check_
     if area == "backup":  # logical backups need no WAL
         segments = wal_inventory(repository)[0]
         wal_victims = plan_wal_retention([b for b, _r in keep], segments)
+        wal_victims += plan_stream_retention([b for b, _r in keep], repository.list("stream/"))
     incomplete = [b["id"] for b in backups if b.get("status") == "incomplete" and is_abandoned(b, now)]
     report = {"repository": repository.describe(), "kept": [{"id": b["id"], "reason": r} for b, r in keep],
               "deleted": [], "skipped": {}, "wal_deleted": 0, "wal_skipped": {}, "incomplete_removed": incomplete,

@@ -261,6 +261,18 @@ def test_wal_retention_keeps_everything_from_the_oldest_kept_start():
     assert _backup.plan_wal_retention([], segments) == []
 
 
+def test_streamed_wal_follows_the_same_retention_rule():
+    kept = [{"start_lsn": "0/5000028"}]
+    objects = [{"key": _wal.stream_key(_wal.segment_name(1, n))} for n in (3, 4, 5, 6)]
+    objects += [{"key": _wal.piece_key(_wal.segment_name(1, 4), 0, 8192)},
+                {"key": _wal.piece_key(_wal.segment_name(1, 7), 0, 8192)},
+                {"key": "stream/00000002.history"}]
+    victims = _backup.plan_stream_retention(kept, objects)
+    assert victims == [_wal.stream_key(_wal.segment_name(1, 3)), _wal.stream_key(_wal.segment_name(1, 4)),
+                       _wal.piece_key(_wal.segment_name(1, 4), 0, 8192)]
+    assert _backup.plan_stream_retention([], objects) == []
+
+
 def test_recoverability_window_follows_contiguous_wal():
     record = dict(backup(1, start="0/5000028"), stop_lsn="0/5000100", wal_segment_size=16 << 20)
     segs = {1: {n: {"key": "k", "mtime": NOW} for n in (5, 6, 7, 9)}}
