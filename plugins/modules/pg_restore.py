@@ -94,7 +94,10 @@ options:
     type: path
     default: /usr/lib/postgresql/15/bin
   progress_file:
-    description: A JSON file rewritten about once a second with the bytes restored so far, for a poller.
+    description:
+      - A JSON file rewritten about once a second for a poller - O(state=restored) the bytes restored so far,
+        O(state=recovered) the replayed LSN and the time of the last replayed transaction, then C(reached) or
+        C(failed).
     type: path
   log_file:
     description: The server's log, read by O(state=recovered) to report where recovery stopped and why it failed.
@@ -202,9 +205,13 @@ def _progress_writer(path):
 
 
 def _write_progress(path, phase, state):
+    _write_json(path, {"phase": phase, "bytes": state["bytes"], "seconds": round(time.monotonic() - state["t0"], 1)})
+
+
+def _write_json(path, doc):
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump({"phase": phase, "bytes": state["bytes"], "seconds": round(time.monotonic() - state["t0"], 1)}, fh)
+        json.dump(doc, fh)
     os.replace(tmp, path)
 
 
@@ -223,8 +230,20 @@ def run_module(module):
             module.fail_json(msg="state=recovered needs data_dir")
         if module.check_mode:
             return {"changed": False, "recovery": None}
-        reached = _restore.wait_for_recovery(lambda: _pg.connect(p), p["data_dir"], p["log_file"] or "",
-                                             p["log_offset"], p["timeout"])
+        t0 = time.monotonic()
+
+        def report(last):
+            if p["progress_file"]:
+                _write_json(p["progress_file"], dict(last, phase="recovering",
+                                                     seconds=round(time.monotonic() - t0, 1)))
+
+        try:
+            reached = _restore.wait_for_recovery(lambda: _pg.connect(p), p["data_dir"], p["log_file"] or "",
+                                                 p["log_offset"], p["timeout"], progress=report)
+        except _restore.RestoreError:
+            raise  # main() records it in the progress file
+        if p["progress_file"]:
+            _write_json(p["progress_file"], dict(reached, phase="reached"))
         try:
             _restore.set_phase(p["data_dir"], "recovered" if reached["outcome"] == "promoted" else "paused",
                                recovery=reached)
@@ -287,11 +306,33 @@ def main():
                            required_if=[("state", "restored", ["data_dir"]),
                                         ("state", "recovered", ["data_dir"]),
                                         ("state", "pruned", ["data_dir"])])
+    done = False
     try:
         result = run_module(module)
+        done = True
     except (_restore.RestoreError, _backup.BackupError, repo_mod.RepositoryError, ValueError, OSError) as exc:
+        _progress_failed(module.params, str(exc))
         module.fail_json(msg=str(exc))
+    finally:
+        if not done:  # whatever stopped it, a poller of the progress file must not wait for the timeout
+            _progress_failed(module.params, "the module failed")
     module.exit_json(**result)
+
+
+def _progress_failed(params, reason):
+    path = params.get("progress_file")
+    if not path:
+        return
+    try:
+        with open(path) as fh:
+            if '"phase": "failed"' in fh.read():
+                return  # the first, precise reason stays
+    except (OSError, ValueError):
+        pass
+    try:
+        _write_json(path, {"phase": "failed", "reason": reason})
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from conftest import REPO, playbook
 from test_wal_lab import REGIONS, serving_region, superuser_sql
@@ -75,6 +75,11 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
 
     refused = playbook(*args)
     assert refused.rc != 0 and "confirm=true" in refused.out
+    late = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S+00")
+    unreachable = playbook("-i", INVENTORY, str(REPO / "playbooks" / "pitr.yml"), "-e", f"restore_region={region}",
+                           "-e", f"target_time={late}", "-e", "confirm=true")
+    assert unreachable.rc != 0 and "after the end of the WAL" in unreachable.out, unreachable.out[-3000:]
+    assert "streaming" in sql(region, "SELECT status FROM pg_stat_wal_receiver", "postgres")  # nothing was stopped
 
     pitr = playbook(*args, "-e", "confirm=true")
     assert pitr.rc == 0, pitr.out[-6000:]
