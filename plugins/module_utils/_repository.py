@@ -45,6 +45,7 @@ def load_boto3():
             BOTO3_IMPORT_ERROR = exc
     return boto3 is not None
 
+
 CHUNK = 1024 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 MAX_NAME = 128

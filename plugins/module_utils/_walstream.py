@@ -335,8 +335,8 @@ class Streamer:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(lock_fd)
-            raise StreamError("a streamer already runs for %s (lock %s)" % (self.settings.dir,
-                                                                           self.settings.path("stream.lock"))) from None
+            raise StreamError("a streamer already runs for %s (lock %s)"
+                              % (self.settings.dir, self.settings.path("stream.lock"))) from None
         wa._write(self.settings.path("stream.pid"), str(os.getpid()))
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
