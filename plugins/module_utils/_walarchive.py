@@ -140,9 +140,11 @@ class Config:
 
 
 # -- push ----------------------------------------------------------------------------------------------------------
-def push_file(config, path, name=None, key=None):
+def push_file(config, path, name=None, key=None, absent_from=()):
     """Store one WAL file in every repository. Same content already there: success. Different: refused.
-    ``key``: another place than the archive's (the streamer stores under ``stream/``)."""
+    ``key``: another place than the archive's (the streamer stores under ``stream/``). ``absent_from``: names of
+    repositories a listing made moments ago showed without this key (the pusher lists a batch's prefix once instead
+    of reading every object's header first: on S3 that is one request per segment fewer)."""
     name = name or os.path.basename(path)
     if not _wal.is_wal_file_name(name):
         raise WalArchiveError("%s is not a WAL file name: refusing to archive it" % name)
@@ -153,17 +155,19 @@ def push_file(config, path, name=None, key=None):
         raise WalArchiveError("cannot read %s: %s" % (path, exc)) from None
     blob, digest = pack(raw, config.compression)
     key = key or _wal.wal_key(name)
-    results = []
-    for repo in config.repositories():
-        existing = _peek_header(repo, key)
-        if existing is not None:
-            if existing == digest:
-                results.append((repo.name, "present"))
-                continue
+    # every repository is checked before any is written: a conflict in one stores nothing anywhere
+    existing = [(repo, None if repo.name in absent_from else _peek_header(repo, key)) for repo in config.repositories()]
+    for repo, found in existing:
+        if found is not None and found != digest:
             raise WalArchiveError(
                 "%s already holds %s with different content (sha256 %s, this one %s): refusing to overwrite it. "
                 "Two clusters may be archiving into one repository, or a timeline was reused; find out before "
-                "touching either" % (repo.describe(), name, existing, digest))
+                "touching either" % (repo.describe(), name, found, digest))
+    results = []
+    for repo, found in existing:
+        if found is not None:
+            results.append((repo.name, "present"))
+            continue
         repo.put_bytes(key, blob, overwrite=True)
         results.append((repo.name, "stored"))
     return results
@@ -271,6 +275,7 @@ def run_pusher(config):
     config.repositories()  # built once, before the worker threads share them
     in_flight = {}
     failures = {}
+    listings = _Listings(config)
     idle_since = time.monotonic()
     with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
         for _tick in range(10 ** 9):  # bounded by idle_exit
@@ -297,7 +302,9 @@ def run_pusher(config):
                     continue
                 if len(in_flight) >= config.concurrency * 2:
                     break
-                in_flight[name] = pool.submit(push_file, config, os.path.join(config.pg_wal, name), name)
+                absent = listings.absent_from(name) if not tries else ()
+                in_flight[name] = pool.submit(push_file, config, os.path.join(config.pg_wal, name), name,
+                                              absent_from=absent)
             if in_flight or todo:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > config.idle_exit:
@@ -307,6 +314,36 @@ def run_pusher(config):
                 _prune_markers(config, set(ready))
             time.sleep(0.01)
     os.close(lock_fd)
+
+
+class _Listings:
+    """Which WAL keys each repository holds, per ``wal/<timeline+log>/`` prefix, listed at most every few seconds:
+    a segment not listed is pushed without reading the repository first. A listing that fails just means the header
+    is read as usual."""
+
+    MAX_AGE = 5.0
+
+    def __init__(self, config):
+        self.config = config
+        self.cache = {}  # (repo name, prefix) -> (monotonic time, set of keys)
+
+    def absent_from(self, name):
+        if not _wal.SEGMENT_RE.match(name):
+            return ()
+        key = _wal.wal_key(name)
+        prefix = key.rsplit("/", 1)[0] + "/"
+        absent = []
+        for repo in self.config.repositories():
+            cached = self.cache.get((repo.name, prefix))
+            if cached is None or time.monotonic() - cached[0] > self.MAX_AGE:
+                try:
+                    cached = (time.monotonic(), set(o["key"] for o in repo.list(prefix)))
+                except (repo_mod.RepositoryError, OSError):
+                    continue
+                self.cache[(repo.name, prefix)] = cached
+            if key not in cached[1]:
+                absent.append(repo.name)
+        return tuple(absent)
 
 
 def _prune_markers(config, ready):
