@@ -40,7 +40,7 @@ molecule_stage() {
 lab() {
   scripts/lab.sh up
   local rc=0
-  pytest tests/lab -q || rc=$?
+  pytest tests/lab -q --durations=0 || rc=$?
   scripts/lab.sh down
   left=$(podman ps -a --filter label=io.immersiverse.dr.lab=1 --format '{{.Names}}'; podman network ls --format '{{.Name}}' | grep -x dr-lab || true)
   if [ -n "$left" ]; then echo "FAIL: lab-down left behind: $left" >&2; return 1; fi
