@@ -30,6 +30,7 @@ import pwd
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -585,3 +586,21 @@ def require_root_or_postgres() -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["moto-tls"]:
     serve_moto_tls(sys.argv[2:])
+
+
+def paired_ratios(runs: list[dict], med: dict, pairs: dict, key: str) -> tuple[dict, dict]:
+    """Ratios of ``key`` between the medians of two configurations, and the same ratios paired within each
+    round (their spread: the noise)."""
+    out, per_round = {}, {}
+    for name, (a, b) in pairs.items():
+        if a in med and b in med and key in med[a] and key in med[b]:
+            out[name] = round(med[a][key] / med[b][key], 3)
+        paired = []
+        for rnd in sorted({r["round"] for r in runs}):
+            t = {r["config"]: r[key] for r in runs if r["round"] == rnd and key in r}
+            if a in t and b in t:
+                paired.append(t[a] / t[b])
+        if paired:
+            per_round[name] = {"median": round(statistics.median(paired), 3), "min": round(min(paired), 3),
+                               "max": round(max(paired), 3)}
+    return out, per_round

@@ -365,23 +365,6 @@ def medians(runs: list[dict], configs: tuple, keys: tuple) -> dict:
     return med
 
 
-def ratios(runs: list[dict], med: dict, pairs: dict, key: str) -> tuple[dict, dict]:
-    """Time ratios of the medians, and the same ratios paired within each round (their spread: the noise)."""
-    out, per_round = {}, {}
-    for name, (a, b) in pairs.items():
-        if a in med and b in med and key in med[a] and key in med[b]:
-            out[name] = round(med[a][key] / med[b][key], 3)
-        paired = []
-        for rnd in sorted({r["round"] for r in runs}):
-            t = {r["config"]: r[key] for r in runs if r["round"] == rnd and key in r}
-            if a in t and b in t:
-                paired.append(t[a] / t[b])
-        if paired:
-            per_round[name] = {"median": round(statistics.median(paired), 3), "min": round(min(paired), 3),
-                               "max": round(max(paired), 3)}
-    return out, per_round
-
-
 RESTORE_PAIRS = {
     "ours_s3_over_pgbackrest_s3": ("ours_s3", "pgbackrest_s3"),
     "ours_local_over_pgbackrest_local": ("ours_local", "pgbackrest_local"),
@@ -480,8 +463,8 @@ def main() -> int:
             bench.teardown()
         med = medians(runs, RESTORE, ("seconds", "sync_seconds", "durable_seconds", "plan_seconds",
                                       "engine_seconds", "files", "restored_bytes"))
-        ratio, per_round = ratios(runs, med, RESTORE_PAIRS, "seconds")
-        ratio_durable, per_round_durable = ratios(runs, med, RESTORE_PAIRS, "durable_seconds")
+        ratio, per_round = h.paired_ratios(runs, med, RESTORE_PAIRS, "seconds")
+        ratio_durable, per_round_durable = h.paired_ratios(runs, med, RESTORE_PAIRS, "durable_seconds")
         result["restore"] = {
             "cluster": {k: info[k] for k in ("built", "database_bytes")},
             "backups": bench.backups | {"naive_source": {k: str(v) for k, v in bench.naive_files.items()}},
@@ -511,7 +494,7 @@ def main() -> int:
             pitr.teardown()
             shutil.rmtree(wal.W, ignore_errors=True)  # its stanzas, repositories and clusters (rebuilt every run)
         med = medians(runs, PITR, ("seconds", "segments_per_second", "segments"))
-        ratio, per_round = ratios(runs, med, PITR_PAIRS, "seconds")
+        ratio, per_round = h.paired_ratios(runs, med, PITR_PAIRS, "seconds")
         result["pitr"] = {"source": source, "ours_options": wal.OURS_OPTIONS,
                           "pgbackrest_options": "compress-type=lz4; async: archive-async=y process-max=2",
                           "runs": runs, "median": med, "ratio": ratio, "ratio_per_round": per_round}

@@ -612,23 +612,6 @@ def medians(runs: list[dict], configs: tuple) -> dict:
     return med
 
 
-def ratios(runs: list[dict], med: dict, pairs: dict) -> tuple[dict, dict]:
-    """Rate ratios of the medians, and the same ratios paired within each round (their spread: the noise)."""
-    out, per_round = {}, {}
-    for key, (a, b) in pairs.items():
-        if a in med and b in med:
-            out[key] = round(med[a]["segments_per_second"] / med[b]["segments_per_second"], 3)
-        paired = []
-        for rnd in sorted({r["round"] for r in runs}):
-            t = {r["config"]: r["segments_per_second"] for r in runs if r["round"] == rnd}
-            if a in t and b in t:
-                paired.append(t[a] / t[b])
-        if paired:
-            per_round[key] = {"median": round(statistics.median(paired), 3), "min": round(min(paired), 3),
-                              "max": round(max(paired), 3)}
-    return out, per_round
-
-
 PUSH_PAIRS = {
     "ours_async_s3_over_cp_local": ("ours_async_s3", "cp_local"),
     "ours_async_s3_over_pgbackrest_async_s3": ("ours_async_s3", "pgbackrest_async_s3"),
@@ -722,11 +705,11 @@ def main() -> int:
         bench.teardown()
     push_med = medians(push_runs, PUSH)
     fetch_med = medians(fetch_runs, FETCH)
-    push_ratio, push_per_round = ratios(push_runs, push_med, PUSH_PAIRS)
+    push_ratio, push_per_round = h.paired_ratios(push_runs, push_med, PUSH_PAIRS, "segments_per_second")
     if ceiling and "ours_async_s3" in push_med:
         push_ratio["ours_async_s3_over_s3_put_ceiling"] = round(
             push_med["ours_async_s3"]["segments_per_second"] / ceiling["objects_per_second"], 3)
-    fetch_ratio, fetch_per_round = ratios(fetch_runs, fetch_med, FETCH_PAIRS)
+    fetch_ratio, fetch_per_round = h.paired_ratios(fetch_runs, fetch_med, FETCH_PAIRS, "segments_per_second")
     result = {
         "benchmark": "wal",
         "what": "WAL archiving as PostgreSQL's archiver drives it (>= 32 segments queued while archiving was "
