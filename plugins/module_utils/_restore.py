@@ -34,7 +34,7 @@ import time
 
 from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _recovery
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
-from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
+from ansible_collections.immersiverse.dr.plugins.module_utils import _wal, _walarchive
 
 TARGET_TYPES = ("end", "immediate", "time", "lsn", "xid", "name")
 CHUNK = 1024 * 1024
@@ -146,8 +146,6 @@ class WalCatalog:
             if tl not in self.histories:
                 raw = repo.get_bytes(obj["key"])
                 try:
-                    from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive
-
                     raw = _walarchive.unpack(raw, base)
                 except Exception:  # noqa: BLE001 - a plain history file (copied by hand) is fine too
                     pass
@@ -585,19 +583,11 @@ def _fsync_dir(path):
 
 
 def postmaster_running(data_dir):
-    """The pid of a live postmaster using data_dir, else None."""
+    """The pid of a live postmaster using data_dir, else None (pg_recovery's check, one rule for both)."""
     try:
-        with open(os.path.join(data_dir, "postmaster.pid")) as fh:
-            pid = int(fh.readline().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+        return _recovery.running_pid(data_dir)
+    except _recovery.RecoveryError as exc:
+        raise RestoreError(str(exc)) from None
 
 
 def _nonempty(path):
@@ -619,11 +609,12 @@ def prepare_data_dir(repositories, plan_doc, data_dir, now=None, check_mode=Fals
     data_dir = os.path.abspath(data_dir.rstrip("/"))
     request = restore_request(plan_doc)
     state = read_state(data_dir)
-    if postmaster_running(data_dir) and not check_mode:  # check mode: the caller stops it before the real run
+    pid = None if check_mode else postmaster_running(data_dir)  # check mode: the caller stops it before the run
+    if pid:
         if state and state.get("request") == request:
             return {"changed": False, "moved_aside": state.get("moved_aside"), "restored": False, "state": state}
         raise RestoreError("PostgreSQL is running on %s (pid %s): stop it first (the restore role does), a "
-                           "restore never replaces a live data directory" % (data_dir, postmaster_running(data_dir)))
+                           "restore never replaces a live data directory" % (data_dir, pid))
     same = bool(state and state.get("request") == request)
     if same and state.get("phase") in ("restored", "paused", "recovered") and _nonempty(data_dir):
         return {"changed": False, "moved_aside": state.get("moved_aside"), "restored": False, "state": state}
