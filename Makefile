@@ -7,7 +7,7 @@ ANSIBLE_PLAYBOOK := $(VENV)/bin/ansible-playbook
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/lab
 
-.PHONY: drill test setup lab-up lab-down lab-status lint unit integration lab-tests molecule sanity bench bench-backup \
+.PHONY: drill test setup lab-up lab-down lab-status lint unit integration lab-tests molecule sanity bench bench-lab bench-drill bench-backup \
 	bench-wal bench-restore clean
 
 drill: lab-up
@@ -46,9 +46,17 @@ molecule: setup
 sanity: setup
 	scripts/ansible-test.sh sanity --venv --python 3.11
 
-# every benchmark (drill, backup, WAL, then restore); results in bench/results/
+# every benchmark (lab, drill, backup, WAL, then restore); results in bench/results/
 bench: setup
 	scripts/bench.sh
+
+# one Ansible task over the podman connection vs SSH under write load, and a killed host's detection (~4 min)
+bench-lab: setup
+	scripts/bench.sh lab $(BENCH_ARGS)
+
+# three drills in a row: median RPO, RTO and its phases (~3 min)
+bench-drill: setup
+	scripts/bench.sh drill $(BENCH_ARGS)
 
 # the base-backup benchmark alone (ours vs pgBackRest, ~5 min; BENCH_ARGS="--rounds 3" for a shorter run)
 bench-backup: setup

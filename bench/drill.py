@@ -65,7 +65,12 @@ def run_drill(rate: int) -> dict:
     new = sorted({p.name for p in (REPO / ".lab" / "drills").glob("*")} - before)
     report = json.loads((REPO / ".lab" / "drills" / new[-1] / "report.json").read_text())
     m = report["measurement"]
-    failure, promoted = parse(report["phases"]["failure"]), parse(report["phases"]["promoted"])
+    ph = {k: parse(v) for k, v in report["phases"].items()}
+    failure, promoted = ph["failure"], ph["promoted"]
+    span = {"detect": ("failure", "detected"), "isolate": ("detected", "isolated"), "promote": ("isolated", "promoted")}
+    phases = {name: round((ph[b] - ph[a]).total_seconds(), 3) for name, (a, b) in span.items()}
+    # From the promotion's end to the generator's first acknowledged write in the new region.
+    phases["first_write"] = round(report["rto_seconds"] - (promoted - failure).total_seconds(), 3)
     return {
         "drill_id": report["drill_id"],
         "failed_region": report["failed_region"],
@@ -73,6 +78,7 @@ def run_drill(rate: int) -> dict:
         "rpo_seconds": report["rpo_seconds"],
         "rto_seconds": report["rto_seconds"],
         "failure_to_restore_phase_done_seconds": round((promoted - failure).total_seconds(), 3),
+        "phase_seconds": phases,
         "acked_writes": m["acked"],
         "lost_writes": m["missing"],
     }
@@ -93,6 +99,7 @@ def main() -> int:
         print(f"[bench]   RPO {runs[-1]['rpo_seconds']} s, RTO {runs[-1]['rto_seconds']} s", flush=True)
     med = {k: statistics.median(r[k] for r in runs) for k in ("rpo_seconds", "rto_seconds",
                                                             "failure_to_restore_phase_done_seconds")}
+    med["phase_seconds"] = {k: statistics.median(r["phase_seconds"][k] for r in runs) for k in runs[0]["phase_seconds"]}
     result = {
         "benchmark": "drill",
         "what": "region failure (database host killed) under write traffic on the local lab; RPO/RTO from the "

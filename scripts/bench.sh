@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make bench: the benchmarks under bench/, each writing bench/results/<name>.json.
-#   scripts/bench.sh                  every benchmark: drill (brings the lab up), then backup, wal, restore
+#   scripts/bench.sh                  every benchmark: lab and drill (bring the lab up), then backup, wal, restore
+#   scripts/bench.sh lab [ARGS]       bench/lab.py only: one task over podman vs SSH, a killed host's detection
 #   scripts/bench.sh drill [ARGS]     bench/drill.py only (the lab must come up)
 #   scripts/bench.sh backup [ARGS]    bench/backup.py only (no lab: its own PostgreSQL, S3 endpoint, pgBackRest)
 #   scripts/bench.sh wal [ARGS]       bench/wal.py only (no lab: its own small PostgreSQL, S3 endpoint, pgBackRest)
@@ -11,9 +12,10 @@ cd "$(dirname "$0")/.."
 
 which=all
 case "${1:-}" in
-  drill|backup|wal|restore|all) which=$1; shift ;;
+  lab|drill|backup|wal|restore|all) which=$1; shift ;;
 esac
 
+run_lab() { scripts/lab.sh up; .venv/bin/python bench/lab.py "$@"; }
 run_drill() { scripts/lab.sh up; .venv/bin/python bench/drill.py "$@"; }
 # The backup benchmark runs PostgreSQL and pgBackRest as the postgres user: it needs root (as scripts/setup.sh).
 run_backup() { .venv/bin/python bench/backup.py "$@"; }
@@ -23,11 +25,13 @@ run_wal() { .venv/bin/python bench/wal.py "$@"; }
 run_restore() { .venv/bin/python bench/restore.py "$@"; }
 
 case "$which" in
+  lab) run_lab "$@" ;;
   drill) run_drill "$@" ;;
   backup) run_backup "$@" ;;
   wal) run_wal "$@" ;;
   restore) run_restore "$@" ;;
   all)
+    run_lab
     if [ $# -gt 0 ] && [[ "$1" == -* ]]; then run_drill "$@"; else run_drill; fi
     run_backup
     run_wal

