@@ -14,6 +14,7 @@ Private to the collection; plain Python, no Ansible.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -147,6 +148,12 @@ class Repository:
         except BaseException:
             w.abort()
             raise
+
+    def create(self, key, data):
+        """Store ``data`` under ``key`` only if nothing is stored there, in one atomic step: two writers racing for one
+        name never both succeed, and neither replaces the other. True: stored; False: something was already there
+        (the caller compares it). Local: ``link(2)`` of a finished temporary file; S3: ``If-None-Match: *``."""
+        raise NotImplementedError
 
     def put_file(self, key, path, overwrite=False):
         with open(path, "rb") as src:
@@ -358,6 +365,34 @@ class LocalRepository(Repository):
             _prune_empty_dirs(os.path.dirname(path), self.root)
         return deleted, {}
 
+    def create(self, key, data):
+        dest = self._path(key)
+        digest = hashlib.sha256(data).hexdigest()
+        tmp = os.path.join(os.path.dirname(dest), ".%s.create-%d-%d" % (os.path.basename(dest), os.getpid(),
+                                                                         threading.get_ident()))
+        try:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, dest)  # fails when the name exists, whoever made it: the atomic create
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            side = _sidecar_path(dest)
+            with open(side + ".tmp-%d" % os.getpid(), "w") as fh:
+                fh.write(digest + "\n")
+            os.replace(side + ".tmp-%d" % os.getpid(), side)
+            _fsync_dir(os.path.dirname(dest))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise RepositoryError(disk_error_message(exc, self.describe())) from None
+        return True
+
     def adopt(self, key, path, sha256=None):
         """Move a file already on the repository's filesystem into place (no copy), fsynced, with its sha256.
         Returns its ObjectInfo."""
@@ -537,6 +572,14 @@ class S3Repository(Repository):
         verify = ca_bundle if ca_bundle else bool(validate_certs)
         self.client = session.client("s3", endpoint_url=self.endpoint_url, config=config, verify=verify)
         self._lock_enabled = None
+        # create(): a per-thread flag read by the before-sign hook, which adds the conditional header; retries of
+        # that request are signed again and carry it too.
+        self._if_none_match = threading.local()
+        self.client.meta.events.register("before-sign.s3.PutObject", self._add_if_none_match)
+
+    def _add_if_none_match(self, request=None, **_kwargs):
+        if request is not None and getattr(self._if_none_match, "on", False):
+            request.headers["If-None-Match"] = "*"
 
     def describe(self):
         where = "s3://%s/%s" % (self.bucket, self.prefix)
@@ -557,9 +600,16 @@ class S3Repository(Repository):
     def _rel(self, full):
         return full[len(self.prefix) + 1:] if self.prefix else full
 
-    def call(self, operation, **kwargs):
-        """One S3 call with errors turned into RepositoryError that say what to do."""
+    def call(self, operation, _if_none_match=False, **kwargs):
+        """One S3 call with errors turned into RepositoryError that say what to do. ``_if_none_match``: the request
+        carries ``If-None-Match: *`` (create only); an existing object is ObjectExists."""
         try:
+            if _if_none_match:
+                self._if_none_match.on = True
+                try:
+                    return getattr(self.client, operation)(**kwargs)
+                finally:
+                    self._if_none_match.on = False
             return getattr(self.client, operation)(**kwargs)
         except botocore.exceptions.ClientError as exc:
             raise self._error(exc, operation, kwargs.get("Key")) from None
@@ -575,6 +625,8 @@ class S3Repository(Repository):
     def _error(self, exc, operation, key=None):
         err = exc.response.get("Error", {})
         code = err.get("Code") or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        if code in ("PreconditionFailed", "412") and operation == "put_object":
+            return ObjectExists("%s already holds %s" % (self.describe(), self._rel(key)))
         if code in ("NoSuchKey", "404", "NotFound") and key:
             return NotFound("%s has no %s" % (self.describe(), self._rel(key)))
         if code == "403" and operation == "head_object":
@@ -700,6 +752,19 @@ class S3Repository(Repository):
         self.call("put_object", Bucket=self.bucket, Key=self._key(key), Body=data,
                   Metadata={"sha256": digest}, **self.put_args)
         return ObjectInfo(key=key, size=len(data), sha256=digest)
+
+    def create(self, key, data):
+        # The header goes on the request itself (botocore's before-sign event), so a botocore too old to know the
+        # IfNoneMatch parameter (Debian 12's, on the database hosts) sends it as well. A server that ignores it (S3
+        # before 2024-08, old MinIO/Ceph) makes this a plain PUT: the caller's read-before-write still refuses
+        # different content seen at that moment, but two writers in the same instant are no longer kept apart.
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            self.call("put_object", Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": digest},
+                      _if_none_match=True, **self.put_args)
+        except ObjectExists:
+            return False
+        return True
 
     def same_store(self, other):
         return (isinstance(other, S3Repository) and other.endpoint_url == self.endpoint_url

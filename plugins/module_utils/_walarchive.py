@@ -168,8 +168,18 @@ def push_file(config, path, name=None, key=None, absent_from=()):
         if found is not None:
             results.append((repo.name, "present"))
             continue
-        repo.put_bytes(key, blob, overwrite=True)
-        results.append((repo.name, "stored"))
+        # create-only: another writer that stored this name since the check above (or inside the listing's
+        # window) is never replaced; its copy is compared instead
+        if repo.create(key, blob):
+            results.append((repo.name, "stored"))
+            continue
+        theirs = _peek_header(repo, key)
+        if theirs != digest:
+            raise WalArchiveError(
+                "%s: another writer stored %s a moment ago with different content (sha256 %s, this one %s): it "
+                "was kept and this one refused. Two clusters may be archiving into one repository, or a timeline "
+                "was reused; find out before touching either" % (repo.describe(), name, theirs, digest))
+        results.append((repo.name, "present"))
     return results
 
 

@@ -246,7 +246,8 @@ class Uploader:
         end = start + len(raw)
         blob = wa.pack(raw, self.config.compression)[0]
         try:
-            repo.put_bytes(_wal.piece_key(name, start, end), blob, overwrite=True)
+            # pieces are immutable: one already stored under this range (a restarted streamer) is kept
+            repo.create(_wal.piece_key(name, start, end), blob)
         except repo_mod.RepositoryError as exc:
             self._error("store %s.partial [%d, %d) in %s: %s" % (name, start, end, repo.describe(), exc))
             return

@@ -279,3 +279,48 @@ def test_stale_spool_files_are_never_trusted(s3_endpoint, s3_bucket, work):
     assert got.returncode == 0, got.stderr
     assert dest.read_bytes() == b"q" * 8192
     assert (archive.spool / "fetch" / ".source").read_text().strip() != "0" * 40
+
+
+RACER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive as wa
+config = wa.Config(json.loads(sys.argv[2]))
+names = [r.name for r in config.repositories()]
+try:
+    # absent_from: as if a listing made a moment ago showed no such segment (the pusher's batch listing), so
+    # nothing is read first and only the write itself can keep the two writers apart
+    print(json.dumps(wa.push_file(config, sys.argv[3], absent_from=names)))
+except wa.WalArchiveError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("kind", ["s3", "local"])
+def test_two_writers_racing_for_one_name_store_exactly_one_and_the_other_is_refused(kind, s3_endpoint, work):
+    """Debian's python3 and boto3 (as on the database hosts) against a real HTTP S3 endpoint, or a local directory:
+    two processes push different content under one new name at the same moment, ten times."""
+    if kind == "s3":
+        spec = s3_repo(s3_endpoint, s3_endpoint.create_bucket(), "primary")
+    else:
+        spec = {"type": "local", "name": "primary", "path": str(work / "repo")}
+    doc = {"repository": spec, "offsite": [], "spool_dir": str(work / "spool")}
+    repo = wa.Config(dict(doc)).repositories()[0]
+    for i in range(10):
+        name = _wal.segment_name(1, 0x100 + i)
+        segs = []
+        for who in ("a", "b"):
+            seg = work / who / name
+            seg.parent.mkdir(exist_ok=True)
+            seg.write_bytes(who.encode() * 16384)
+            segs.append(seg)
+        procs = [subprocess.Popen(["/usr/bin/python3", "-c", RACER, str(REPO / ".collections"), json.dumps(doc),
+                                   str(seg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for seg in segs]
+        outs = [(p.wait(60), *p.communicate()) for p in procs]
+        assert sorted(rc for rc, _, _ in outs) == [0, 1], outs
+        winner = next(seg for seg, (rc, _, _) in zip(segs, outs, strict=True) if rc == 0)
+        loser_err = next(err for rc, _, err in outs if rc == 1)
+        assert "another writer stored" in loser_err and "different content" in loser_err, loser_err
+        assert wa.unpack(repo.get_bytes(_wal.wal_key(name))) == winner.read_bytes()

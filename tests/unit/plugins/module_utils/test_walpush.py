@@ -49,3 +49,31 @@ def test_a_listing_that_fails_means_read_first(setup, monkeypatch):
 
     monkeypatch.setattr(repo_mod.LocalRepository, "list", broken)
     assert wa._Listings(config).absent_from(seg.name) == ()
+
+
+def test_a_segment_stored_by_another_writer_inside_the_listing_window_is_never_replaced(setup):
+    config, seg = setup
+    listings = wa._Listings(config)
+    absent = listings.absent_from(seg.name)
+    assert absent == ("here", "there")
+    theirs = wa.pack(b"theirs" * 1000, "lz4")[0]
+    config.repositories()[0].put_bytes(_wal.wal_key(seg.name), theirs)  # after the listing, before our write
+    with pytest.raises(wa.WalArchiveError, match="another writer stored"):
+        wa.push_file(config, str(seg), absent_from=absent)
+    assert config.repositories()[0].get_bytes(_wal.wal_key(seg.name)) == theirs
+
+
+def test_the_same_content_stored_inside_the_listing_window_is_a_success(setup):
+    config, seg = setup
+    absent = wa._Listings(config).absent_from(seg.name)
+    config.repositories()[1].put_bytes(_wal.wal_key(seg.name), wa.pack(seg.read_bytes(), "zstd")[0])
+    assert wa.push_file(config, str(seg), absent_from=absent) == [("here", "stored"), ("there", "present")]
+
+
+def test_local_create_is_create_only(tmp_path):
+    repo = repo_mod.LocalRepository(str(tmp_path / "r"))
+    assert repo.create("wal/x/000000010000000000000001", b"one") is True
+    assert repo.create("wal/x/000000010000000000000001", b"two") is False
+    assert repo.get_bytes("wal/x/000000010000000000000001") == b"one"
+    assert repo.head("wal/x/000000010000000000000001")["sha256"] == __import__("hashlib").sha256(b"one").hexdigest()
+    assert [o["key"] for o in repo.list("wal/")] == ["wal/x/000000010000000000000001"]  # no temporary left
