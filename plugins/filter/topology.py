@@ -47,13 +47,17 @@ _value:
   type: dict
 """
 
-from ansible_collections.immersiverse.dr.plugins.module_utils._topology import summarise
+from ansible_collections.immersiverse.dr.plugins.module_utils._topology import promotion_blockers, summarise
 
 
 def topology(hosts, services=None, preferred_region=None, regions=None):
     return summarise(hosts, services=services, preferred_region=preferred_region, regions=regions)
 
 
+def promotion_refusals(summary, candidate, isolated=None):
+    return promotion_blockers(summary, candidate, isolated or ())
+
+
 class FilterModule(object):
     def filters(self):
-        return {"topology": topology}
+        return {"topology": topology, "promotion_refusals": promotion_refusals}

@@ -83,3 +83,45 @@ def render_table(rows, services):
 
 def _dash(value):
     return "-" if value is None else value
+
+
+def promotion_blockers(summary, candidate, isolated=()):
+    """Why ``candidate`` must not be promoted now, as sentences (empty: it may be).
+
+    summary: what summarise() returned for every database host of the cluster, read in this run (the detect phase).
+    isolated: hosts fenced in this run (the isolate phase), which cannot serve whatever summary says about them.
+
+    At most one writable primary: every other host must be a standby of the cluster or isolated; a primary, a host
+    whose PostgreSQL is down (it may start writable) and an unreachable host are blockers until isolated. The
+    candidate itself must be a reachable standby of the same cluster (the same system identifier).
+    """
+    if not summary or not summary.get("hosts"):
+        return ["no detect summary of this run: run the detect phase (immersiverse.dr.detect) over every database "
+                "host of the cluster first, in the same play"]
+    isolated = set(isolated or ())
+    rows = {r["host"]: r for r in summary["hosts"]}
+    cluster = summary.get("system_identifier")
+    me = rows.get(candidate)
+    reasons = []
+    if me is None:
+        reasons.append("%s is not among the hosts the detect phase read; run it over every database host"
+                       % candidate)
+    elif not me["reachable"] or me["role"] != "standby":
+        reasons.append("%s is not a reachable standby (detect saw it %s); only a standby can be promoted"
+                       % (candidate, me["role"] if me["reachable"] else "unreachable"))
+    elif cluster and me["system_identifier"] != cluster:
+        reasons.append("%s belongs to another cluster (system identifier %s, the cluster's is %s); rebuild it as a "
+                       "standby before promoting it" % (candidate, me["system_identifier"], cluster))
+    for name, row in rows.items():
+        if name == candidate or name in isolated:
+            continue
+        if not row["reachable"]:
+            reasons.append("%s could not be reached (%s) and was not isolated in this run: it may still serve "
+                           "writes; isolate it (fence it out of band, or confirm it is dead)" % (name, row["error"]))
+        elif row["role"] == "primary":
+            reasons.append("%s still accepts writes (timeline %s, LSN %s): isolate it first"
+                           % (name, row["timeline"], row["current_lsn"]))
+        elif row["role"] != "standby":
+            reasons.append("%s has PostgreSQL %s and was not isolated in this run: it could start as a primary; "
+                           "isolate it first" % (name, row["role"]))
+    return reasons

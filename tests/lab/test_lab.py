@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import REPO, detect, playbook, podman
+from conftest import REPO, assert_no_secret, detect, playbook, podman
 
 INVENTORY = str(REPO / "inventories" / "lab")
 
@@ -27,9 +27,10 @@ def test_lab_playbook_check_mode_then_rerun_changes_nothing():
     check = playbook("-i", INVENTORY, str(REPO / "playbooks" / "lab.yml"), "--check")
     assert check.rc == 0, check.out[-3000:]
     assert check.changed() == {}, check.changed()
-    again = playbook("-i", INVENTORY, str(REPO / "playbooks" / "lab.yml"))
+    again = playbook("-i", INVENTORY, str(REPO / "playbooks" / "lab.yml"), "-vvv")
     assert again.rc == 0, again.out[-3000:]
     assert again.changed() == {}, again.changed()
+    assert_no_secret(again)
 
 
 def test_service_schema_and_seed_are_on_every_region(tmp_path):
@@ -70,6 +71,32 @@ def test_promote_refuses_while_the_primary_still_serves(tmp_path):
     assert "still accepts writes" in run.out
     after = detect(tmp_path)
     assert after["current_primary"] == primary
+    assert next(h for h in after["hosts"] if h["host"] == standby)["role"] == "standby"
+
+
+def test_promote_with_no_caller_list_refuses_while_the_primary_serves(tmp_path):
+    """The role decides from the detect phase of its own run, not from a list the caller may forget."""
+    d = detect(tmp_path)
+    primary = d["current_primary"]
+    standby = next(h["host"] for h in d["hosts"] if h["role"] == "standby")
+    play = tmp_path / "promote.yml"
+    play.write_text(f"""
+- hosts: databases
+  gather_facts: false
+  roles:
+    - role: immersiverse.dr.detect
+      vars:
+        detect_check_services: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: immersiverse.dr.promote
+      when: inventory_hostname == '{standby}'
+""")
+    run = playbook("-i", INVENTORY, str(play))
+    assert run.rc != 0
+    assert f"Not promoting {standby}: {primary} still accepts writes" in run.out, run.out[-3000:]
+    after = detect(tmp_path)
+    assert after["current_primary"] == primary and not after["split_brain"]
     assert next(h for h in after["hosts"] if h["host"] == standby)["role"] == "standby"
 
 

@@ -1,4 +1,4 @@
-from ansible_collections.immersiverse.dr.plugins.module_utils._topology import summarise
+from ansible_collections.immersiverse.dr.plugins.module_utils._topology import promotion_blockers, summarise
 
 REGIONS = ["primary", "secondary", "tertiary"]
 
@@ -68,3 +68,37 @@ def test_table_names_down_services():
     s = summarise([host("a", "primary", "primary")], services=services, regions=REGIONS)
     assert "DOWN: redis" in s["table"][1]
     assert s["unhealthy_services"] == {"primary": ["redis"]}
+
+
+def _summary(*hosts):
+    return summarise(list(hosts), regions=REGIONS)
+
+
+def test_promotion_refused_while_another_host_serves_even_when_nobody_listed_it():
+    s = _summary(host("a", "primary", "primary"), host("b", "secondary", "standby", sender="a"),
+                 host("c", "tertiary", "standby", sender="a"))
+    refusals = promotion_blockers(s, "b")
+    assert len(refusals) == 1 and refusals[0].startswith("a still accepts writes")
+    assert promotion_blockers(s, "b", isolated=["a"]) == []
+
+
+def test_promotion_refused_for_an_unreachable_or_stopped_host_until_isolated():
+    s = _summary(host("a", "primary"), host("b", "secondary", "standby"), host("c", "tertiary", "down"))
+    refusals = promotion_blockers(s, "b")
+    assert any(r.startswith("a could not be reached") for r in refusals)
+    assert any(r.startswith("c has PostgreSQL down") for r in refusals)
+    assert promotion_blockers(s, "b", isolated=["a", "c"]) == []
+
+
+def test_promotion_refused_for_a_candidate_that_is_no_standby_of_the_cluster():
+    s = _summary(host("a", "primary"), host("b", "secondary", "standby", sysid="9999"),
+                 host("c", "tertiary", "standby"), host("d", "tertiary", "standby"))
+    assert "another cluster" in promotion_blockers(s, "b", isolated=["a"])[0]
+    s = _summary(host("a", "primary"), host("b", "secondary", "primary"), host("c", "tertiary", "standby"))
+    assert any("not a reachable standby" in r for r in promotion_blockers(s, "b", isolated=["a"]))
+    assert any("not among the hosts" in r for r in promotion_blockers(s, "zz", isolated=["a"]))
+
+
+def test_promotion_refused_without_a_detect_summary():
+    assert "no detect summary" in promotion_blockers({}, "b")[0]
+    assert "no detect summary" in promotion_blockers(None, "b")[0]
