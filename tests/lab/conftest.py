@@ -65,6 +65,24 @@ def detect(tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def lab_secrets() -> dict[str, str]:
+    """Every secret of the lab, by name: the generated passwords, the S3 and Kubernetes credentials of the
+    inventory, and the SSH client key's body."""
+    secrets = {name: (REPO / ".lab" / "secrets" / name).read_text().split()[0] for name in ("replicator", "auth_app")}
+    inv = (REPO / "inventories" / "lab" / "group_vars" / "all" / "main.yml").read_text()
+    for var in ("dr_s3_secret_key", "dr_k8s_api_key"):
+        secrets[var] = re.search(rf"^{var}: (\S+)$", inv, re.M).group(1)
+    key = (REPO / ".lab" / "secrets" / "lab_ssh_ed25519").read_text().splitlines()
+    secrets["ssh_key"] = max(key[1:-1], key=len)
+    return secrets
+
+
+def assert_no_secret(run: Run) -> None:
+    """Nothing secret in a playbook's output (run it with -vvv to make this mean something)."""
+    leaked = [name for name, value in lab_secrets().items() if value in run.out]
+    assert not leaked, f"secrets in the output: {leaked}"
+
+
 def podman(*args: str) -> str:
     return subprocess.run(["podman", *args], capture_output=True, text=True, check=True, timeout=120).stdout
 

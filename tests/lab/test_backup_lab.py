@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import boto3
-from conftest import REPO, playbook
+from conftest import REPO, assert_no_secret, playbook
 
 INVENTORY = str(REPO / "inventories" / "lab")
 REGIONS = {"primary": (19000, "immersiverse-dr-primary"), "secondary": (29000, "immersiverse-dr-secondary"),
@@ -37,9 +38,9 @@ def test_check_mode_runs_nothing_and_writes_nothing():
 
 def test_full_and_logical_backups_reach_every_region_and_the_schedule_runs_the_same_engine():
     extra = json.dumps({"backup_actions": ["full", "logical", "retention", "schedule"], "backup_label": "lab-weekly"})
-    run = playbook("-i", INVENTORY, str(REPO / "playbooks" / "backup.yml"), "-e", extra)
+    run = playbook("-i", INVENTORY, str(REPO / "playbooks" / "backup.yml"), "-e", extra, "-vvv")
     assert run.rc == 0, run.out[-4000:]
-    assert "lab-secret-key" not in run.out
+    assert_no_secret(run)
     fulls = {r: committed(bucket_keys(r), "backup") for r in REGIONS}
     logicals = {r: committed(bucket_keys(r), "logical") for r in REGIONS}
     assert len(fulls["primary"] | fulls["secondary"] | fulls["tertiary"]) >= 1
@@ -71,3 +72,15 @@ def test_full_and_logical_backups_reach_every_region_and_the_schedule_runs_the_s
         mode = subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "stat", "-c", "%a %U",
                                "/etc/immersiverse-dr/backup.json"], capture_output=True, text=True, check=True)
         assert mode.stdout.split() == ["600", "postgres"]
+
+
+def test_a_backup_job_that_dies_before_its_first_progress_ends_the_wait_at_once():
+    """A staging directory the postgres user cannot create: the job fails before any progress can be written. The
+    poll must not wait out the job's 6-hour timeout, and the operator sees the job's own message."""
+    t0 = time.monotonic()
+    run = playbook("-i", INVENTORY, str(REPO / "playbooks" / "backup.yml"), "-e",
+                   "backup_staging_dir=/root/not-for-postgres", timeout=600)
+    took = time.monotonic() - t0
+    assert run.rc != 0
+    assert "Full | result" in run.out and "/root/not-for-postgres" in run.out, run.out[-3000:]
+    assert took < 300, f"the poll waited {took:.0f} s on a job that had already failed"

@@ -13,7 +13,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from conftest import REPO, playbook
+from conftest import REPO, assert_no_secret, playbook
 from test_wal_lab import REGIONS, newest_backup, serving_region, superuser_sql
 
 INVENTORY = str(REPO / "inventories" / "lab")
@@ -84,9 +84,9 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     assert unreachable.rc != 0 and "after the end of the WAL" in unreachable.out, unreachable.out[-3000:]
     assert "streaming" in sql(region, "SELECT status FROM pg_stat_wal_receiver", "postgres")  # nothing was stopped
 
-    pitr = playbook(*args, "-e", "confirm=true")
+    pitr = playbook(*args, "-e", "confirm=true", "-vvv")
     assert pitr.rc == 0, pitr.out[-6000:]
-    assert "lab-secret-key" not in pitr.out
+    assert_no_secret(pitr)
     present = set(sql(region, f"SELECT request_id::text FROM audit_logs WHERE details->>'run_id' = '{run}'")
                   .splitlines())
     assert must <= present, f"{len(must - present)} writes acknowledged before the target are missing"
@@ -103,8 +103,9 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "rm", "-rf", "/var/lib/postgresql/15/main"],
                    check=True)
     rebuilt = playbook("-i", INVENTORY, str(REPO / "playbooks" / "restore.yml"), "-e", f"restore_region={region}",
-                       "-e", "restore_mode=standby", "-e", "confirm=true")
+                       "-e", "restore_mode=standby", "-e", "confirm=true", "-vvv")
     assert rebuilt.rc == 0, rebuilt.out[-6000:]
+    assert_no_secret(rebuilt)
     deadline = time.monotonic() + 60
     primary_count = sql(serving, "SELECT count(*) FROM audit_logs")
     while time.monotonic() < deadline and sql(region, "SELECT count(*) FROM audit_logs") != primary_count:
