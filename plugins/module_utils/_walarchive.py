@@ -47,6 +47,10 @@ class CorruptWal(WalArchiveError):
     pass
 
 
+class BadName(WalArchiveError):
+    """Not a WAL file name: a caller's mistake, never "not archived" (recovery must not end on it)."""
+
+
 # -- the object format -------------------------------------------------------------------------------------------
 def compress(data, method):
     if method == "lz4":
@@ -408,22 +412,32 @@ def _remove(path):
 
 
 # -- fetch ------------------------------------------------------------------------------------------------------------
-def fetch_raw(config, name, partial=False):
+def fetch_raw(config, name, partial=False, warn=None):
     """The verified content of a WAL file from the first repository that has it; None when none has it.
 
     Looked for under ``wal/`` (what the archive_command stored), then ``stream/`` (what the streamer completed),
     then, with ``partial``, the streamed partial of that segment padded to a whole segment with zeros: recovery
-    replays to its last complete record and ends there (barman-wal-restore -P does the same)."""
-    errors = []
+    replays to its last complete record and ends there (barman-wal-restore -P does the same).
+    A damaged copy in one repository is passed over for the next repository's copy (the regions hold the same WAL);
+    only when no repository has a good copy is the damage raised (CorruptWal: recovery stops, never ends early)."""
+    errors, damaged = [], []
     for key in (_wal.wal_key(name), _wal.stream_key(name)):
         for repo in config.repositories():
             try:
                 raw = _read_verified(repo, key, name)
+            except CorruptWal as exc:
+                damaged.append(exc)
+                continue
             except repo_mod.RepositoryError as exc:
                 errors.append(exc)
                 continue
             if raw is not None:
+                if damaged:
+                    (warn or sys.stderr.write)("immersiverse-dr-wal fetch %s: used %s's copy; passed over: %s\n"
+                                               % (name, repo.name, "; ".join(str(d) for d in damaged)))
                 return raw
+    if damaged:
+        raise CorruptWal("%s: no repository holds a good copy (%s)" % (name, "; ".join(str(d) for d in damaged)))
     if partial and _wal.SEGMENT_RE.match(name):
         raw = fetch_partial(config, name, errors)
         if raw is not None:
@@ -441,7 +455,10 @@ def _read_verified(repo, key, name):
     stored = info.get("sha256")
     if stored and hashlib.sha256(blob).hexdigest() != stored:
         raise CorruptWal("%s: %s does not match its stored checksum: the object is damaged" % (repo.describe(), key))
-    return unpack(blob, "%s in %s" % (key, repo.describe()))
+    try:
+        return unpack(blob, "%s in %s" % (key, repo.describe()))
+    except CorruptWal as exc:
+        raise CorruptWal("%s: %s" % (repo.describe(), exc)) from None
 
 
 def fetch_partial(config, name, errors):
@@ -508,7 +525,7 @@ def fetch(config, name, dest, partial=None):
     """restore_command: verified, decompressed, renamed into place. Returns True, or False when not archived.
     ``partial`` (default: the configuration's fetch_partial): serve a streamed partial segment as a last resort."""
     if not _wal.is_wal_file_name(name) and name != "RECOVERYHISTORY":
-        raise WalArchiveError("%s is not a WAL file name" % name)
+        raise BadName("%s is not a WAL file name" % name)
     marker_dirs(config)
     bind_fetch_spool(config)
     local = config.path("fetch", name)
@@ -644,11 +661,15 @@ def _prefetch_loop(config, name, ramp, lock_fd):
     taken_any = not ramp
     idle_since = time.monotonic()
 
+    def note(text):
+        log.write("%s %s" % (time.strftime("%F %T"), text))
+        log.flush()
+
     def one(seg):
         tmp = config.path("fetch", "." + seg + ".tmp")
         _touch(tmp)
         try:
-            raw = fetch_raw(config, seg)
+            raw = fetch_raw(config, seg, warn=note)
             if raw is None:
                 return False
             with open(tmp, "wb") as fh:

@@ -81,7 +81,7 @@ def main(argv=None):
     if args.command == "fetch":
         try:
             found = wa.fetch(config, args.name, args.dest, partial=args.partial)
-        except wa.CorruptWal as exc:
+        except (wa.CorruptWal, wa.BadName) as exc:
             sys.stderr.write("immersiverse-dr-wal fetch %s: %s; stopping recovery rather than ending it early\n"
                              % (args.name, exc))
             return wa.EXIT_ABORT

@@ -365,6 +365,48 @@ def test_corrupted_segment_stops_recovery_and_the_old_directory_is_intact(source
         stop(server)
 
 
+def test_a_damaged_copy_in_one_region_is_passed_over_and_recovery_completes_from_the_next(source):
+    """Region A's copy of a segment recovery needs is damaged, region B's is good: the restore_command serves B's
+    copy and recovery reaches the end of the archive with every acknowledged write."""
+    region_b = source.work / "repo-b"
+    if not region_b.exists():
+        shutil.copytree(source.repo_dir, region_b)  # the other region holds the same WAL
+        chown_tree(region_b)
+    spec_b = {"type": "local", "name": "secondary", "path": str(region_b)}
+    both = Archive(source.work / "wal-two-regions", [source.spec, spec_b], prefetch=4)
+    tl, lo = _wal.parse_segment(source.record["stop_wal"])
+    victim = source.repo_dir / _wal.wal_key(_wal.segment_name(tl, lo + 1))
+    original = victim.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    quiet_prefetch_spool(source)
+    server = restored_server(source, "two-regions")
+    try:
+        victim.write_bytes(bytes(damaged))
+        plan = _restore.plan([source.repo], {"type": "end"})
+        _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
+        with open(server.data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as fh:
+            fh.write(f"port = {server.port}\nunix_socket_directories = '{server.run_dir}'\narchive_mode = off\n"
+                     f"restore_command = '{both.wrapper} fetch %f %p --unreachable abort'\n")
+        (server.data_dir / "recovery.signal").touch()
+        chown_tree(server.data_dir)
+        server._run(str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l", str(server.log_file), "-w", "-t",
+                    "5", "start", check=False)
+        reached = _restore.wait_for_recovery(lambda: psycopg2.connect(server.dsn("postgres"), connect_timeout=2),
+                                             str(server.data_dir), str(server.log_file), timeout=120, poll=0.3)
+        assert reached["outcome"] == "promoted", reached
+        acked = {a["request_id"] for a in source.acks}
+        got = present_ids(server, source.db)
+        assert acked <= got, f"{len(acked - got)} acknowledged writes lost"
+        # the restore_command or its prefetcher (whichever fetched it) says which copy it passed over
+        prefetch_log = both.spool / "prefetch.log"
+        said = server.log_file.read_text() + (prefetch_log.read_text() if prefetch_log.exists() else "")
+        assert "used secondary's copy; passed over" in said, said[-2000:]
+    finally:
+        victim.write_bytes(original)
+        stop(server)
+
+
 # -- interruption, re-run, check mode, the module --------------------------------------------------------------------
 def test_interrupted_restore_starts_over_and_a_rerun_changes_nothing(source):
     plan = _restore.plan([source.repo], {"type": "end"})

@@ -106,6 +106,9 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
                        "-e", "restore_mode=standby", "-e", "confirm=true", "-vvv")
     assert rebuilt.rc == 0, rebuilt.out[-6000:]
     assert_no_secret(rebuilt)
+    # a standby treats an archive it cannot reach as "not archived yet" and streams on; it never shuts down on it
+    restore_command = sql(region, "SHOW restore_command", "postgres")
+    assert "--unreachable missing" in restore_command, restore_command
     deadline = time.monotonic() + 60
     primary_count = sql(serving, "SELECT count(*) FROM audit_logs")
     while time.monotonic() < deadline and sql(region, "SELECT count(*) FROM audit_logs") != primary_count:
