@@ -368,8 +368,8 @@ class LocalRepository(Repository):
     def create(self, key, data):
         dest = self._path(key)
         digest = hashlib.sha256(data).hexdigest()
-        tmp = os.path.join(os.path.dirname(dest), ".%s.create-%d-%d" % (os.path.basename(dest), os.getpid(),
-                                                                         threading.get_ident()))
+        tmp = os.path.join(os.path.dirname(dest),
+                           ".%s.create-%d-%d" % (os.path.basename(dest), os.getpid(), threading.get_ident()))
         try:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with open(tmp, "wb") as fh:

@@ -319,8 +319,8 @@ def test_two_writers_racing_for_one_name_store_exactly_one_and_the_other_is_refu
                                    str(seg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for seg in segs]
         outs = [(p.wait(60), *p.communicate()) for p in procs]
-        assert sorted(rc for rc, _, _ in outs) == [0, 1], outs
-        winner = next(seg for seg, (rc, _, _) in zip(segs, outs, strict=True) if rc == 0)
-        loser_err = next(err for rc, _, err in outs if rc == 1)
+        assert sorted(out[0] for out in outs) == [0, 1], outs
+        winner = next(seg for seg, out in zip(segs, outs, strict=True) if out[0] == 0)
+        loser_err = next(out[2] for out in outs if out[0] == 1)
         assert "another writer stored" in loser_err and "different content" in loser_err, loser_err
         assert wa.unpack(repo.get_bytes(_wal.wal_key(name))) == winner.read_bytes()

@@ -33,14 +33,14 @@ def damage(repo):
 
 
 def test_a_damaged_copy_in_one_region_is_passed_over_for_the_next_regions(two_regions, capsys):
-    config, raw, _ = two_regions
+    config, raw = two_regions[:2]
     damage(config.repositories()[0])
     assert wa.fetch_raw(config, SEG) == raw
     assert "used b's copy; passed over" in capsys.readouterr().err
 
 
 def test_no_good_copy_anywhere_stops_recovery(two_regions):
-    config, _, _ = two_regions
+    config = two_regions[0]
     for repo in config.repositories():
         damage(repo)
     with pytest.raises(wa.CorruptWal, match="no repository holds a good copy"):
@@ -49,7 +49,7 @@ def test_no_good_copy_anywhere_stops_recovery(two_regions):
 
 @pytest.mark.parametrize("unreachable", ["missing", "abort"])
 def test_a_name_that_is_no_wal_file_stops_recovery_whatever_unreachable_says(two_regions, unreachable, capsys):
-    _, _, tmp = two_regions
+    tmp = two_regions[2]
     rc = _walcli.main(["fetch", "../../etc/passwd", str(tmp / "dest"), "--unreachable", unreachable,
                        "--config", str(tmp / "wal.json")])
     assert rc == wa.EXIT_ABORT
