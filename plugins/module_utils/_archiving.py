@@ -370,7 +370,8 @@ def privileges(conn):
         SELECT current_user AS user,
                (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
                pg_has_role(current_user, 'pg_monitor', 'USAGE') AS pg_monitor,
-               pg_is_in_recovery() AS in_recovery
+               pg_is_in_recovery() AS in_recovery,
+               (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier
     """)[0]
     return row
 
@@ -457,7 +458,8 @@ def run(conn, params, check_mode=False, reload_timeout=10):
     """
     priv = privileges(conn)
     status_only = bool(params.get("status_only"))
-    result = {"changed": False, "warnings": [], "role": "standby" if priv["in_recovery"] else "primary"}
+    result = {"changed": False, "warnings": [], "role": "standby" if priv["in_recovery"] else "primary",
+              "system_identifier": priv["system_identifier"]}
     if not (priv["superuser"] or priv["pg_monitor"]):
         raise ArchivingError(
             "role %s can read neither the archive status directory nor the archiver statistics it needs: connect "

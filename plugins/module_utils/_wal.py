@@ -10,6 +10,7 @@ takes ``segment_size`` for clusters initialised with another one.
 from __future__ import annotations
 
 import re
+import struct
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
@@ -21,6 +22,24 @@ WAL_FILE_RE = re.compile(r"^([0-9A-F]{24})(\.partial|\.[0-9A-F]{8}\.backup)?$|^[
 
 class WalError(ValueError):
     """A WAL name or LSN that does not parse."""
+
+
+# The first page of every segment carries a long page header (XLogLongPageHeaderData): magic (uint16), info
+# (uint16, XLP_LONG_HEADER = 0x0002), timeline (uint32), page address (uint64), remaining length (uint32, padded to
+# 24), then the cluster's system identifier (uint64) at offset 24. Magic 0xD1xx: PostgreSQL 12 to 17.
+_XLP_LONG_HEADER = 0x0002
+
+
+def segment_system_identifier(raw):
+    """The system identifier (a decimal string, as pg_control_system() shows it) in a WAL segment's first page
+    header; None when the bytes do not start with a PostgreSQL WAL long page header."""
+    if len(raw) < 40:
+        return None
+    for order in ("<", ">"):
+        magic, info = struct.unpack_from(order + "HH", raw, 0)
+        if magic & 0xFF00 == 0xD100 and info & _XLP_LONG_HEADER:
+            return str(struct.unpack_from(order + "Q", raw, 24)[0])
+    return None
 
 
 def lsn_to_int(lsn):

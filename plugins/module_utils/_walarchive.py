@@ -47,6 +47,23 @@ class CorruptWal(WalArchiveError):
     pass
 
 
+class ForeignWal(CorruptWal):
+    """A segment of another cluster (another system identifier) than the one this archive belongs to."""
+
+
+def check_cluster(config, name, raw, what):
+    """Raise ForeignWal when ``raw`` is a WAL segment of another cluster than the configuration's (system_identifier,
+    written by the wal_archive role from the serving primary). Names other than segments and configurations without
+    an identifier are not checked."""
+    want = config.system_identifier
+    if not want or not _wal.SEGMENT_RE.match(name.split(".", 1)[0]):
+        return
+    got = _wal.segment_system_identifier(raw)
+    if got is not None and got != want:
+        raise ForeignWal("%s belongs to the cluster with system identifier %s, not to this archive's cluster %s: %s. "
+                         "Another cluster may be archiving into this repository" % (name, got, want, what))
+
+
 class BadName(WalArchiveError):
     """Not a WAL file name: a caller's mistake, never "not archived" (recovery must not end on it)."""
 
@@ -118,6 +135,8 @@ class Config:
         self.idle_exit = float(doc.get("idle_exit_seconds", 30))
         self.pg_wal = doc.get("pg_wal_dir")
         self.fetch_partial = bool(doc.get("fetch_partial", False))
+        # the cluster this archive belongs to: segments of another are never stored nor served
+        self.system_identifier = str(doc.get("system_identifier") or "") or None
         self.segment_size = int(doc.get("wal_segment_size", _wal.DEFAULT_SEGMENT_SIZE))
         self.path_of_config = doc.get("_path")
         self.repository_specs = [doc["repository"]] + list(doc.get("offsite", []))
@@ -157,6 +176,7 @@ def push_file(config, path, name=None, key=None, absent_from=()):
             raw = fh.read()
     except OSError as exc:
         raise WalArchiveError("cannot read %s: %s" % (path, exc)) from None
+    check_cluster(config, name, raw, "refusing to archive it")
     blob, digest = pack(raw, config.compression)
     key = key or _wal.wal_key(name)
     # every repository is checked before any is written: a conflict in one stores nothing anywhere
@@ -425,6 +445,8 @@ def fetch_raw(config, name, partial=False, warn=None):
         for repo in config.repositories():
             try:
                 raw = _read_verified(repo, key, name)
+                if raw is not None:
+                    check_cluster(config, name, raw, "%s's copy is not served" % getattr(repo, "name", "a"))
             except CorruptWal as exc:
                 damaged.append(exc)
                 continue
@@ -441,6 +463,7 @@ def fetch_raw(config, name, partial=False, warn=None):
     if partial and _wal.SEGMENT_RE.match(name):
         raw = fetch_partial(config, name, errors)
         if raw is not None:
+            check_cluster(config, name, raw, "the streamed partial is not served")
             return raw
     if errors:
         raise WalArchiveError("no repository answered for %s: %s" % (name, errors[-1]))

@@ -288,6 +288,7 @@ class _OneRepo:
 
     def __init__(self, config, repo):
         self.compression = config.compression
+        self.system_identifier = config.system_identifier
         self._repo = repo
 
     def repositories(self):

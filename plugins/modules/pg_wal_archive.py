@@ -151,6 +151,13 @@ role:
   description: C(primary) or C(standby).
   returned: always
   type: str
+system_identifier:
+  description:
+    - The cluster's system identifier (pg_control_system()), as a string. The wal_archive role writes the serving
+      primary's into every host's WAL configuration, so segments of another cluster are neither stored nor served.
+  returned: always
+  type: str
+  version_added: 0.4.0
 changes:
   description: The settings changed (or, in check mode, that would be), each with name, before, after, context.
   returned: unless status_only

@@ -324,3 +324,24 @@ def test_two_writers_racing_for_one_name_store_exactly_one_and_the_other_is_refu
         loser_err = next(out[2] for out in outs if out[0] == 1)
         assert "another writer stored" in loser_err and "different content" in loser_err, loser_err
         assert wa.unpack(repo.get_bytes(_wal.wal_key(name))) == winner.read_bytes()
+
+
+def test_segments_of_another_cluster_are_refused_and_the_right_clusters_are_stored(pg_server_factory, work):
+    """A real PostgreSQL 15 archiving through a configuration that names another cluster's system identifier: no
+    segment is stored and PostgreSQL keeps them in pg_wal; named rightly, every one is stored."""
+    repo = {"type": "local", "name": "primary", "path": str(as_postgres(work / "repo"))}
+    archive = Archive(work / "a", [repo], **{"async": False, "system_identifier": "1234567890123456789"})
+    server = archiving_server(pg_server_factory, archive, "wal-foreign")
+    try:
+        sysid = server.psql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
+        names = segment_names(server, 2)
+        wait_for(lambda: archiver(server)["failed"] > 0, 60, "the archiver's refusals")
+        assert not {n for n in stored_names(archive.engine_config().repositories()[0]) if _wal.SEGMENT_RE.match(n)}
+        assert f"belongs to the cluster with system identifier {sysid}" in server.log_file.read_text()
+        doc = json.loads(archive.config.read_text())
+        doc["system_identifier"] = sysid  # what the wal_archive role writes: the serving primary's
+        archive.config.write_text(json.dumps(doc))
+        wait_for(lambda: archiver(server)["last"] >= names[-1] and archiver(server)["ready"] == 0, 90,
+                 "archiving once the configuration names this cluster")
+    finally:
+        server.destroy()

@@ -55,3 +55,44 @@ def test_a_name_that_is_no_wal_file_stops_recovery_whatever_unreachable_says(two
     assert rc == wa.EXIT_ABORT
     assert "is not a WAL file name" in capsys.readouterr().err
     assert not (tmp / "dest").exists()
+
+
+def segment_of(sysid, size=16384):
+    """The first bytes of a PostgreSQL 15 segment: a long page header (magic 0xD110, XLP_LONG_HEADER) with sysid."""
+    import struct
+
+    header = struct.pack("<HHIQI", 0xD110, 0x0002, 1, 0x7000000, 0) + b"\0" * 4 + struct.pack("<QII", sysid, 16 << 20,
+                                                                                                8192)
+    return header + b"\0" * (size - len(header))
+
+
+def test_the_system_identifier_is_read_from_a_segments_first_page():
+    assert _wal.segment_system_identifier(segment_of(7441234567890123456)) == "7441234567890123456"
+    assert _wal.segment_system_identifier(b"wal" * 1000) is None
+    assert _wal.segment_system_identifier(b"") is None
+
+
+def test_push_refuses_a_segment_of_another_cluster_and_stores_nothing(tmp_path):
+    doc = {"repository": {"type": "local", "name": "a", "path": str(tmp_path / "a")},
+           "spool_dir": str(tmp_path / "spool"), "system_identifier": "1111"}
+    config = wa.Config(dict(doc))
+    seg = tmp_path / SEG
+    seg.write_bytes(segment_of(2222))
+    with pytest.raises(wa.ForeignWal, match="system identifier 2222, not to this archive's cluster 1111"):
+        wa.push_file(config, str(seg))
+    assert config.repositories()[0].head(_wal.wal_key(SEG)) is None
+    seg.write_bytes(segment_of(1111))
+    assert wa.push_file(config, str(seg)) == [("a", "stored")]
+
+
+def test_fetch_never_serves_a_segment_of_another_cluster(tmp_path):
+    doc = {"repository": {"type": "local", "name": "a", "path": str(tmp_path / "a")},
+           "offsite": [{"type": "local", "name": "b", "path": str(tmp_path / "b")}],
+           "spool_dir": str(tmp_path / "spool"), "system_identifier": "1111"}
+    config = wa.Config(dict(doc))
+    a, b = config.repositories()
+    a.put_bytes(_wal.wal_key(SEG), wa.pack(segment_of(2222), "lz4")[0])  # another cluster's, in region a
+    with pytest.raises(wa.CorruptWal, match="belongs to the cluster with system identifier 2222"):
+        wa.fetch_raw(config, SEG)
+    b.put_bytes(_wal.wal_key(SEG), wa.pack(segment_of(1111), "lz4")[0])
+    assert wa.fetch_raw(config, SEG) == segment_of(1111)
