@@ -54,8 +54,8 @@ def topology(hosts, services=None, preferred_region=None, regions=None):
     return summarise(hosts, services=services, preferred_region=preferred_region, regions=regions)
 
 
-def promotion_refusals(summary, candidate, isolated=None):
-    return promotion_blockers(summary, candidate, isolated or ())
+def promotion_refusals(summary, candidate, isolated=None, restoring=False):
+    return promotion_blockers(summary, candidate, isolated or (), restoring=restoring)
 
 
 class FilterModule(object):

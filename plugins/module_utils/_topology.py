@@ -85,7 +85,7 @@ def _dash(value):
     return "-" if value is None else value
 
 
-def promotion_blockers(summary, candidate, isolated=()):
+def promotion_blockers(summary, candidate, isolated=(), restoring=False):
     """Why ``candidate`` must not be promoted now, as sentences (empty: it may be).
 
     summary: what summarise() returned for every database host of the cluster, read in this run (the detect phase).
@@ -94,6 +94,9 @@ def promotion_blockers(summary, candidate, isolated=()):
     At most one writable primary: every other host must be a standby of the cluster or isolated; a primary, a host
     whose PostgreSQL is down (it may start writable) and an unreachable host are blockers until isolated. The
     candidate itself must be a reachable standby of the same cluster (the same system identifier).
+
+    restoring: the candidate is being restored from backup (its own state before does not matter, it is replaced);
+    only the other hosts are checked: may a restore of it open for writes?
     """
     if not summary or not summary.get("hosts"):
         return ["no detect summary of this run: run the detect phase (immersiverse.dr.detect) over every database "
@@ -103,7 +106,9 @@ def promotion_blockers(summary, candidate, isolated=()):
     cluster = summary.get("system_identifier")
     me = rows.get(candidate)
     reasons = []
-    if me is None:
+    if restoring:
+        pass
+    elif me is None:
         reasons.append("%s is not among the hosts the detect phase read; run it over every database host"
                        % candidate)
     elif not me["reachable"] or me["role"] != "standby":

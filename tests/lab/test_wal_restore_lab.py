@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from conftest import REPO, assert_no_secret, playbook
-from test_wal_lab import REGIONS, newest_backup, serving_region, superuser_sql
+from test_wal_lab import REGIONS, newest_backup, s3, serving_region, superuser_sql
 
 INVENTORY = str(REPO / "inventories" / "lab")
 
@@ -27,6 +27,16 @@ def sql(region: str, query: str, db: str = "authdb") -> str:
     out = subprocess.run(["podman", "exec", "-u", "postgres", f"dr-lab-{region}-db", "psql", "-AtX", "-d", db,
                           "-c", query], capture_output=True, text=True, check=True, timeout=60)
     return out.stdout.strip()
+
+
+def history_objects() -> dict[str, set[str]]:
+    """Every region's timeline history files: a restore that opened would archive a new one."""
+    out = {}
+    for region in REGIONS:
+        pages = s3(region).get_paginator("list_objects_v2").paginate(Bucket=f"immersiverse-dr-{region}",
+                                                                     Prefix="auth-db/wal/")
+        out[region] = {o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".history")}
+    return out
 
 
 def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_path):
@@ -68,8 +78,9 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     must_not = {rid for rid, epoch in started.items() if float(epoch) > target.timestamp()}
     assert len(must) > 100 and len(must_not) > 100
 
+    # the default target action (promote): in a region that does not serve, the restore must end paused anyway
     args = ["-i", INVENTORY, str(REPO / "playbooks" / "pitr.yml"), "-e", f"restore_region={region}",
-            "-e", f"target_time={target_text}", "-e", "restore_target_action=pause"]
+            "-e", f"target_time={target_text}"]
     check = playbook(*args, "--check")
     assert check.rc == 0, check.out[-4000:]
     assert "from backup" in check.out and "WAL segments" in check.out
@@ -84,9 +95,13 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     assert unreachable.rc != 0 and "after the end of the WAL" in unreachable.out, unreachable.out[-3000:]
     assert "streaming" in sql(region, "SELECT status FROM pg_stat_wal_receiver", "postgres")  # nothing was stopped
 
+    histories_before = history_objects()
     pitr = playbook(*args, "-e", "confirm=true", "-vvv")
     assert pitr.rc == 0, pitr.out[-6000:]
     assert_no_secret(pitr)
+    assert "will end paused at the target" in pitr.out and "still accepts writes" in pitr.out
+    assert serving_region() == serving, "one primary: the restored region did not open for writes"
+    assert history_objects() == histories_before, "the paused restore archived a timeline into the repositories"
     present = set(sql(region, f"SELECT request_id::text FROM audit_logs WHERE details->>'run_id' = '{run}'")
                   .splitlines())
     assert must <= present, f"{len(must - present)} writes acknowledged before the target are missing"
@@ -96,6 +111,12 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
                             "ls -d /var/lib/postgresql/15/main.replaced-*"], capture_output=True, text=True,
                            check=False).stdout.split()
     assert aside, "the old data directory was not kept"
+
+    # a full restore would open this region at the end of the archive while another serves: refused, nothing stops
+    full = playbook("-i", INVENTORY, str(REPO / "playbooks" / "restore.yml"), "-e", f"restore_region={region}",
+                    "-e", "confirm=true")
+    assert full.rc != 0 and "opens it for writes at the end of the archive" in full.out, full.out[-3000:]
+    assert sql(region, "SELECT pg_get_wal_replay_pause_state()") == "paused"  # still the paused PITR, untouched
 
     # the data directory is lost; the region's standby comes back from its own repository, then streams
     subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "pg_ctlcluster", "15", "main", "stop", "-m",

@@ -102,3 +102,13 @@ def test_promotion_refused_for_a_candidate_that_is_no_standby_of_the_cluster():
 def test_promotion_refused_without_a_detect_summary():
     assert "no detect summary" in promotion_blockers({}, "b")[0]
     assert "no detect summary" in promotion_blockers(None, "b")[0]
+
+
+def test_a_restore_may_open_only_when_no_other_host_could_serve():
+    serving = _summary(host("a", "primary", "primary"), host("b", "secondary", "standby"),
+                       host("c", "tertiary", "standby"))
+    assert promotion_blockers(serving, "a", restoring=True) == [], "restoring the serving primary itself"
+    refusals = promotion_blockers(serving, "b", restoring=True)
+    assert len(refusals) == 1 and refusals[0].startswith("a still accepts writes")
+    down = _summary(host("a", "primary"), host("b", "secondary", "down"), host("c", "tertiary", "standby"))
+    assert promotion_blockers(down, "b", restoring=True)[0].startswith("a could not be reached")
