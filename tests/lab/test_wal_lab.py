@@ -61,6 +61,13 @@ def test_site_archives_every_segment_between_two_backups_into_every_region(tmp_p
     site = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"), "-e", "wal_archive_rpo_seconds=60", "-vvv")
     assert site.rc == 0, site.out[-4000:]
     assert_no_secret(site)
+    # the engine on each host is exactly the collection's module_utils: no controller __pycache__, nothing stale
+    want = sorted(p.name for p in (REPO / "plugins" / "module_utils").glob("*.py"))
+    for region in REGIONS:
+        got = subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "ls", "-A",
+                              "/usr/local/lib/immersiverse-dr/ansible_collections/immersiverse/dr/plugins/module_utils"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.split()
+        assert sorted(got) == want, (region, sorted(set(got) ^ set(want)))
     again = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"), "-e", "wal_archive_rpo_seconds=60")
     assert again.rc == 0 and not again.changed(), again.out[-3000:]
 
