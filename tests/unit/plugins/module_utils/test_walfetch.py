@@ -61,8 +61,8 @@ def segment_of(sysid, size=16384):
     """The first bytes of a PostgreSQL 15 segment: a long page header (magic 0xD110, XLP_LONG_HEADER) with sysid."""
     import struct
 
-    header = struct.pack("<HHIQI", 0xD110, 0x0002, 1, 0x7000000, 0) + b"\0" * 4 + struct.pack("<QII", sysid, 16 << 20,
-                                                                                                8192)
+    page = struct.pack("<HHIQI", 0xD110, 0x0002, 1, 0x7000000, 0) + b"\0" * 4
+    header = page + struct.pack("<QII", sysid, 16 << 20, 8192)
     return header + b"\0" * (size - len(header))
 
 
