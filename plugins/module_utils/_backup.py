@@ -31,6 +31,7 @@ import threading
 import time
 import zlib
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
 
@@ -69,7 +70,7 @@ OWNED_OPTIONS = (
 )
 
 
-class BackupError(Exception):
+class BackupError(_errors.DrError):
     """A backup problem the operator can act on; the message says what and what to do next."""
 
 

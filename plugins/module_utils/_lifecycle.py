@@ -31,6 +31,8 @@ import copy
 import datetime
 import json
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+
 ID_PREFIX = "immersiverse-dr-"
 SID_PREFIX = "ImmersiverseDr"
 KINDS = ("backup", "wal", "logical")
@@ -66,7 +68,7 @@ POLICY_DEFAULTS = {
 }
 
 
-class LifecycleError(Exception):
+class LifecycleError(_errors.DrError):
     """A bucket problem the operator can act on; the message says what to do next."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
 
 try:
@@ -25,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - reported by the module
     PSYCOPG2_IMPORT_ERROR = exc
 
 
-class PgError(Exception):
+class PgError(_errors.DrError):
     """A PostgreSQL problem the operator can act on; the message says what to do next."""
 
 

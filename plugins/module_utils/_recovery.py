@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
 from ansible_collections.immersiverse.dr.plugins.module_utils._archiving import parse_bool
 
@@ -88,7 +89,7 @@ TIME_EXAMPLE = "2026-03-01 12:00:00+00:00 (UTC), 2026-03-01 13:00:00+01:00 or 20
 _ABBREVIATION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?[ ]*[A-Za-z]{2,6}$")
 
 
-class RecoveryError(Exception):
+class RecoveryError(_errors.DrError):
     """A request the module refuses, or a data directory it cannot work on; the message says what to do."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import struct
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
@@ -20,7 +22,7 @@ HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
 WAL_FILE_RE = re.compile(r"^([0-9A-F]{24})(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 
 
-class WalError(ValueError):
+class WalError(_errors.DrError, ValueError):
     """A WAL name or LSN that does not parse."""
 
 

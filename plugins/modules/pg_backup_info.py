@@ -109,6 +109,7 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _backup
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 
@@ -202,8 +203,8 @@ def main():
     )
     try:
         result = run_module(module)
-    except (_backup.BackupError, repo_mod.RepositoryError, ValueError) as exc:
-        module.fail_json(msg=str(exc))
+    except _errors.ENGINE_ERRORS as exc:
+        module.fail_json(msg=_errors.message(exc))
     if result["problems"] and module.params["fail_on_problems"]:
         module.fail_json(msg="backup problems: " + "; ".join(result["problems"][:10]), **result)
     module.exit_json(**result)

@@ -94,6 +94,7 @@ incomplete_removed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _backup
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 
@@ -114,8 +115,8 @@ def main():
         repository = repo_mod.open_repository(p["repository"])
         report = _backup.apply_retention(repository, keep_full=p["keep_full"], keep_days=p["keep_days"],
                                          check_mode=module.check_mode, area=p["area"])
-    except (_backup.BackupError, repo_mod.RepositoryError, ValueError) as exc:
-        module.fail_json(msg=str(exc))
+    except _errors.ENGINE_ERRORS as exc:
+        module.fail_json(msg=_errors.message(exc))
     removed = set(report["would_delete"]) - set(report["skipped"])
     report["changed"] = bool(removed or report["would_delete_wal"] or report["incomplete_removed"])
     if module._diff:

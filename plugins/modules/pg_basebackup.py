@@ -216,6 +216,7 @@ would_run:
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _pg
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 
@@ -324,9 +325,9 @@ def main():
     progress = module.params["progress_file"]
     try:
         result = run_module(module)
-    except (_pg.PgError, _backup.BackupError, repo_mod.RepositoryError, ValueError) as exc:
-        _backup.write_progress(progress, "failed", error=str(exc))
-        module.fail_json(msg=str(exc))
+    except _errors.ENGINE_ERRORS as exc:
+        _backup.write_progress(progress, "failed", error=_errors.message(exc))
+        module.fail_json(msg=_errors.message(exc))
     except BaseException:
         _backup.write_progress(progress, "failed", error="unexpected error, see the task result")
         raise

@@ -121,6 +121,7 @@ settings:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
 
 
@@ -142,7 +143,7 @@ def main():
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
     try:
         result = run_module(module)
-    except _pg.PgError as exc:
+    except _errors.ENGINE_ERRORS as exc:
         if module.params["fail_on_unreachable"]:
             module.fail_json(msg=str(exc), reachable=False)
         module.exit_json(changed=False, reachable=False, error=str(exc))

@@ -134,6 +134,7 @@ would_run:
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _logical, _pg
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 
@@ -201,8 +202,8 @@ def main():
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
     try:
         result = run_module(module)
-    except (_pg.PgError, _backup.BackupError, repo_mod.RepositoryError, ValueError) as exc:
-        module.fail_json(msg=str(exc))
+    except _errors.ENGINE_ERRORS as exc:
+        module.fail_json(msg=_errors.message(exc))
     module.exit_json(**result)
 
 

@@ -104,7 +104,8 @@ seconds:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _logical, _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+from ansible_collections.immersiverse.dr.plugins.module_utils import _logical, _pg
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 
 
@@ -144,8 +145,8 @@ def main():
                            mutually_exclusive=[("scratch_schema", "clean")])
     try:
         result = run_module(module)
-    except (_backup.BackupError, repo_mod.RepositoryError, ValueError, OSError) as exc:
-        module.fail_json(msg=str(exc))
+    except _errors.ENGINE_ERRORS as exc:
+        module.fail_json(msg=_errors.message(exc))
     module.exit_json(**result)
 
 

@@ -266,6 +266,7 @@ data_dir:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _recovery
 
 
@@ -299,8 +300,8 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
         result = run_module(module)
-    except _recovery.RecoveryError as exc:
-        module.fail_json(msg=str(exc))
+    except _errors.ENGINE_ERRORS as exc:
+        module.fail_json(msg=_errors.message(exc))
     module.exit_json(**result)
 
 

@@ -17,9 +17,16 @@ description:
     is in a repository (archived under C(wal/) or streamed under C(stream/)). It returns that plan, or fails with the
     reason when the target is before the oldest backup, after the end of the archive or behind a missing segment.
     It changes nothing.
-  - O(state=restored) makes the plan, then moves the data directory aside (renamed to
-    C(<data_dir>.replaced-<UTC time>), never deleted), restores the backup into C(<data_dir>.restoring) checking
-    every stored object's sha256 and every file's checksum from the backup manifest, and renames it into place.
+  - The plan also refuses, before anything stops, what would fail later - a backup with tablespace archives, an
+    object the restore needs in an archive storage class (GLACIER, DEEP_ARCHIVE) without a completed restore, a
+    data directory that is a mount point, too little free space beside the data directory for the new copy, and a
+    data directory of another cluster than the repositories' (unless O(system_identifier) names the cluster to
+    restore). A time target is bounded by the last transaction in the WAL itself (read with pg_waldump), not by
+    when the last segment was uploaded.
+  - O(state=restored) makes the plan, restores the backup into C(<data_dir>.restoring) beside the current data
+    directory, checking every stored object's sha256 and every file's checksum from the backup manifest, and only
+    then moves the current data directory aside (renamed to C(<data_dir>.replaced-<UTC time>), never deleted) and
+    renames the new one into place. A failure while the files are restored leaves the data directory untouched.
     A state file beside the data directory records each step, so a re-run of the same request continues it and
     a re-run after the restore changes nothing.
   - O(state=recovered) waits while the server (started by the caller with the recovery settings of
@@ -88,9 +95,10 @@ options:
     description:
       - Only backups of this cluster. Default, the system identifier of the cluster in O(data_dir) when there is
         one (a restore never silently swaps in another cluster), otherwise the only one in the repositories.
+      - Set it to replace a data directory of another cluster (a fresh host whose package created its own).
     type: str
   pg_bin_dir:
-    description: Where pg_controldata lives.
+    description: Where pg_controldata and pg_waldump live.
     type: path
     default: /usr/lib/postgresql/15/bin
   progress_file:
@@ -183,7 +191,7 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.immersiverse.dr.plugins.module_utils import _backup
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 from ansible_collections.immersiverse.dr.plugins.module_utils import _restore
@@ -230,6 +238,9 @@ def run_module(module):
             module.fail_json(msg="state=recovered needs data_dir")
         if module.check_mode:
             return {"changed": False, "recovery": None}
+        if not _pg.HAS_PSYCOPG2:
+            raise _restore.RestoreError("psycopg2 is required on %s to watch recovery (Debian: apt install "
+                                        "python3-psycopg2); PostgreSQL was left recovering" % os.uname()[1])
         t0 = time.monotonic()
 
         def report(last):
@@ -238,8 +249,10 @@ def run_module(module):
                                                      seconds=round(time.monotonic() - t0, 1)))
 
         try:
-            reached = _restore.wait_for_recovery(lambda: _pg.connect(p), p["data_dir"], p["log_file"] or "",
-                                                 p["log_offset"], p["timeout"], progress=report)
+            reached = _restore.wait_for_recovery(
+                lambda: _pg.connect(p), p["data_dir"], p["log_file"] or "", p["log_offset"], p["timeout"],
+                progress=report, ping=_restore.pg_isready(p["pg_bin_dir"], p["login_unix_socket"] or p["login_host"],
+                                                          p["login_port"]))
         except _restore.RestoreError:
             raise  # main() records it in the progress file
         if p["progress_file"]:
@@ -252,20 +265,36 @@ def run_module(module):
         return {"changed": False, "recovery": reached}
     repositories = [repo_mod.open_repository(spec) for spec in p["repositories"]]
     system_identifier = p["system_identifier"]
+    found_in = None
     if not system_identifier and p["data_dir"]:
         control = _restore.pg_controldata(p["pg_bin_dir"], p["data_dir"])
         system_identifier = control.get("Database system identifier")
+        found_in = p["data_dir"] if system_identifier else None
         state_doc = _restore.read_state(p["data_dir"])
         if not system_identifier and state_doc and state_doc.get("moved_aside"):
             control = _restore.pg_controldata(p["pg_bin_dir"], state_doc["moved_aside"])
             system_identifier = control.get("Database system identifier")
+            found_in = state_doc["moved_aside"] if system_identifier else None
     target = {"type": p["target"], "value": p["target_value"], "inclusive": p["target_inclusive"],
               "timeline": p["target_timeline"]}
-    plan = _restore.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"],
-                         use_partial=p["use_partial"])
+    try:
+        plan = _restore.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"],
+                             use_partial=p["use_partial"],
+                             commit_times=_restore.pg_waldump_commit_times(p["pg_bin_dir"]))
+    except _restore.RestoreError as exc:
+        if found_in and str(exc).startswith("no backup of cluster"):
+            raise _restore.RestoreError(
+                "%s holds cluster %s, and %s. Nothing was changed. If this host's data directory is to be replaced "
+                "by another cluster (a fresh host whose package created a cluster of its own), name the cluster to "
+                "restore: system_identifier (the restore role's restore_system_identifier)"
+                % (found_in, system_identifier, exc)) from None
+        raise
+    previous = _restore.read_state(p["data_dir"]) if p["data_dir"] else None
+    same = bool(previous and previous.get("request") == _restore.restore_request(plan))
+    resumed = ("staged", "moving-aside", "placing", "restored", "paused", "recovered")
+    if p["data_dir"] and not (same and previous.get("phase") in resumed):
+        _restore.check_data_dir(plan, p["data_dir"])
     if state == "planned":
-        previous = _restore.read_state(p["data_dir"]) if p["data_dir"] else None
-        same = bool(previous and previous.get("request") == _restore.restore_request(plan))
         return {"changed": False, "plan": plan,
                 "previous": {"phase": (previous or {}).get("phase"), "same_request": same,
                              "moved_aside": (previous or {}).get("moved_aside")}}
@@ -310,9 +339,9 @@ def main():
     try:
         result = run_module(module)
         done = True
-    except (_restore.RestoreError, _backup.BackupError, repo_mod.RepositoryError, ValueError, OSError) as exc:
-        _progress_failed(module.params, str(exc))
-        module.fail_json(msg=str(exc))
+    except _errors.ENGINE_ERRORS as exc:
+        _progress_failed(module.params, _errors.message(exc))
+        module.fail_json(msg=_errors.message(exc))
     finally:
         if not done:  # whatever stopped it, a poller of the progress file must not wait for the timeout
             _progress_failed(module.params, "the module failed")

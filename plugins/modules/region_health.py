@@ -130,6 +130,7 @@ unhealthy:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _services
 
 
@@ -178,7 +179,10 @@ def main():
         ),
         supports_check_mode=True,
     )
-    result = run_module(module)
+    try:
+        result = run_module(module)
+    except _errors.ENGINE_ERRORS as exc:
+        module.fail_json(msg=_errors.message(exc))
     if module.params["fail_on_unhealthy"] and result["unhealthy"]:
         module.fail_json(msg="region %s: unhealthy services: %s" % (result["region"], ", ".join(
             "%s (%s)" % (n, result["services"][n].get("error", "?")) for n in result["unhealthy"])), **result)

@@ -270,6 +270,7 @@ foreign_lifecycle_rules:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _lifecycle
 
 try:
@@ -344,8 +345,8 @@ def main():
         module.fail_json(msg=missing_required_lib("boto3"), exception=str(BOTO3_IMPORT_ERROR))
     try:
         result = run_module(module)
-    except _lifecycle.LifecycleError as exc:
-        module.fail_json(msg=str(exc), changed=False)
+    except _errors.ENGINE_ERRORS as exc:
+        module.fail_json(msg=_errors.message(exc), changed=False)
     diff = result.pop("diff")
     # Allowed but probably unintended choices (early-deletion fees, short locks) surface as Ansible warnings.
     for warning in result.pop("warnings"):

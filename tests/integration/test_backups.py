@@ -306,6 +306,13 @@ def test_bad_input_fails_clearly_and_counts_nothing(source, s3_endpoint, s3_buck
     out = run_module("pg_basebackup", dict(base, repository=dict(spec, prefix="auth-db/../other")))
     assert out["failed"] and "not allowed" in out["msg"]
     assert _backup.list_backups(repo_mod.open_repository(spec)) == []
+    # an OS error in the engine (a staging directory that cannot be made) is a sentence, not a traceback
+    blocker = work / "staging-is-a-file"
+    blocker.write_text("x")
+    out = run_module("pg_basebackup", dict(base, staging_dir=str(blocker / "st")))
+    assert out["failed"] and str(blocker) in out["msg"], out
+    assert "Traceback (most recent call last)" not in json.dumps(out), out
+    assert _backup.list_backups(repo_mod.open_repository(spec)) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")

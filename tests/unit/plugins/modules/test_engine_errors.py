@@ -1,0 +1,63 @@
+"""One exception family: every module turns the engine's errors (and the OS errors of the files it touches) into
+fail_json with a sentence, never a traceback."""
+
+import ast
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.immersiverse.dr.plugins.module_utils import (
+    _backup,
+    _errors,
+    _pg,
+    _recovery,
+    _repository,
+    _restore,
+    _wal,
+    _walarchive,
+)
+
+MODULES = sorted((Path(__file__).resolve().parents[4] / "plugins" / "modules").glob("*.py"))
+
+
+def test_every_engine_error_class_is_a_dr_error():
+    for cls in (_backup.BackupError, _pg.PgError, _recovery.RecoveryError, _repository.RepositoryError,
+                _repository.ChecksumMismatch, _restore.RestoreError, _wal.WalError,
+                _walarchive.WalArchiveError):
+        assert issubclass(cls, _errors.DrError), cls
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
+def test_every_module_main_catches_the_engine_errors(path):
+    tree = ast.parse(path.read_text())
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    caught = [ast.unparse(h.type) for n in ast.walk(main) if isinstance(n, ast.Try) for h in n.handlers if h.type]
+    assert "_errors.ENGINE_ERRORS" in caught, f"{path.name}: main() catches only {caught}"
+
+
+def run(module_name, args):
+    """Run a module's main() in this process; its JSON result (exit_json or fail_json)."""
+    mod = __import__("ansible_collections.immersiverse.dr.plugins.modules." + module_name, fromlist=["main"])
+    out = io.StringIO()
+    with patch_module_args(args), redirect_stdout(out), pytest.raises(SystemExit):
+        mod.main()
+    return json.loads(out.getvalue())
+
+
+def test_an_os_error_deep_in_the_engine_is_a_sentence_not_a_traceback(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    result = run("pg_recovery", {"data_dir": str(blocker / "data"), "mode": "recovery", "target": "immediate",
+                                 "restore_command": "true"})
+    assert result.get("failed"), result
+    assert "Traceback (most recent call last)" not in json.dumps(result)
+    assert "not-a-directory" in result["msg"], result["msg"]
+
+
+def test_a_permission_error_says_which_user_and_what_to_do():
+    msg = _errors.message(PermissionError(13, "Permission denied", "/var/lib/postgresql/15/main"))
+    assert "/var/lib/postgresql/15/main" in msg and "the module runs as" in msg and "become" in msg
