@@ -24,6 +24,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+
 # boto3 is imported when the first S3 repository is made (a quarter of a second here): the WAL commands that
 # PostgreSQL runs for local repositories, or before any S3 call, do not pay for it.
 boto3 = None
@@ -52,7 +54,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 MAX_NAME = 128
 
 
-class RepositoryError(Exception):
+class RepositoryError(_errors.DrError):
     """A repository problem the operator can act on; the message says what and what to do next."""
 
 
@@ -66,6 +68,16 @@ class ObjectExists(RepositoryError):
 
 class NotFound(RepositoryError):
     pass
+
+
+def unavailable_errors(*more):
+    """What a repository that is down, unreachable or unwritable raises: RepositoryError, OSError (a local
+    directory), and botocore's own errors once boto3 is loaded (a body read that stalls or breaks), with ``more``
+    exception classes. For ``except``."""
+    found = (RepositoryError, OSError) + tuple(more)
+    if botocore is not None:
+        found += (botocore.exceptions.BotoCoreError,)
+    return found
 
 
 # -- names -----------------------------------------------------------------------------------------------------
@@ -532,7 +544,8 @@ class S3Repository(Repository):
 
     def __init__(self, bucket, prefix="", endpoint_url=None, region=None, access_key=None, secret_key=None,
                  session_token=None, sse=None, sse_kms_key_id=None, storage_class=None, tags=None,
-                 part_size_mb=16, concurrency=4, max_attempts=5, validate_certs=True, ca_bundle=None, name=""):
+                 part_size_mb=16, concurrency=4, max_attempts=5, validate_certs=True, ca_bundle=None, name="",
+                 connect_timeout=5, read_timeout=60):
         super().__init__(name)
         if not load_boto3():
             raise RepositoryError("boto3 is required for an S3 repository on this host: %s" % BOTO3_IMPORT_ERROR)
@@ -560,10 +573,13 @@ class S3Repository(Repository):
             from urllib.parse import urlencode
 
             self.put_args["Tagging"] = urlencode(sorted((str(k), str(v)) for k, v in tags.items()))
+        # read_timeout is botocore's socket timeout: the longest silence within a request, not its total time. The
+        # WAL fetch of a streaming standby passes short ones (and one attempt): a paused server must not hold it.
+        self.timeouts = (float(connect_timeout), float(read_timeout), int(max_attempts))
         config = botocore.config.Config(
             retries={"max_attempts": int(max_attempts), "mode": "standard"},
             max_pool_connections=self.concurrency + 4,
-            connect_timeout=5, read_timeout=60,
+            connect_timeout=float(connect_timeout), read_timeout=float(read_timeout),
             s3={"addressing_style": "path"} if endpoint_url else {},
         )
         session = boto3.session.Session(aws_access_key_id=access_key or None,
@@ -671,14 +687,24 @@ class S3Repository(Repository):
             resp = self.call("get_object", Bucket=self.bucket, Key=self._key(key))
         except NotFound:
             return None
-        return resp["Body"].read(), self._info(key, resp)
+        return self._body(resp, key), self._info(key, resp)
 
     def read_start(self, key, size):
         try:
             resp = self.call("get_object", Bucket=self.bucket, Key=self._key(key), Range="bytes=0-%d" % (size - 1))
         except NotFound:
             return None
-        return resp["Body"].read()
+        return self._body(resp, key)
+
+    def _body(self, resp, key):
+        """The whole body of a GET; a transfer that stalls or breaks half-way is a RepositoryError like any other."""
+        import urllib3.exceptions  # botocore's own dependency
+
+        try:
+            return resp["Body"].read()
+        except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise RepositoryError("%s: reading %s broke off (%s): check the network path and repository.endpoint_url"
+                                  % (self.describe(), key, exc)) from None
 
     def list(self, prefix=""):
         found = []
@@ -913,6 +939,9 @@ def open_repository(spec):
             session_token=spec.get("session_token"), sse=spec.get("sse"),
             sse_kms_key_id=spec.get("sse_kms_key_id"), storage_class=spec.get("storage_class"),
             tags=spec.get("tags"), part_size_mb=spec.get("part_size_mb") or 16,
-            concurrency=spec.get("concurrency") or 4, max_attempts=spec.get("max_attempts") or 5,
-            validate_certs=spec.get("validate_certs", True), ca_bundle=spec.get("ca_bundle"), name=name)
+            concurrency=spec.get("concurrency") or 4,
+            max_attempts=5 if spec.get("max_attempts") is None else spec["max_attempts"],
+            validate_certs=spec.get("validate_certs", True), ca_bundle=spec.get("ca_bundle"), name=name,
+            # not module options: the WAL engine's configuration sets them (a streaming standby's fetch)
+            connect_timeout=spec.get("connect_timeout") or 5, read_timeout=spec.get("read_timeout") or 60)
     raise ValueError("repository.type must be s3 or local, got %r" % (kind,))

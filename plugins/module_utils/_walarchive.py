@@ -17,29 +17,43 @@ recycles them after a success, so an unreachable repository never loses a segmen
 ``error`` file, in PostgreSQL's log, and in pg_stat_archiver, and the pusher catches up when the repository returns.
 Fetches prefetch the next segments in parallel into the spool, so recovery does not wait on the network.
 
+When a region is down (docs/wal-archiving.md, "When a repository is down"): a segment is archived once this region's
+repository (the first, "home") holds it. An offsite repository that fails is *owed* the segment: a durable marker
+``<spool>/owed/<repository>/<segment>`` is written (fsynced) before the push reports success, and the backfill copies
+the stored object from the home repository later (create-only, content compared) and removes the marker. A
+different-content conflict in any repository still refuses the push. The home repository failing fails the push;
+once the ``.ready`` segments in pg_wal exceed ``queue_max_bytes``, the archive_command reports success for a
+segment without storing it and records the gap in ``<spool>/status.json`` (PITR across it is impossible), so pg_wal
+cannot fill the primary's disk. ``status.json`` also holds, per repository, the owed count, the oldest owed segment,
+the last error and the last success.
+
 Private to the collection; plain Python, no Ansible.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import re
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
 
 MAGIC = b"IMDRWAL1"
 HEADER_RE = re.compile(rb"^IMDRWAL1 ([0-9a-f]{64}) (\d+) (none|lz4|zstd)\n")
 EXIT_ABORT = 126  # restore_command: > 125 makes PostgreSQL stop recovery instead of treating it as "not there"
+DEFAULT_QUEUE_MAX_BYTES = 4 << 30  # 4 GiB of .ready WAL in pg_wal while the home repository is down
 
 
-class WalArchiveError(Exception):
+class WalArchiveError(_errors.DrError):
     """A push or fetch that must not be taken as success; the message says what and what to do."""
 
 
@@ -66,6 +80,16 @@ def check_cluster(config, name, raw, what):
 
 class BadName(WalArchiveError):
     """Not a WAL file name: a caller's mistake, never "not archived" (recovery must not end on it)."""
+
+
+class HomeUnavailable(WalArchiveError):
+    """This region's repository (the first) could not be read or written: the segment is not archived. Unlike a
+    refusal (a conflict, another cluster's segment), this is what the pg_wal bound (queue_max_bytes) may turn into a
+    recorded gap. ``reason``: what the repository said."""
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 # -- the object format -------------------------------------------------------------------------------------------
@@ -140,6 +164,18 @@ class Config:
         self.segment_size = int(doc.get("wal_segment_size", _wal.DEFAULT_SEGMENT_SIZE))
         self.path_of_config = doc.get("_path")
         self.repository_specs = [doc["repository"]] + list(doc.get("offsite", []))
+        # the bound on pg_wal while the home repository is down: .ready segments beyond it are dropped (0: never)
+        self.queue_max_bytes = max(0, int(doc.get("queue_max_bytes", DEFAULT_QUEUE_MAX_BYTES)))
+        # an offsite repository that failed is not tried again for up to this long (doubling from 5 s); the backfill
+        # run by the pusher spends at most backfill_seconds per round
+        self.offsite_retry_max = max(1.0, float(doc.get("offsite_retry_max_seconds", 60)))
+        self.backfill_seconds = max(0.5, float(doc.get("backfill_seconds", 5)))
+        # restore_command under --unreachable missing (a streaming standby): per request, one S3 attempt of at most
+        # this many seconds of silence, so a paused or blackholed endpoint cannot hold the startup process
+        self.fetch_unreachable = doc.get("fetch_unreachable", "abort")
+        self.fetch_missing_timeout = max(0.1, float(doc.get("fetch_missing_timeout", 2)))
+        self.fetch_missing_attempts = max(1, int(doc.get("fetch_missing_attempts", 1)))
+        self.prefetch_wait = 30.0
         self._repos = None
         compress(b"", self.compression)  # validates
 
@@ -158,16 +194,32 @@ class Config:
             self._repos = [repo_mod.open_repository(spec) for spec in self.repository_specs]
         return self._repos
 
+    def fail_fast(self):
+        """Short S3 timeouts and few attempts, for a fetch that answers "not archived" when no repository answers
+        (a streaming standby goes back to streaming). Before the repositories are first used."""
+        # botocore's max_attempts counts the retries after the first attempt
+        self.repository_specs = [dict(spec, connect_timeout=self.fetch_missing_timeout,
+                                      read_timeout=self.fetch_missing_timeout,
+                                      max_attempts=self.fetch_missing_attempts - 1) for spec in self.repository_specs]
+        self._repos = None
+        # a prefetcher downloading the very segment is waited for about as long as one request may take
+        self.prefetch_wait = max(1.0, 2 * self.fetch_missing_timeout * self.fetch_missing_attempts)
+
     def path(self, *parts):
         return os.path.join(self.spool, *parts)
 
 
 # -- push ----------------------------------------------------------------------------------------------------------
 def push_file(config, path, name=None, key=None, absent_from=()):
-    """Store one WAL file in every repository. Same content already there: success. Different: refused.
-    ``key``: another place than the archive's (the streamer stores under ``stream/``). ``absent_from``: names of
-    repositories a listing made moments ago showed without this key (the pusher lists a batch's prefix once instead
-    of reading every object's header first: on S3 that is one request per segment fewer)."""
+    """Store one WAL file. Archived once this region's repository (the first) holds it; an offsite repository
+    that fails (or is in back-off after failing) is owed it: a durable marker in the spool, copied by the backfill.
+    Same content already there: success. Different content in any repository: refused, nothing written anywhere.
+    The home repository failing is HomeUnavailable.
+    ``key``: another place than the archive's (the streamer stores under ``stream/``, one repository at a time;
+    nothing is owed there: every repository must take it). ``absent_from``: names of repositories a listing made
+    moments ago showed without this key (the pusher lists a batch's prefix once instead of reading every object's
+    header first: on S3 that is one request per segment fewer).
+    Returns ``[(repository name, "stored" | "present" | "owed")]``."""
     name = name or os.path.basename(path)
     if not _wal.is_wal_file_name(name):
         raise WalArchiveError("%s is not a WAL file name: refusing to archive it" % name)
@@ -178,33 +230,412 @@ def push_file(config, path, name=None, key=None, absent_from=()):
         raise WalArchiveError("cannot read %s: %s" % (path, exc)) from None
     check_cluster(config, name, raw, "refusing to archive it")
     blob, digest = pack(raw, config.compression)
+    owing = key is None and hasattr(config, "spool")  # the archive's own keys, with a spool to keep the debt in
     key = key or _wal.wal_key(name)
+    repos = config.repositories()
+    ids = repository_ids(config) if owing else [repo.name for repo in repos]
+    skipped = backing_off(config) if owing and len(repos) > 1 else set()
+    down = repo_mod.unavailable_errors()
+    failed = {}  # index -> why an offsite repository is owed this segment
     # every repository is checked before any is written: a conflict in one stores nothing anywhere
-    existing = [(repo, None if repo.name in absent_from else _peek_header(repo, key)) for repo in config.repositories()]
-    for repo, found in existing:
+    existing = []
+    for index, repo in enumerate(repos):
+        found = None
+        if index and ids[index] in skipped:
+            failed[index] = "not tried: in back-off after failing"
+        elif repo.name not in absent_from:
+            try:
+                found = _peek_header(repo, key)
+            except down as exc:
+                if not owing:  # the streamer's: it reports and retries per repository itself
+                    raise
+                if index == 0:
+                    raise _home_unavailable(config, repo, name, exc) from None
+                failed[index] = _why(repo, exc)
+        existing.append((index, repo, found))
+    for _index, repo, found in existing:
         if found is not None and found != digest:
             raise WalArchiveError(
                 "%s already holds %s with different content (sha256 %s, this one %s): refusing to overwrite it. "
                 "Two clusters may be archiving into one repository, or a timeline was reused; find out before "
                 "touching either" % (repo.describe(), name, found, digest))
     results = []
-    for repo, found in existing:
+    for index, repo, found in existing:
+        if index in failed:
+            results.append((repo.name, "owed"))
+            continue
         if found is not None:
             results.append((repo.name, "present"))
             continue
         # create-only: another writer that stored this name since the check above (or inside the listing's
         # window) is never replaced; its copy is compared instead
-        if repo.create(key, blob):
-            results.append((repo.name, "stored"))
+        try:
+            stored = repo.create(key, blob)
+            theirs = None if stored else _peek_header(repo, key)
+        except down as exc:
+            if not owing:
+                raise
+            if index == 0:
+                raise _home_unavailable(config, repo, name, exc) from None
+            failed[index] = _why(repo, exc)
+            results.append((repo.name, "owed"))
             continue
-        theirs = _peek_header(repo, key)
-        if theirs != digest:
+        if not stored and theirs != digest:
             raise WalArchiveError(
                 "%s: another writer stored %s a moment ago with different content (sha256 %s, this one %s): it "
                 "was kept and this one refused. Two clusters may be archiving into one repository, or a timeline "
                 "was reused; find out before touching either" % (repo.describe(), name, theirs, digest))
-        results.append((repo.name, "present"))
+        results.append((repo.name, "stored" if stored else "present"))
+    if owing:
+        _settle(config, ids, name, key, digest, failed, skipped)
     return results
+
+
+def _home_unavailable(config, repo, name, exc):
+    why = _why(repo, exc)
+    note_outcomes(config, {repository_ids(config)[0]: why}, force=True)
+    return HomeUnavailable("this region's repository failed for %s: %s. Not archived: PostgreSQL keeps the segment "
+                           "and retries; fix the repository or its network path" % (name, why), reason=why)
+
+
+def _why(repo, exc):
+    """An error with the repository it came from (a RepositoryError names it already; an OSError does not)."""
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, repo_mod.RepositoryError) else "%s: %s" % (repo.describe(), text)
+
+
+def _settle(config, ids, name, key, digest, failed, skipped):
+    """After a push that reached the home repository: the debts recorded (durably: success is reported only once
+    the marker is on disk), repaid ones removed, the repositories' status noted."""
+    changed = False
+    for index, rid in enumerate(ids):
+        if not index:
+            continue
+        if index in failed:
+            try:
+                changed = owe(config, rid, name, key, digest, failed[index]) or changed
+            except OSError as exc:
+                raise WalArchiveError("%s could not be stored in %s and the spool cannot record that it is owed "
+                                      "(%s): not archived, PostgreSQL keeps it; free the spool %s"
+                                      % (name, rid, exc, config.spool)) from None
+        else:
+            changed = _remove(config.path("owed", rid, name)) or changed
+    outcomes = {rid: (str(failed[i]) if i in failed else None) for i, rid in enumerate(ids) if rid not in skipped}
+    note_outcomes(config, outcomes, force=changed)
+
+
+# -- what offsite repositories are owed, and the status file ----------------------------------------------------------
+def repository_ids(config):
+    """A name per repository for the spool and the status file: its name, with its position when two share one.
+    From the configuration alone (no client is made: an archive_command that only waits for the pusher does not
+    import boto3)."""
+    names = [_spec_name(spec) for spec in config.repository_specs]
+    return [n if names.count(n) == 1 else "%s-%d" % (n, i) for i, n in enumerate(names)]
+
+
+def _spec_name(spec):
+    """The name open_repository gives the repository of ``spec`` (its name, else its type)."""
+    spec = spec or {}
+    kind = spec.get("type") or ("local" if spec.get("path") and not spec.get("bucket") else "s3")
+    return spec.get("name") or kind
+
+
+def owe(config, rid, name, key, digest, error):
+    """Record, durably, that repository ``rid`` lacks ``name``. False when it was recorded already."""
+    directory = config.path("owed", rid)
+    final = os.path.join(directory, name)
+    if os.path.exists(final):
+        return False
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _fsync_dir(os.path.dirname(directory))
+        _fsync_dir(config.spool)
+    tmp = os.path.join(directory, ".%s.%d-%d.tmp" % (name, os.getpid(), threading.get_ident()))
+    with open(tmp, "w") as fh:
+        json.dump({"key": key, "sha256": digest, "time": int(time.time()), "error": _clip(error)}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    return True
+
+
+def owed_names(config, rid):
+    try:
+        return sorted(n for n in os.listdir(config.path("owed", rid)) if not n.startswith("."))
+    except OSError:
+        return []
+
+
+def _read_owed(config, rid, name):
+    try:
+        with open(config.path("owed", rid, name)) as fh:
+            doc = json.load(fh)
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def read_status(config):
+    """``<spool>/status.json``: per repository (``repositories``: role, owed, oldest_owed, oldest_owed_time,
+    last_success_time, last_error, last_error_time, failures, retry_after_time) and the recorded gaps (``gap``: the
+    latest, ``gaps``: all since the last ``status --clear-gaps``). Times are Unix seconds. {} when there is none."""
+    try:
+        with open(config.path("status.json")) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+@contextlib.contextmanager
+def status_update(config, durable=False):
+    """Read-modify-write of the status file under its lock (the pusher's threads, the archive_command and the
+    backfill all write it). The owed counts are recounted from the markers on every write."""
+    os.makedirs(config.spool, mode=0o700, exist_ok=True)
+    # read-only is enough for flock, and a lock file made by another user (root running the backfill) still works
+    fd = os.open(config.path("status.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        doc = read_status(config)
+        yield doc
+        recount(config, doc)
+        doc["updated_time"] = int(time.time())
+        doc["queue_max_bytes"] = config.queue_max_bytes
+        doc["gaps"] = gaps = doc.get("gaps") or []
+        doc["gap"] = gaps[-1] if gaps else None
+        path = config.path("status.json")
+        tmp = "%s.%d-%d.tmp" % (path, os.getpid(), threading.get_ident())
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, sort_keys=True, indent=1)
+            fh.write("\n")
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # no secret inside; monitoring may read it
+        os.replace(tmp, path)
+        if durable:
+            _fsync_dir(config.spool)
+    finally:
+        os.close(fd)
+
+
+STATUS_FIELDS = (("last_success_time", None), ("last_error", None), ("last_error_time", None), ("failures", 0),
+                 ("retry_after_time", None))
+
+
+def recount(config, doc):
+    """Per repository: its role, description, and what it is owed, counted from the markers (in ``doc``)."""
+    old = doc.get("repositories") or {}
+    repos = config._repos  # described when made already; never made just for that
+    out = {}
+    for index, rid in enumerate(repository_ids(config)):
+        entry = dict(old.get(rid) or {})
+        for field, empty in STATUS_FIELDS:  # the same keys always, for monitoring
+            entry.setdefault(field, empty)
+        entry["role"] = "offsite" if index else "home"
+        if repos:
+            entry["description"] = repos[index].describe()
+        names = owed_names(config, rid) if index else []
+        entry["owed"] = len(names)
+        entry["oldest_owed"] = names[0] if names else None
+        entry["oldest_owed_time"] = _mtime(config.path("owed", rid, names[0])) if names else None
+        out[rid] = entry
+    doc["repositories"] = out
+
+
+def note_outcomes(config, outcomes, force=False, backoff=True):
+    """Record successes (None) and failures (a message) per repository id; a failure starts or doubles the back-off
+    unless ``backoff`` is false (the repository answered, with a conflict). Without ``force``, skipped when it would
+    only refresh a success noted less than 5 s ago (a push per segment must not mean a status write per segment)."""
+    now = time.time()
+    if not force:
+        current = read_status(config).get("repositories") or {}
+        if all(error is None and _fresh_success(current.get(rid), now) for rid, error in outcomes.items()):
+            return
+    try:
+        with status_update(config) as doc:
+            entries = doc.setdefault("repositories", {})
+            for rid, error in outcomes.items():
+                entry = entries.setdefault(rid, {})
+                if error is None:
+                    entry.update(failures=0, retry_after_time=None, last_success_time=int(now))
+                    continue
+                entry.update(last_error=_clip(error), last_error_time=int(now))
+                if backoff:
+                    failures = int(entry.get("failures") or 0) + 1
+                    entry.update(failures=failures, retry_after_time=int(now + min(
+                        config.offsite_retry_max, 5 * 2 ** min(failures - 1, 10))))
+                else:  # it answered (a conflict): reachable, no back-off
+                    entry.update(failures=0, retry_after_time=None)
+    except OSError as exc:  # the status is for people and monitoring; the markers are the record
+        sys.stderr.write("immersiverse-dr-wal: cannot update %s: %s\n" % (config.path("status.json"), exc))
+
+
+def _fresh_success(entry, now):
+    """The entry says: succeeded less than 5 s ago, nothing failed since."""
+    if not entry or entry.get("failures"):
+        return False
+    last_ok = entry.get("last_success_time") or 0
+    return (entry.get("last_error_time") or 0) <= last_ok and now - last_ok < 5
+
+
+def backing_off(config, doc=None):
+    """Ids of the offsite repositories not to be tried now: they failed and their back-off has not run out."""
+    doc = read_status(config) if doc is None else doc
+    now = time.time()
+    return {rid for rid, entry in (doc.get("repositories") or {}).items()
+            if entry.get("role") == "offsite" and (entry.get("retry_after_time") or 0) > now}
+
+
+HOME_FAILING_SECONDS = 10  # a home failure this recent: over the bound, drop without trying it again first
+
+
+def _home_failing(config, within=HOME_FAILING_SECONDS):
+    """The home repository's last attempt, less than ``within`` seconds ago, failed."""
+    repos = read_status(config).get("repositories") or {}
+    entry = repos.get(repository_ids(config)[0]) or {}
+    failed_at = entry.get("last_error_time") or 0
+    return failed_at > (entry.get("last_success_time") or 0) and time.time() - failed_at < within
+
+
+def _clip(error, size=500):
+    text = str(error) if error is not None else ""
+    return text if len(text) <= size else text[:size] + "..."
+
+
+def _mtime(path):
+    try:
+        return int(os.path.getmtime(path))
+    except OSError:
+        return None
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- backfill: the owed segments, from the stored objects ---------------------------------------------------------
+class _SourceDown(Exception):
+    """No repository that should hold the segment answered (the home repository is down): try again later."""
+
+
+def backfill(config, max_seconds=None, honor_backoff=False, log=None):
+    """Copy what offsite repositories are owed from the home repository (another offsite one when the home copy is
+    gone), create-only and compared, then remove the markers. The stored object is copied, never pg_wal's file
+    (PostgreSQL may have recycled it). A repository that fails stops its round (and, with ``honor_backoff``, as the
+    pusher runs it, one in back-off is not tried); a conflict keeps that marker and the others go on.
+    ``max_seconds``: no new copy starts after that. Returns ``{"copied": [(id, name, how)], "owed": {id: count},
+    "errors": {id: message}}``."""
+    repos = config.repositories()
+    ids = repository_ids(config)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    skipped = backing_off(config) if honor_backoff else set()
+    down = repo_mod.unavailable_errors()
+    report = {"copied": [], "owed": {}, "errors": {}}
+    outcomes, conflicts = {}, {}
+    for index in range(1, len(repos)):
+        rid, target = ids[index], repos[index]
+        names = owed_names(config, rid)
+        if not names or rid in skipped:
+            continue
+        sources = [repos[0]] + [r for i, r in enumerate(repos) if i not in (0, index)]
+        for name in names:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            marker = _read_owed(config, rid, name)
+            key = marker.get("key") or _wal.wal_key(name)
+            try:
+                how = _backfill_one(target, sources, key, name, marker.get("sha256"))
+            except _SourceDown as exc:
+                report["errors"][rid] = str(exc)
+                break
+            except WalArchiveError as exc:  # a conflict, or no copy anywhere: a person must look; the rest goes on
+                conflicts[rid] = report["errors"][rid] = str(exc)
+                continue
+            except down as exc:
+                outcomes[rid] = report["errors"][rid] = _why(target, exc)
+                break
+            _remove(config.path("owed", rid, name))
+            report["copied"].append((rid, name, how))
+            outcomes.setdefault(rid, None)
+            if log:
+                log("backfilled %s to %s (%s)" % (name, rid, how))
+    if outcomes:
+        note_outcomes(config, outcomes, force=True)
+    if conflicts:
+        note_outcomes(config, conflicts, force=True, backoff=False)
+    for rid in ids[1:]:
+        count = len(owed_names(config, rid))
+        if count:
+            report["owed"][rid] = count
+    return report
+
+
+def _backfill_one(target, sources, key, name, want):
+    """"copied" or "present" (the target held the same content already); WalArchiveError on a conflict."""
+    theirs = _peek_header(target, key)
+    if theirs is not None and (want is None or theirs == want):
+        return "present"
+    if theirs is not None:
+        raise WalArchiveError(
+            "%s holds %s with different content (sha256 %s, the archived one %s): not copied, it stays owed. Two "
+            "clusters may be archiving into one repository, or a timeline was reused; find out before touching "
+            "either" % (target.describe(), name, theirs, want))
+    blob, digest = _stored_copy(sources, key, name, want)
+    if target.create(key, blob):
+        return "copied"
+    theirs = _peek_header(target, key)
+    if theirs != digest:
+        raise WalArchiveError(
+            "%s: another writer stored %s a moment ago with different content (sha256 %s, the archived one %s): "
+            "it was kept, it stays owed; find out why before touching either" % (target.describe(), name, theirs,
+                                                                                 digest))
+    return "present"
+
+
+def _stored_copy(sources, key, name, want):
+    """A verified stored object of ``key`` (the bytes and its content sha256) from the first source that has one."""
+    problems = []
+    home_down = False
+    down = repo_mod.unavailable_errors()
+    for index, src in enumerate(sources):
+        try:
+            found = src.read(key)
+        except down as exc:
+            home_down = home_down or index == 0
+            problems.append(_why(src, exc))
+            continue
+        if found is None:
+            problems.append("%s has no %s" % (src.describe(), key))
+            continue
+        blob, info = found
+        try:
+            stored = info.get("sha256")
+            if stored and hashlib.sha256(blob).hexdigest() != stored:
+                raise CorruptWal("%s: %s does not match its stored checksum" % (src.describe(), key))
+            unpack(blob, "%s in %s" % (key, src.describe()))
+            digest = parse_header(blob)[0]
+        except CorruptWal as exc:
+            problems.append(str(exc))
+            continue
+        if want and digest != want:
+            problems.append("%s holds %s with other content (sha256 %s) than was archived (%s)"
+                            % (src.describe(), key, digest, want))
+            continue
+        return blob, digest
+    if home_down:
+        raise _SourceDown("the home repository did not answer for %s: %s" % (name, "; ".join(problems)))
+    raise WalArchiveError("no repository holds a good copy of %s to backfill from (%s): it cannot be copied. If it "
+                          "was expired, remove its owed marker and take a new full backup"
+                          % (name, "; ".join(problems)))
 
 
 def _peek_header(repo, key):
@@ -220,8 +651,102 @@ def _peek_header(repo, key):
 
 # -- asynchronous push ------------------------------------------------------------------------------------------------
 def marker_dirs(config):
-    for sub in ("ok", "error", "fetch"):
+    for sub in ("ok", "error", "fetch", "owed"):
         os.makedirs(config.path(sub), mode=0o700, exist_ok=True)
+
+
+def archive(config, path):
+    """archive_command: push (asynchronously or here), with the bound on pg_wal. When the home repository fails and
+    the ``.ready`` WAL in pg_wal is more than ``queue_max_bytes``, the segment is reported archived without being
+    stored: loudly (PostgreSQL's log) and recorded as a gap in the status file. Never under the bound, never for a
+    refusal (a conflict, another cluster's segment), never for a history or backup file (small; PITR needs them).
+    Returns "async", "sync" or "dropped"."""
+    name = os.path.basename(path)
+    bounded = bool(config.queue_max_bytes) and bool(_wal.SEGMENT_RE.match(name))
+    pg_wal = config.pg_wal or os.path.dirname(os.path.abspath(path))
+    # the home repository failed a moment ago (a timeout may take long): over the bound, do not wait for it again
+    if bounded and _home_failing(config) and not (config.asynchronous and marker_matches(config, name, path)):
+        queued = ready_bytes(pg_wal)
+        if queued > config.queue_max_bytes:
+            drop(config, name, queued, "not tried again: its last attempt, moments ago, failed")
+            return "dropped"
+    try:
+        if config.asynchronous:
+            return push_async(config, path)
+        push_file(config, path, name)
+        return "sync"
+    except HomeUnavailable as exc:
+        if not bounded:
+            raise
+        queued = ready_bytes(pg_wal)
+        if queued <= config.queue_max_bytes:
+            raise
+        drop(config, name, queued, exc.reason)
+        return "dropped"
+
+
+def ready_bytes(pg_wal):
+    """Bytes of the WAL files PostgreSQL has not archived yet (``archive_status/*.ready``)."""
+    try:
+        names = os.listdir(os.path.join(pg_wal, "archive_status"))
+    except OSError:
+        return 0
+    total = 0
+    for entry in names:
+        if entry.endswith(".ready"):
+            try:
+                total += os.stat(os.path.join(pg_wal, entry[:-6])).st_size
+            except OSError:
+                pass
+    return total
+
+
+MAX_GAPS = 1000
+
+
+def drop(config, name, queued, why):
+    """Record ``name`` as dropped (extending the latest gap when it is the next segment of it) and say so loudly."""
+    now = int(time.time())
+    recorded = None
+    try:
+        with status_update(config, durable=True) as doc:
+            gaps = [g for g in (doc.get("gaps") or []) if isinstance(g, dict)]
+            last = gaps[-1] if gaps else None
+            if last and _follows(last.get("last"), name):
+                last.update(last=name, count=int(last.get("count") or 0) + 1, last_time=now, queued_bytes=queued)
+            elif not (last and last.get("first", "") <= name <= last.get("last", "")):
+                gaps.append({"first": name, "last": name, "count": 1, "first_time": now, "last_time": now,
+                             "queued_bytes": queued, "queue_max_bytes": config.queue_max_bytes,
+                             "reason": _clip("home repository failing: %s" % why)})
+            doc["gaps"] = gaps[-MAX_GAPS:]
+            recorded = doc["gaps"][-1]
+    except OSError as exc:
+        sys.stderr.write("immersiverse-dr-wal push %s: cannot record the gap in %s (%s): note it from this log\n"
+                         % (name, config.path("status.json"), exc))
+    span = "%s..%s" % (recorded["first"], recorded["last"]) if recorded else name
+    sys.stderr.write(
+        "immersiverse-dr-wal push %s: WARNING: WAL DROPPED, NOT ARCHIVED. The home repository is failing (%s) and "
+        "%d MiB of WAL wait in pg_wal, more than queue_max_bytes (%d MiB): reported as archived so pg_wal stops "
+        "growing. Point-in-time recovery across %s is impossible. Once the repository is back, take a new full "
+        "backup, then run 'immersiverse-dr-wal status --clear-gaps'. Recorded in %s\n"
+        % (name, why, queued >> 20, config.queue_max_bytes >> 20, span, config.path("status.json")))
+
+
+def _follows(last, name):
+    try:
+        tli_a, seg_a = _wal.parse_segment(last)
+        tli_b, seg_b = _wal.parse_segment(name)
+    except (_wal.WalError, TypeError):
+        return False
+    return tli_a == tli_b and seg_b == seg_a + 1
+
+
+def clear_gaps(config):
+    """After a new full backup: forget the recorded gaps. Returns how many there were."""
+    with status_update(config, durable=True) as doc:
+        count = len(doc.get("gaps") or [])
+        doc["gaps"] = []
+    return count
 
 
 def push_async(config, path):
@@ -247,6 +772,9 @@ def _push_async(config, path, name):
     _remove(ok)  # a marker for another file of that name (a re-created cluster): worthless
     config.pg_wal = config.pg_wal or os.path.dirname(os.path.abspath(path))
     ensure_pusher(config)
+    if _home_failing(config):  # the pusher cannot get through (it backs off): try here at once, not after waiting
+        push_file(config, path, name)
+        return "sync"
     deadline = time.monotonic() + config.wait_seconds
     while time.monotonic() < deadline:
         if marker_matches(config, name, path):
@@ -254,9 +782,18 @@ def _push_async(config, path, name):
             return "async"
         if os.path.exists(err):
             with open(err) as fh:
-                message = fh.read().strip()
+                text = fh.read().strip()
             os.unlink(err)
-            raise WalArchiveError(message or "the background pusher failed on %s" % name)
+            try:
+                found = json.loads(text)
+            except ValueError:
+                found = {"message": text}
+            if not isinstance(found, dict):
+                found = {"message": text}
+            message = found.get("message") or "the background pusher failed on %s" % name
+            if found.get("kind") == "unavailable":
+                raise HomeUnavailable(message, reason=found.get("reason"))
+            raise WalArchiveError(message)
         time.sleep(0.02)
     push_file(config, path, name)
     return "sync"
@@ -298,8 +835,13 @@ def spawn_detached(lock_path, target, config, *args, log=None):
     return True
 
 
+BACKFILL_INTERVAL = 5.0  # seconds between two of the pusher's backfill rounds
+
+
 def run_pusher(config):
-    """Push .ready segments ahead of the archiver, ``concurrency`` at a time, until idle for idle_exit seconds."""
+    """Push .ready segments ahead of the archiver, ``concurrency`` at a time, until idle for idle_exit seconds.
+    Every few seconds, while offsite repositories are owed segments, a backfill round (at most backfill_seconds,
+    repositories in back-off left alone) runs beside the pushes in a thread of its own."""
     lock_fd = os.open(config.path("pusher.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -311,43 +853,73 @@ def run_pusher(config):
     failures = {}
     listings = _Listings(config)
     idle_since = time.monotonic()
-    with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-        for _tick in range(10 ** 9):  # bounded by idle_exit
-            for name, fut in list(in_flight.items()):
-                if fut.done():
-                    del in_flight[name]
-                    exc = fut.exception()
-                    if exc is None:
-                        _write(config.path("ok", name), file_identity(os.path.join(config.pg_wal, name)))
-                        failures.pop(name, None)
-                        _remove(config.path("error", name))
-                    else:
-                        failures[name] = (failures.get(name, (0, 0))[0] + 1, time.monotonic())
-                        _write(config.path("error", name), "archive push of %s failed: %s" % (name, exc))
-                        sys.stderr.write("%s push %s failed: %s\n" % (time.strftime("%F %T"), name, exc))
-            try:
-                ready = sorted(n[:-6] for n in os.listdir(status_dir) if n.endswith(".ready"))
-            except OSError:
-                ready = []
-            todo = [n for n in ready if n not in in_flight and not os.path.exists(config.path("ok", n))]
-            for name in todo[:max(0, config.queue_max - len(in_flight))]:
-                tries, last = failures.get(name, (0, 0))
-                if tries and time.monotonic() - last < min(30, 2 ** tries):  # back off while the store is down
-                    continue
-                if len(in_flight) >= config.concurrency * 2:
+    backfiller = ThreadPoolExecutor(max_workers=1)
+    backfilling = None
+    next_backfill = time.monotonic() + 1.0
+
+    def log(text):
+        sys.stderr.write("%s %s\n" % (time.strftime("%F %T"), text))
+
+    try:
+        with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+            for _tick in range(10 ** 9):  # bounded by idle_exit
+                for name, fut in list(in_flight.items()):
+                    if fut.done():
+                        del in_flight[name]
+                        exc = fut.exception()
+                        if exc is None:
+                            with contextlib.suppress(OSError):  # recycled meanwhile: nobody asks for it again
+                                _write(config.path("ok", name), file_identity(os.path.join(config.pg_wal, name)))
+                            failures.pop(name, None)
+                            _remove(config.path("error", name))
+                        else:
+                            failures[name] = (failures.get(name, (0, 0))[0] + 1, time.monotonic())
+                            unavailable = isinstance(exc, HomeUnavailable)
+                            _write(config.path("error", name), json.dumps(
+                                {"kind": "unavailable" if unavailable else "refused",
+                                 "reason": exc.reason if unavailable else None,
+                                 "message": "archive push of %s failed: %s" % (name, exc)}))
+                            log("push %s failed: %s" % (name, exc))
+                try:
+                    ready = sorted(n[:-6] for n in os.listdir(status_dir) if n.endswith(".ready"))
+                except OSError:
+                    ready = []
+                todo = [n for n in ready if n not in in_flight and not os.path.exists(config.path("ok", n))]
+                for name in todo[:max(0, config.queue_max - len(in_flight))]:
+                    tries, last = failures.get(name, (0, 0))
+                    if tries and time.monotonic() - last < min(30, 2 ** tries):  # back off while the store is down
+                        continue
+                    if len(in_flight) >= config.concurrency * 2:
+                        break
+                    absent = listings.absent_from(name) if not tries else ()
+                    in_flight[name] = pool.submit(push_file, config, os.path.join(config.pg_wal, name), name,
+                                                  absent_from=absent)
+                if backfilling is not None and backfilling.done():
+                    try:
+                        if backfilling.result()["copied"]:
+                            idle_since = time.monotonic()  # making progress: not idle while it does
+                    except Exception as exc:  # noqa: BLE001 - logged; the markers stay, the next round retries
+                        log("backfill failed: %s" % exc)
+                    backfilling = None
+                if backfilling is None and time.monotonic() >= next_backfill:
+                    next_backfill = time.monotonic() + BACKFILL_INTERVAL
+                    if any_owed(config):
+                        backfilling = backfiller.submit(backfill, config, config.backfill_seconds, True, log)
+                if in_flight or todo:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > config.idle_exit:
                     break
-                absent = listings.absent_from(name) if not tries else ()
-                in_flight[name] = pool.submit(push_file, config, os.path.join(config.pg_wal, name), name,
-                                              absent_from=absent)
-            if in_flight or todo:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > config.idle_exit:
-                break
-            # ok markers PostgreSQL will never ask for again (it archived them another way) do not pile up
-            if _tick % 500 == 0:
-                _prune_markers(config, set(ready))
-            time.sleep(0.01)
-    os.close(lock_fd)
+                # ok markers PostgreSQL will never ask for again (it archived them another way) do not pile up
+                if _tick % 500 == 0:
+                    _prune_markers(config, set(ready))
+                time.sleep(0.01)
+    finally:
+        backfiller.shutdown(wait=True)  # a round ends within backfill_seconds (plus one copy)
+        os.close(lock_fd)
+
+
+def any_owed(config):
+    return any(owed_names(config, rid) for rid in repository_ids(config)[1:])
 
 
 class _Listings:
@@ -367,12 +939,17 @@ class _Listings:
         key = _wal.wal_key(name)
         prefix = key.rsplit("/", 1)[0] + "/"
         absent = []
-        for repo in self.config.repositories():
+        repos = self.config.repositories()
+        skipped = backing_off(self.config) if len(repos) > 1 else set()  # failed lately: not listed, not written
+        ids = repository_ids(self.config)
+        for position, repo in enumerate(repos):
+            if ids[position] in skipped:
+                continue
             cached = self.cache.get((repo.name, prefix))
             if cached is None or time.monotonic() - cached[0] > self.MAX_AGE:
                 try:
                     cached = (time.monotonic(), set(o["key"] for o in repo.list(prefix)))
-                except (repo_mod.RepositoryError, OSError):
+                except repo_mod.unavailable_errors():
                     continue
                 self.cache[(repo.name, prefix)] = cached
             if key not in cached[1]:
@@ -425,10 +1002,12 @@ def _write(path, text):
 
 
 def _remove(path):
+    """True when something was removed."""
     try:
         os.unlink(path)
     except OSError:
-        pass
+        return False
+    return True
 
 
 # -- fetch ------------------------------------------------------------------------------------------------------------
@@ -439,10 +1018,15 @@ def fetch_raw(config, name, partial=False, warn=None):
     then, with ``partial``, the streamed partial of that segment padded to a whole segment with zeros: recovery
     replays to its last complete record and ends there (barman-wal-restore -P does the same).
     A damaged copy in one repository is passed over for the next repository's copy (the regions hold the same WAL);
-    only when no repository has a good copy is the damage raised (CorruptWal: recovery stops, never ends early)."""
+    only when no repository has a good copy is the damage raised (CorruptWal: recovery stops, never ends early).
+    A repository that fails (down, unreachable, timed out) is not asked again within this fetch."""
     errors, damaged = [], []
+    failed = set()  # positions of repositories that failed: a stalled endpoint costs its timeout once, not per key
+    down = repo_mod.unavailable_errors()
     for key in (_wal.wal_key(name), _wal.stream_key(name)):
-        for repo in config.repositories():
+        for index, repo in enumerate(config.repositories()):
+            if index in failed:
+                continue
             try:
                 raw = _read_verified(repo, key, name)
                 if raw is not None:
@@ -450,8 +1034,9 @@ def fetch_raw(config, name, partial=False, warn=None):
             except CorruptWal as exc:
                 damaged.append(exc)
                 continue
-            except repo_mod.RepositoryError as exc:
+            except down as exc:
                 errors.append(exc)
+                failed.add(index)
                 continue
             if raw is not None:
                 if damaged:
@@ -461,7 +1046,7 @@ def fetch_raw(config, name, partial=False, warn=None):
     if damaged:
         raise CorruptWal("%s: no repository holds a good copy (%s)" % (name, "; ".join(str(d) for d in damaged)))
     if partial and _wal.SEGMENT_RE.match(name):
-        raw = fetch_partial(config, name, errors)
+        raw = fetch_partial(config, name, errors, failed)
         if raw is not None:
             check_cluster(config, name, raw, "the streamed partial is not served")
             return raw
@@ -484,14 +1069,17 @@ def _read_verified(repo, key, name):
         raise CorruptWal("%s: %s" % (repo.describe(), exc)) from None
 
 
-def fetch_partial(config, name, errors):
+def fetch_partial(config, name, errors, failed=()):
     """The longest contiguous streamed prefix of segment ``name`` over the repositories, padded with zeros to the
-    segment size; None when no repository holds a piece of it. A damaged piece is CorruptWal."""
+    segment size; None when no repository holds a piece of it. A damaged piece is CorruptWal. ``failed``: positions
+    of repositories not to ask (they failed moments ago)."""
     best = b""
-    for repo in config.repositories():
+    for position, repo in enumerate(config.repositories()):
+        if position in failed:
+            continue
         try:
             keys = [o["key"] for o in repo.list(_wal.partial_prefix(name))]
-        except repo_mod.RepositoryError as exc:
+        except repo_mod.unavailable_errors() as exc:
             errors.append(exc)
             continue
         by_range = {}
@@ -614,10 +1202,11 @@ def _lock_free(path):
         os.close(fd)
 
 
-def _wait_for_prefetch(config, name, timeout=30.0):
-    """When the prefetcher is downloading this very segment, wait for it instead of downloading it twice."""
+def _wait_for_prefetch(config, name, timeout=None):
+    """When the prefetcher is downloading this very segment, wait for it instead of downloading it twice (at most
+    the configuration's prefetch_wait: 30 s, or about one request under --unreachable missing)."""
     inflight = config.path("fetch", "." + name + ".tmp")
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (config.prefetch_wait if timeout is None else timeout)
     while os.path.exists(inflight) and time.monotonic() < deadline:
         time.sleep(0.01)
 

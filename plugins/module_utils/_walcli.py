@@ -6,14 +6,18 @@
     archive_command = '/usr/local/bin/immersiverse-dr-wal push %p'
     restore_command = '/usr/local/bin/immersiverse-dr-wal fetch %f %p'
     immersiverse-dr-wal stream [--ensure | --stop | --status]     the streamer (on a host in another region)
+    immersiverse-dr-wal backfill [--max-seconds N]     copy what offsite repositories are owed (0: nothing owed)
+    immersiverse-dr-wal status [--clear-gaps]          the spool and status.json (owed segments, gaps), as JSON
 
 The installed wrapper answers from the spool without starting Python when the background pusher has already
 stored a segment, or the prefetcher has already fetched one; otherwise it runs this module. Configuration:
 /etc/immersiverse-dr/wal.json (mode 0600, owner postgres), or --config.
 
 Exit codes: 0 done; 1 not done (push: PostgreSQL keeps the segment and retries; fetch: the file is not in the
-archive, recovery may end normally); 126 fetch found a damaged object or no repository answered: PostgreSQL stops
-recovery rather than end it early at the wrong point.
+archive, recovery may end normally; backfill: something is still owed); 126 fetch found a damaged object or no
+repository answered: PostgreSQL stops recovery rather than end it early at the wrong point. Under
+``--unreachable missing`` (a streaming standby) a fetch gives up on a repository after one short attempt
+(fetch_missing_timeout, fetch_missing_attempts) and answers 1, so the standby goes back to streaming.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ def main(argv=None):
     p_fetch.add_argument("--unreachable", choices=["abort", "missing"],
                          help="when no repository answers: stop recovery (abort), or report the file missing "
                               "(a streaming standby carries on); default from the configuration")
+    p_fetch.add_argument("--not-found-exit", type=int, default=1, metavar="N",
+                         help="the exit status for 'not archived' (the installed wrapper passes 3 and turns it "
+                              "into 1, so that a crash, which Python reports as 1, never reads as 'not there')")
     p_fetch.add_argument("--partial", action="store_true", default=None,
                          help="when the segment is neither archived nor streamed whole, serve what the streamer "
                               "stored of it (its .partial), padded to a segment: recovery ends at its last record")
@@ -58,8 +65,14 @@ def main(argv=None):
     mode.add_argument("--status", action="store_true", help="print the streamer's status as JSON")
     p_pusher = sub.add_parser("pusher", help="run the background pusher in the foreground")
     p_pusher.add_argument("--pg-wal", required=True)
-    sub.add_parser("status", help="the spool: markers, errors, prefetched files")
-    for p in (p_push, p_fetch, p_pusher, p_stream, p_prefetch):
+    p_status = sub.add_parser("status", help="the spool (markers, errors, prefetched files) and status.json: per "
+                                             "repository what is owed and the last error, gaps in the archive")
+    p_status.add_argument("--clear-gaps", action="store_true",
+                          help="forget the recorded gaps (after a new full backup made them irrelevant)")
+    p_backfill = sub.add_parser("backfill", help="copy the segments offsite repositories are owed from the home "
+                                                 "repository; exit 0 when nothing is owed any more")
+    p_backfill.add_argument("--max-seconds", type=float, help="start no copy after this many seconds")
+    for p in (p_push, p_fetch, p_pusher, p_stream, p_prefetch, p_status, p_backfill):
         p.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     args = parser.parse_args(argv)
@@ -70,28 +83,13 @@ def main(argv=None):
         return wa.EXIT_ABORT if args.command == "fetch" else 1
     if args.command == "push":
         try:
-            if config.asynchronous:
-                wa.push_async(config, args.path)
-            else:
-                wa.push_file(config, args.path)
+            wa.archive(config, args.path)
         except (wa.WalArchiveError, repo_mod.RepositoryError, ValueError, OSError) as exc:
             sys.stderr.write("immersiverse-dr-wal push %s: %s\n" % (os.path.basename(args.path), exc))
             return 1
         return 0
     if args.command == "fetch":
-        try:
-            found = wa.fetch(config, args.name, args.dest, partial=args.partial)
-        except (wa.CorruptWal, wa.BadName) as exc:
-            sys.stderr.write("immersiverse-dr-wal fetch %s: %s; stopping recovery rather than ending it early\n"
-                             % (args.name, exc))
-            return wa.EXIT_ABORT
-        except (wa.WalArchiveError, repo_mod.RepositoryError, OSError) as exc:
-            if (args.unreachable or config.doc.get("fetch_unreachable", "abort")) == "missing":
-                return 1
-            sys.stderr.write("immersiverse-dr-wal fetch %s: %s; stopping recovery rather than ending it early\n"
-                             % (args.name, exc))
-            return wa.EXIT_ABORT
-        return 0 if found else 1
+        return fetch(config, args)
     if args.command == "prefetch":
         try:
             started = wa.warm(config, args.name, args.depth, args.absent_history)
@@ -108,11 +106,74 @@ def main(argv=None):
     if args.command == "stream":
         return stream(config, args)
     if args.command == "status":
-        wa.marker_dirs(config)
-        doc = {sub_dir: sorted(os.listdir(config.path(sub_dir))) for sub_dir in ("ok", "error", "fetch")}
-        sys.stdout.write(json.dumps(doc) + "\n")
-        return 0
+        return status(config, args)
+    if args.command == "backfill":
+        return backfill(config, args)
     return 2
+
+
+def fetch(config, args):
+    missing = (args.unreachable or config.fetch_unreachable) == "missing"
+    if missing:  # a streaming standby: a repository that does not answer at once is "not archived (yet)"
+        config.fail_fast()
+    try:
+        found = wa.fetch(config, args.name, args.dest, partial=args.partial)
+    except (wa.CorruptWal, wa.BadName) as exc:
+        sys.stderr.write("immersiverse-dr-wal fetch %s: %s; stopping recovery rather than ending it early\n"
+                         % (args.name, exc))
+        return wa.EXIT_ABORT
+    except repo_mod.unavailable_errors(wa.WalArchiveError) as exc:
+        if missing:
+            sys.stderr.write("immersiverse-dr-wal fetch %s: %s; answered 'not archived' (--unreachable missing): "
+                             "a standby carries on streaming and asks again later\n" % (args.name, exc))
+            return args.not_found_exit
+        sys.stderr.write("immersiverse-dr-wal fetch %s: %s; stopping recovery rather than ending it early\n"
+                         % (args.name, exc))
+        return wa.EXIT_ABORT
+    return 0 if found else args.not_found_exit
+
+
+def status(config, args):
+    """The spool's markers and status.json, the owed counts recounted from the markers now (nothing is written
+    unless --clear-gaps)."""
+    try:
+        wa.marker_dirs(config)
+        cleared = wa.clear_gaps(config) if args.clear_gaps else None
+        doc = {sub_dir: sorted(os.listdir(config.path(sub_dir))) for sub_dir in ("ok", "error", "fetch")}
+    except OSError as exc:
+        sys.stderr.write("immersiverse-dr-wal status: the spool %s is unusable (%s): run this as the user "
+                         "PostgreSQL runs as (sudo -u postgres)\n" % (config.spool, exc))
+        return 1
+    current = wa.read_status(config)
+    wa.recount(config, current)
+    current.setdefault("gaps", [])
+    current["gap"] = current["gaps"][-1] if current["gaps"] else None
+    doc.update(current)
+    if cleared is not None:
+        doc["gaps_cleared"] = cleared
+    sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+    return 0
+
+
+def backfill(config, args):
+    try:
+        wa.marker_dirs(config)
+        report = wa.backfill(config, max_seconds=args.max_seconds)
+    except (wa.WalArchiveError, repo_mod.RepositoryError, ValueError, OSError) as exc:
+        sys.stderr.write("immersiverse-dr-wal backfill: %s\n" % exc)
+        return 1
+    for rid, name, how in report["copied"]:
+        sys.stdout.write("copied %s to %s\n" % (name, rid) if how == "copied"
+                         else "%s was in %s already\n" % (name, rid))
+    for rid, count in sorted(report["owed"].items()):
+        names = wa.owed_names(config, rid)
+        why = report["errors"].get(rid)
+        sys.stdout.write("still owed to %s: %d segment(s), oldest %s%s\n"
+                         % (rid, count, names[0] if names else "?", ": %s" % why if why else ""))
+    if not report["owed"]:
+        sys.stdout.write("nothing owed\n")
+        return 0
+    return 1
 
 
 def stream(config, args):

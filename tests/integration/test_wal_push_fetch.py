@@ -235,6 +235,29 @@ def test_bad_targets_fail_clearly(s3_endpoint, work):
     assert no_config.returncode == 1 and "cannot read the configuration" in no_config.stderr
 
 
+def test_an_engine_that_cannot_start_stops_recovery_and_never_reads_as_not_archived(work):
+    """PostgreSQL reads a restore_command's exit 1 as "no such file" and ends recovery there, opening early. A
+    Python that cannot import the engine exits 1 too: the wrapper turns that into a stop (126), and only the engine's
+    own "not archived" into 1. A streaming standby (--unreachable missing) is told "not there" and streams on."""
+    repo_dir = as_postgres(work / "repo")
+    archive = Archive(work / "a", [{"type": "local", "name": "primary", "path": str(repo_dir)}], **{"async": False})
+    dest = as_postgres(work / "restore") / "RECOVERYXLOG"
+    seg = "000000010000000000000042"
+    assert archive.run("fetch", seg, str(dest), "--unreachable", "abort").returncode == 1  # really not archived
+    broken = work / "broken-wrapper"
+    broken.write_text(archive.wrapper.read_text().replace(str(REPO / ".collections"), str(work / "no-engine-here")))
+    broken.chmod(0o755)
+
+    def run_broken(*args):
+        return subprocess.run(["runuser", "-u", "postgres", "--", str(broken), *args], capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    crashed = run_broken("fetch", seg, str(dest), "--unreachable", "abort")
+    assert crashed.returncode == wa.EXIT_ABORT, (crashed.returncode, crashed.stderr)
+    assert "stopping recovery rather than ending it early" in crashed.stderr
+    assert run_broken("fetch", seg, str(dest), "--unreachable", "missing").returncode == 1
+
+
 def test_a_full_spool_degrades_to_direct_pushes(s3_endpoint, s3_bucket, work):
     small = work / "small"
     small.mkdir()

@@ -2,6 +2,7 @@
 region has a good copy does recovery stop. A name that is not a WAL file is an error whatever --unreachable says."""
 
 import json
+import time
 
 import pytest
 
@@ -96,3 +97,91 @@ def test_fetch_never_serves_a_segment_of_another_cluster(tmp_path):
         wa.fetch_raw(config, SEG)
     b.put_bytes(_wal.wal_key(SEG), wa.pack(segment_of(1111), "lz4")[0])
     assert wa.fetch_raw(config, SEG) == segment_of(1111)
+
+
+# -- a streaming standby's fetch gives up fast on a repository that does not answer -----------------------------------
+def s3_spec(port, name="paused"):
+    return {"type": "s3", "name": name, "bucket": "wal-bucket", "endpoint_url": f"http://127.0.0.1:{port}",
+            "region": "us-east-1", "access_key": "k", "secret_key": "s"}
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP port that accepts connections and never answers (the kernel completes the handshake; nobody reads):
+    what a SIGSTOPped S3 server looks like to a client."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_fail_fast_gives_s3_short_timeouts_and_one_attempt_and_abort_stays_patient(tmp_path):
+    pytest.importorskip("boto3")
+    doc = {"repository": s3_spec(9), "offsite": [{"type": "local", "name": "b", "path": str(tmp_path / "b")}],
+           "spool_dir": str(tmp_path / "spool"), "fetch_missing_timeout": 1.5}
+    patient = wa.Config(dict(doc)).repositories()[0]
+    assert patient.timeouts == (5.0, 60.0, 5)
+    config = wa.Config(dict(doc))
+    config.fail_fast()
+    fast = config.repositories()[0]
+    assert fast.timeouts == (1.5, 1.5, 0)  # botocore's max_attempts: retries after the first attempt
+    assert (fast.client.meta.config.connect_timeout, fast.client.meta.config.read_timeout) == (1.5, 1.5)
+    assert fast.client.meta.config.retries["total_max_attempts"] == 1
+    assert config.repositories()[1].kind == "local" and config.prefetch_wait == 3.0
+
+
+@pytest.mark.parametrize("how", ["flag", "configuration"])
+def test_a_fetch_under_unreachable_missing_answers_not_archived_within_its_timeout(tmp_path, silent_endpoint, how,
+                                                                                   capsys):
+    pytest.importorskip("boto3")
+    doc = {"repository": s3_spec(silent_endpoint), "spool_dir": str(tmp_path / "spool"), "prefetch": 0,
+           "fetch_missing_timeout": 0.5, "fetch_unreachable": "missing" if how == "configuration" else "abort"}
+    (tmp_path / "wal.json").write_text(json.dumps(doc))
+    argv = ["fetch", SEG, str(tmp_path / "dest"), "--config", str(tmp_path / "wal.json")]
+    if how == "flag":
+        argv += ["--unreachable", "missing"]
+    started = time.monotonic()
+    assert _walcli.main(argv) == 1
+    took = time.monotonic() - started
+    assert took < 2.5, f"a silent endpoint held the fetch {took:.1f} s"  # one 0.5 s attempt, wal/ only
+    err = capsys.readouterr().err
+    assert "answered 'not archived' (--unreachable missing)" in err and "cannot reach" in err
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_repository_that_failed_is_not_asked_again_within_one_fetch(two_regions, monkeypatch):
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+
+    config = two_regions[0]
+    name = _wal.segment_name(1, 9)  # in neither region
+    asked = []
+    real = repo_mod.LocalRepository.read
+
+    def read(self, key):
+        asked.append((self.name, key.split("/")[0]))
+        if self.name == "a":
+            raise repo_mod.RepositoryError("a: timed out")
+        return real(self, key)
+
+    monkeypatch.setattr(repo_mod.LocalRepository, "read", read)
+    with pytest.raises(wa.WalArchiveError, match="no repository answered"):
+        wa.fetch_raw(config, name, partial=True)
+    assert asked == [("a", "wal"), ("b", "wal"), ("b", "stream")]
+
+
+def test_an_unreadable_local_repository_is_passed_over_for_the_next_region(two_regions, monkeypatch):
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+
+    config, raw = two_regions[:2]
+    real = repo_mod.LocalRepository.read
+
+    def read(self, key):
+        if self.name == "a":
+            raise PermissionError(13, "Permission denied")
+        return real(self, key)
+
+    monkeypatch.setattr(repo_mod.LocalRepository, "read", read)
+    assert wa.fetch_raw(config, SEG) == raw

@@ -1,6 +1,9 @@
 """The pusher's batch listing: a segment a fresh listing does not show is pushed without reading the repository
 first; one it shows is still checked (same content: present; different: refused)."""
 
+import json
+import time
+
 import pytest
 
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
@@ -77,3 +80,269 @@ def test_local_create_is_create_only(tmp_path):
     assert repo.get_bytes("wal/x/000000010000000000000001") == b"one"
     assert repo.head("wal/x/000000010000000000000001")["sha256"] == __import__("hashlib").sha256(b"one").hexdigest()
     assert [o["key"] for o in repo.list("wal/")] == ["wal/x/000000010000000000000001"]  # no temporary left
+
+
+# -- an offsite region down: owed, backfilled; the home region down: failed, then bounded ----------------------------
+def regions(tmp_path, **options):
+    """Home "here" and offsite "there", both local; ``break_(name)`` makes one unusable (its directory a file: every
+    read and write fails, as root too), ``mend(name)`` brings it back."""
+    doc = {"repository": {"type": "local", "name": "here", "path": str(tmp_path / "here" / "r")},
+           "offsite": [{"type": "local", "name": "there", "path": str(tmp_path / "there" / "r")}],
+           "spool_dir": str(tmp_path / "spool"), "async": False, **options}
+    config = wa.Config(doc)
+    wa.marker_dirs(config)
+    return config
+
+
+def break_(tmp_path, which):
+    (tmp_path / which).write_text("not a directory")
+
+
+def mend(tmp_path, which):
+    (tmp_path / which).unlink()
+    (tmp_path / which).mkdir()
+
+
+def segment(directory, segno, content=None):
+    path = directory / _wal.segment_name(1, segno)
+    path.write_bytes(content or (b"%d" % segno) * 4000)
+    return path
+
+
+def stored(repo, name):
+    found = repo.read(_wal.wal_key(name))
+    return None if found is None else wa.unpack(found[0], name)
+
+
+def test_an_offsite_region_down_is_owed_the_segment_and_the_push_succeeds(tmp_path):
+    config = regions(tmp_path)
+    break_(tmp_path, "there")
+    seg = segment(tmp_path, 0x10)
+    assert wa.push_file(config, str(seg)) == [("here", "stored"), ("there", "owed")]
+    here = config.repositories()[0]
+    assert stored(here, seg.name) == seg.read_bytes()
+    marker = json.loads((tmp_path / "spool" / "owed" / "there" / seg.name).read_text())
+    assert marker["key"] == _wal.wal_key(seg.name) and marker["sha256"] == wa.pack(seg.read_bytes(), "none")[1]
+    status = wa.read_status(config)["repositories"]
+    assert status["there"]["owed"] == 1 and status["there"]["oldest_owed"] == seg.name
+    assert status["there"]["failures"] == 1 and f"local repository {tmp_path / 'there' / 'r'}" in \
+        status["there"]["last_error"]
+    assert status["there"]["retry_after_time"] > time.time()
+    assert status["here"]["owed"] == 0 and status["here"]["last_success_time"] >= int(time.time()) - 5
+    # in back-off: the next segment is owed without waiting on that region again
+    calls = []
+    real = repo_mod.LocalRepository.create
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(repo_mod.LocalRepository, "create", lambda self, k, d: calls.append(self.name) or real(self, k, d))
+    try:
+        seg2 = segment(tmp_path, 0x11)
+        assert wa.push_file(config, str(seg2)) == [("here", "stored"), ("there", "owed")]
+    finally:
+        monkey.undo()
+    assert calls == ["here"]
+    assert wa.owed_names(config, "there") == [seg.name, seg2.name]
+
+
+def test_the_backfill_copies_the_stored_object_once_the_region_is_back_and_clears_the_marker(tmp_path):
+    config = regions(tmp_path)
+    break_(tmp_path, "there")
+    segs = [segment(tmp_path, n) for n in (0x20, 0x21, 0x22)]
+    for seg in segs:
+        wa.push_file(config, str(seg))
+    contents = {seg.name: seg.read_bytes() for seg in segs}
+    for seg in segs:
+        seg.unlink()  # PostgreSQL recycled them: the backfill copies the stored objects
+    still_down = wa.backfill(config)
+    assert still_down["copied"] == [] and still_down["owed"] == {"there": 3}
+    assert f"local repository {tmp_path / 'there' / 'r'}" in still_down["errors"]["there"]
+    mend(tmp_path, "there")
+    assert wa.backfill(config, honor_backoff=True)["copied"] == [], "the pusher's rounds wait out the back-off"
+    report = wa.backfill(config)  # the CLI's: tries now
+    assert report == {"copied": [("there", n, "copied") for n in sorted(contents)], "owed": {}, "errors": {}}
+    there = config.repositories()[1]
+    for name, raw in contents.items():
+        assert stored(there, name) == raw
+    assert wa.owed_names(config, "there") == []
+    status = wa.read_status(config)["repositories"]["there"]
+    assert status["owed"] == 0 and status["oldest_owed"] is None and status["failures"] == 0
+    assert wa.backfill(config) == {"copied": [], "owed": {}, "errors": {}}
+
+
+def test_a_push_that_reaches_an_owed_region_again_repays_the_debt(tmp_path):
+    config = regions(tmp_path)
+    break_(tmp_path, "there")
+    seg = segment(tmp_path, 0x28)
+    wa.push_file(config, str(seg))
+    mend(tmp_path, "there")
+    with wa.status_update(config) as doc:  # the back-off ran out
+        doc["repositories"]["there"]["retry_after_time"] = 0
+    assert wa.push_file(config, str(seg)) == [("here", "present"), ("there", "stored")]
+    assert wa.owed_names(config, "there") == []
+    assert wa.read_status(config)["repositories"]["there"]["failures"] == 0
+
+
+def test_the_home_region_down_fails_the_push_and_stores_nothing_offsite(tmp_path):
+    config = regions(tmp_path)
+    break_(tmp_path, "here")
+    seg = segment(tmp_path, 0x30)
+    with pytest.raises(wa.HomeUnavailable, match="this region's repository failed.*PostgreSQL keeps the segment"):
+        wa.push_file(config, str(seg))
+    assert stored(config.repositories()[1], seg.name) is None
+    assert wa.owed_names(config, "there") == []
+    home = wa.read_status(config)["repositories"]["here"]
+    assert home["last_error_time"] and home["failures"] == 1
+
+
+@pytest.mark.parametrize("conflict_in", ["here", "there"])
+def test_a_conflict_in_any_region_refuses_everything_even_with_the_other_region_down(tmp_path, conflict_in):
+    config = regions(tmp_path)
+    seg = segment(tmp_path, 0x40)
+    other = wa.pack(b"other" * 1000, "lz4")[0]
+    repos = dict(zip(["here", "there"], config.repositories(), strict=True))
+    repos[conflict_in].put_bytes(_wal.wal_key(seg.name), other)
+    with pytest.raises(wa.WalArchiveError, match="different content"):
+        wa.push_file(config, str(seg))
+    for name, repo in repos.items():
+        expect = other if name == conflict_in else None
+        found = repo.read(_wal.wal_key(seg.name))
+        assert (found[0] if found else None) == expect
+    assert wa.owed_names(config, "there") == []
+    if conflict_in == "here":  # the offsite region down changes nothing: the conflict at home still refuses
+        break_(tmp_path, "there")
+        with pytest.raises(wa.WalArchiveError, match="different content"):
+            wa.push_file(config, str(seg))
+        assert wa.owed_names(config, "there") == []
+
+
+def test_the_backfill_never_overwrites_different_content_in_the_owed_region(tmp_path):
+    config = regions(tmp_path)
+    break_(tmp_path, "there")
+    seg = segment(tmp_path, 0x48)
+    wa.push_file(config, str(seg))
+    mend(tmp_path, "there")
+    theirs = wa.pack(b"theirs" * 1000, "lz4")[0]
+    config.repositories()[1].put_bytes(_wal.wal_key(seg.name), theirs)
+    report = wa.backfill(config)
+    assert report["copied"] == [] and report["owed"] == {"there": 1}
+    assert "different content" in report["errors"]["there"]
+    assert config.repositories()[1].get_bytes(_wal.wal_key(seg.name)) == theirs
+    status = wa.read_status(config)["repositories"]["there"]
+    assert "different content" in status["last_error"] and not status.get("retry_after_time")
+
+
+def pg_wal_with_ready(tmp_path, count, size=4096):
+    """A pg_wal directory with ``count`` segments waiting (.ready), each ``size`` bytes."""
+    pg_wal = tmp_path / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    segs = []
+    for n in range(count):
+        seg = segment(pg_wal, 0x50 + n, bytes([n]) * size)
+        (pg_wal / "archive_status" / (seg.name + ".ready")).touch()
+        segs.append(seg)
+    (pg_wal / "archive_status" / (_wal.segment_name(1, 0x4F) + ".done")).touch()  # archived: not counted
+    return pg_wal, segs
+
+
+def test_over_the_bound_with_the_home_region_down_the_segment_is_dropped_and_the_gap_recorded(tmp_path, capsys):
+    config = regions(tmp_path, queue_max_bytes=3 * 4096)
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    break_(tmp_path, "here")
+    assert wa.ready_bytes(str(pg_wal)) == 5 * 4096
+    assert wa.archive(config, str(segs[0])) == "dropped"
+    (pg_wal / "archive_status" / (segs[0].name + ".ready")).rename(pg_wal / "archive_status" / (segs[0].name + ".done"))
+    assert wa.archive(config, str(segs[1])) == "dropped"  # without trying: the home region failed a moment ago
+    (pg_wal / "archive_status" / (segs[1].name + ".ready")).rename(pg_wal / "archive_status" / (segs[1].name + ".done"))
+    with pytest.raises(wa.HomeUnavailable):  # 3 segments left: at the bound, not over it
+        wa.archive(config, str(segs[2]))
+    err = capsys.readouterr().err
+    assert "WAL DROPPED, NOT ARCHIVED" in err and "take a new full backup" in err and segs[0].name in err
+    status = wa.read_status(config)
+    assert status["gap"]["first"] == segs[0].name and status["gap"]["last"] == segs[1].name
+    assert status["gap"]["count"] == 2 and status["gap"]["last_time"] >= int(time.time()) - 5
+    assert len(status["gaps"]) == 1 and status["queue_max_bytes"] == 3 * 4096
+    for seg in segs:
+        assert stored(config.repositories()[1], seg.name) is None, "a dropped segment is stored nowhere"
+    assert wa.clear_gaps(config) == 1 and wa.read_status(config)["gap"] is None
+
+
+def test_under_the_bound_or_unbounded_the_home_region_down_is_a_failure(tmp_path):
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    break_(tmp_path, "here")
+    for bound in (5 * 4096, 0):
+        config = regions(tmp_path, queue_max_bytes=bound)
+        with pytest.raises(wa.HomeUnavailable):
+            wa.archive(config, str(segs[0]))
+        assert not wa.read_status(config).get("gaps")
+
+
+def test_a_refusal_is_never_dropped_whatever_the_queue(tmp_path):
+    config = regions(tmp_path, queue_max_bytes=4096)
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    config.repositories()[0].put_bytes(_wal.wal_key(segs[0].name), wa.pack(b"other" * 900, "lz4")[0])
+    with pytest.raises(wa.WalArchiveError, match="different content") as caught:
+        wa.archive(config, str(segs[0]))
+    assert not isinstance(caught.value, wa.HomeUnavailable)
+    assert not wa.read_status(config).get("gaps")
+
+
+def test_the_default_bound_is_4_gib_and_a_pusher_error_keeps_its_kind(tmp_path, monkeypatch):
+    assert wa.Config({"repository": {"type": "local", "path": str(tmp_path)}}).queue_max_bytes == 4 << 30
+    config = regions(tmp_path, **{"async": True, "async_wait_seconds": 2})
+    seg = segment(tmp_path, 0x60)
+    monkeypatch.setattr(wa, "ensure_pusher", lambda cfg: False)  # as if the pusher had run and failed
+    (tmp_path / "spool" / "error" / seg.name).write_text(json.dumps({"kind": "unavailable", "message": "home down"}))
+    with pytest.raises(wa.HomeUnavailable, match="home down"):
+        wa.push_async(config, str(seg))
+    (tmp_path / "spool" / "error" / seg.name).write_text("an error file of an older version")
+    with pytest.raises(wa.WalArchiveError, match="older version") as caught:
+        wa.push_async(config, str(seg))
+    assert not isinstance(caught.value, wa.HomeUnavailable)
+
+
+def test_the_cli_backfill_and_status(tmp_path, capsys):
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _walcli
+
+    config = regions(tmp_path)
+    conf = tmp_path / "wal.json"
+    conf.write_text(json.dumps(config.doc))
+    break_(tmp_path, "there")
+    seg = segment(tmp_path, 0x70)
+    assert _walcli.main(["push", str(seg), "--config", str(conf)]) == 0
+    assert _walcli.main(["backfill", "--config", str(conf)]) == 1
+    out = capsys.readouterr().out
+    assert f"still owed to there: 1 segment(s), oldest {seg.name}" in out
+    assert _walcli.main(["status", "--config", str(conf)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["repositories"]["there"]["owed"] == 1 and status["repositories"]["here"]["role"] == "home"
+    assert set(status) >= {"ok", "error", "fetch", "repositories", "gap", "gaps", "updated_time"}
+    mend(tmp_path, "there")
+    assert _walcli.main(["backfill", "--config", str(conf)]) == 0
+    assert capsys.readouterr().out == f"copied {seg.name} to there\nnothing owed\n"
+    assert _walcli.main(["backfill", "--config", str(conf)]) == 0
+    assert capsys.readouterr().out == "nothing owed\n"
+
+
+def test_the_background_pusher_backfills_beside_its_pushes_once_the_back_off_ran_out(tmp_path, capsys):
+    config = regions(tmp_path, idle_exit_seconds=1)
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 1)
+    owed_seg = segment(tmp_path, 0x80)
+    break_(tmp_path, "there")
+    wa.push_file(config, str(owed_seg))
+    mend(tmp_path, "there")
+    config.pg_wal = str(pg_wal)
+    started = time.monotonic()
+    wa.run_pusher(config)  # in the foreground: pushes the ready segment, one backfill round, idle, exits
+    assert time.monotonic() - started < 10
+    there = config.repositories()[1]
+    assert (tmp_path / "spool" / "ok" / segs[0].name).exists(), "archived: the home region has it"
+    assert stored(config.repositories()[0], segs[0].name) == segs[0].read_bytes()
+    # the region is back, but in back-off: neither the push nor the round touched it
+    assert wa.owed_names(config, "there") == sorted([owed_seg.name, segs[0].name])
+    assert stored(there, segs[0].name) is None
+    with wa.status_update(config) as doc:  # the back-off ran out
+        doc["repositories"]["there"]["retry_after_time"] = 0
+    wa.run_pusher(config)
+    assert wa.owed_names(config, "there") == []
+    assert stored(there, owed_seg.name) == owed_seg.read_bytes()
+    assert stored(there, segs[0].name) == segs[0].read_bytes()
+    assert f"backfilled {owed_seg.name} to there (copied)" in capsys.readouterr().err
