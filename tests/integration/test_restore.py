@@ -314,6 +314,31 @@ def test_target_after_the_archive_is_refused_and_postgres_never_opens_early(sour
     assert _restore.postmaster_running(str(server.data_dir)) is None
 
 
+def test_a_time_target_is_bounded_by_the_last_commit_in_the_wal_even_when_archiving_ran_late(source):
+    """pg_waldump reads the real last segments: the bound is the last transaction's own time. The segments are
+    then dated an hour later (archiving that ran late): a target inside that hour still passes an upload-time
+    bound, but the plan refuses it, as PostgreSQL would only after the data directory was replaced."""
+    reader = _restore.pg_waldump_commit_times(str(PG_BIN))
+    plan = _restore.plan([source.repo], {"type": "time", "value": source.commits[source.acks[10]["request_id"]][0]},
+                         commit_times=reader)
+    assert plan["wal"]["archive_ends_from"] == "the last commit in the WAL", plan["warnings"]
+    bound = _backup.parse_iso(plan["wal"]["archive_ends"])
+    newest_ack = max(float(epoch) for _text, epoch in source.commits.values())
+    assert newest_ack - 0.001 <= bound.timestamp() < time.time()
+    inside = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(bound.timestamp() + 60))
+    wal_files = [p for p in (source.repo_dir / "wal").rglob("*") if p.is_file()]
+    stamps = {p: p.stat().st_mtime for p in wal_files}
+    try:
+        for p in wal_files:
+            os.utime(p, (stamps[p] + 3600, stamps[p] + 3600))
+        assert _restore.plan([source.repo], {"type": "time", "value": inside})  # upload times: passes
+        with pytest.raises(_restore.RestoreError, match="after the last transaction in the WAL"):
+            _restore.plan([source.repo], {"type": "time", "value": inside}, commit_times=reader)
+    finally:
+        for p, stamp in stamps.items():
+            os.utime(p, (stamp, stamp))
+
+
 def test_missing_segment_is_refused_before_anything_moves(source, tmp_path):
     tl, lo = _wal.parse_segment(source.record["stop_wal"])
     victim = _wal.segment_name(tl, lo + 1)
@@ -407,6 +432,100 @@ def test_a_damaged_copy_in_one_region_is_passed_over_and_recovery_completes_from
         stop(server)
 
 
+# -- a file restore that fails leaves the old data directory serving-ready ----------------------------------------
+def old_cluster(src: Source, name: str) -> PgServer:
+    """A real, stopped cluster with a row of its own: the data directory a failed restore must leave alone."""
+    server = PgServer(src.work / name, name, settings={"archive_mode": "off"})
+    server.init()
+    server.start()
+    server.psql("CREATE TABLE precious (v text); INSERT INTO precious VALUES ('keep me')")
+    server.stop()
+    return server
+
+
+def assert_untouched_and_startable(server: PgServer) -> None:
+    data = server.data_dir
+    assert not Path(str(data) + ".restoring").exists(), "a half-restored copy was left behind"
+    assert not list(data.parent.glob(data.name + ".replaced-*")), "the old data directory was moved aside"
+    server.start()
+    try:
+        assert server.psql("SELECT v FROM precious") == [("keep me",)]
+    finally:
+        server.stop()
+
+
+def test_a_damaged_backup_object_fails_the_restore_and_the_old_data_directory_stays_startable(source):
+    server = old_cluster(source, "damaged-base")
+    base = next(f["name"] for f in source.record["files"] if f["name"].startswith("base.tar"))
+    victim = source.repo_dir / "backup" / source.record["id"] / base
+    original = victim.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 3] ^= 0xFF
+    try:
+        victim.write_bytes(bytes(damaged))
+        plan = _restore.plan([source.repo], {"type": "end"})
+        with pytest.raises(_restore.RestoreError, match=r"(sha256|damaged|checksum).*was not touched"):
+            _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
+        assert _restore.read_state(str(server.data_dir))["phase"] == "failed"
+        assert_untouched_and_startable(server)
+    finally:
+        victim.write_bytes(original)
+
+
+def test_s3_going_away_mid_restore_leaves_the_old_data_directory_startable(source):
+    from conftest import S3Endpoint, _start_moto, free_port, stop_process
+
+    port = free_port()
+    log = source.work / "moto-mid-restore.log"
+    endpoint = S3Endpoint("s3-mid-restore", port, _start_moto(port, log), log)
+    try:
+        bucket = endpoint.create_bucket()
+        spec = {"type": "s3", "name": "primary", "bucket": bucket, "prefix": "auth-db", "region": "us-east-1",
+                "endpoint_url": endpoint.endpoint_url, "access_key": endpoint.access_key,
+                "secret_key": endpoint.secret_key, "part_size_mb": 5, "max_attempts": 2}
+        s3 = repo_mod.open_repository(spec)
+        for obj in source.repo.list(f"backup/{source.record['id']}/"):
+            s3.put_bytes(obj["key"], source.repo.get_bytes(obj["key"]))
+        plan = _restore.plan([s3], {"type": "immediate"})
+        server = old_cluster(source, "s3-gone")
+        seen = [0]
+
+        def pull_the_plug(nbytes):
+            seen[0] += nbytes
+            if seen[0] > 256 * 1024 and endpoint.process.poll() is None:
+                stop_process(endpoint.process)
+
+        started = time.monotonic()
+        with pytest.raises(_restore.RestoreError, match="was not touched"):
+            _restore.prepare_data_dir([s3], plan, str(server.data_dir), progress=pull_the_plug)
+        assert endpoint.process.poll() is not None, "the endpoint was never stopped: the test proved nothing"
+        assert time.monotonic() - started < 120
+        assert_untouched_and_startable(server)
+    finally:
+        stop_process(endpoint.process)
+
+
+def test_a_backup_object_in_glacier_is_refused_by_the_plan_saying_which_and_how(source, s3_endpoint):
+    """Real S3 semantics (moto): a lifecycle rule moved the base archive to GLACIER; the listing and HEAD say so,
+    and the plan refuses before anything stops instead of failing half-way through the download."""
+    bucket = s3_endpoint.create_bucket()
+    spec = {"type": "s3", "name": "primary", "bucket": bucket, "prefix": "auth-db", "region": "us-east-1",
+            "endpoint_url": s3_endpoint.endpoint_url, "access_key": s3_endpoint.access_key,
+            "secret_key": s3_endpoint.secret_key, "part_size_mb": 5}
+    s3 = repo_mod.open_repository(spec)
+    for obj in source.repo.list(f"backup/{source.record['id']}/"):
+        s3.put_bytes(obj["key"], source.repo.get_bytes(obj["key"]))
+    assert _restore.plan([s3], {"type": "immediate"})["backup"]["id"] == source.record["id"]
+    base = next(f["name"] for f in source.record["files"] if f["name"].startswith("base.tar"))
+    key = f"auth-db/backup/{source.record['id']}/{base}"
+    client = s3_endpoint.client()
+    client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key}, StorageClass="GLACIER",
+                       MetadataDirective="COPY")
+    with pytest.raises(_restore.RestoreError) as refused:
+        _restore.plan([s3], {"type": "immediate"})
+    assert base in str(refused.value) and "GLACIER" in str(refused.value) and "restore-object" in str(refused.value)
+
+
 # -- interruption, re-run, check mode, the module --------------------------------------------------------------------
 def test_interrupted_restore_starts_over_and_a_rerun_changes_nothing(source):
     plan = _restore.plan([source.repo], {"type": "end"})
@@ -425,12 +544,13 @@ def test_interrupted_restore_starts_over_and_a_rerun_changes_nothing(source):
     with pytest.raises(KeyboardInterrupt):
         _restore.prepare_data_dir([source.repo], plan, str(data), progress=boom)
     state = _restore.read_state(str(data))
-    assert state["phase"] == "failed"
-    aside = Path(state["moved_aside"])
-    assert (aside / "old-file").read_text() == "old"
-    assert not data.exists() and not Path(str(data) + ".restoring").exists()
+    assert state["phase"] == "failed" and state["moved_aside"] is None
+    # the new copy is built beside the old one: interrupted, the old one is where it was, nothing half-made left
+    assert (data / "old-file").read_text() == "old"
+    assert not Path(str(data) + ".restoring").exists() and not list(data.parent.glob("data.replaced-*"))
     again = _restore.prepare_data_dir([source.repo], plan, str(data))
-    assert again["changed"] and again["moved_aside"] == str(aside)  # nothing else moved aside
+    assert again["changed"] and again["moved_aside"]
+    assert (Path(again["moved_aside"]) / "old-file").read_text() == "old"
     assert (data / "PG_VERSION").exists() and (data / "backup_label").exists()
     assert len(list(data.parent.glob("data.replaced-*"))) == 1
     third = _restore.prepare_data_dir([source.repo], plan, str(data))

@@ -155,3 +155,221 @@ def test_moved_aside_directories_are_pruned_by_age_never_the_protected_one(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["main.replaced-20261101T000000Z",
                                                           "main.replaced-20261126T000000Z"]
     assert len(removed) == 1
+
+
+# -- refused in the plan, before anything stops ------------------------------------------------------------------
+def packed_wal(repo, timeline, segno, content, mtime):
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive
+
+    key = _wal.wal_key(_wal.segment_name(timeline, segno))
+    repo.put_bytes(key, _walarchive.pack(content, "none")[0], overwrite=True)
+    os.utime(os.path.join(repo.root, key), (mtime, mtime))
+
+
+def commits_in(raw, name):
+    """A stand-in for pg_waldump: the test's segments say their commit times as text."""
+    import datetime
+
+    text = raw.decode()
+    return [datetime.datetime.fromtimestamp(int(t), datetime.UTC) for t in text.split()[1:]] \
+        if text.startswith("commits") else []
+
+
+def test_a_time_target_is_bounded_by_the_wals_own_commits_not_by_late_uploads(repo):
+    """Archiving ran late: the last segment was uploaded an hour after its last commit. A target between the two
+    passes an upload-time bound and then fails in PostgreSQL after the data directory moved; it is refused here."""
+    t0 = 1_800_000_000
+    backup(repo, "B1", 2, iso(t0))
+    packed_wal(repo, 1, 3, f"commits {t0 + 10} {t0 + 20}".encode(), mtime=t0 + 3600)
+    packed_wal(repo, 1, 4, b"idle", mtime=t0 + 3600)  # no transaction: the bound comes from the segment before
+    with pytest.raises(_restore.RestoreError, match="after the last transaction in the WAL"):
+        _restore.plan([repo], {"type": "time", "value": ts(t0 + 600)}, commit_times=commits_in)
+    ok = _restore.plan([repo], {"type": "time", "value": ts(t0 + 15)}, commit_times=commits_in)
+    assert ok["wal"]["archive_ends"].startswith(iso(t0 + 20)[:19]) and ok["wal"]["archive_ends_from"] != "upload time"
+    # inclusive needs a commit after the target; exclusive one at or after it
+    with pytest.raises(_restore.RestoreError, match="after the last transaction"):
+        _restore.plan([repo], {"type": "time", "value": ts(t0 + 20)}, commit_times=commits_in)
+    assert _restore.plan([repo], {"type": "time", "value": ts(t0 + 20), "inclusive": False},
+                         commit_times=commits_in)["backup"]["id"] == "B1"
+    # without a reader (or with WAL it cannot read) the old bound stays, and the plan says so
+    assert _restore.plan([repo], {"type": "time", "value": ts(t0 + 600)})["wal"]["archive_ends_from"] == "upload time"
+
+
+def test_a_backup_with_tablespaces_is_refused_in_the_plan(repo):
+    t0 = 1_800_000_000
+    record = backup(repo, "B1", 2, iso(t0))
+    record["files"] = [{"name": "base.tar.zst"}, {"name": "16385.tar.zst"}, {"name": "backup_manifest"}]
+    repo.put_bytes("backup/B1/backup.json", json.dumps(record).encode(), overwrite=True)
+    wal(repo, 1, range(3, 5), mtime=t0 + 10)
+    with pytest.raises(_restore.RestoreError, match=r"tablespace archives \(16385.tar.zst\).*Nothing was changed"):
+        _restore.plan([repo], {"type": "end"})
+
+
+class ArchiveTierRepository(repo_mod.LocalRepository):
+    """A local repository that reports some keys in GLACIER, as S3 lists and heads them after a lifecycle rule
+    moved them (``restored``: keys whose temporary restored copy is ready)."""
+
+    def __init__(self, root, name, glacier=(), restored=()):
+        super().__init__(root, name=name)
+        self.glacier, self.restored = set(glacier), set(restored)
+
+    def _mark(self, info):
+        if info is not None and info["key"] in self.glacier:
+            info["storage_class"] = "GLACIER"
+            if info["key"] in self.restored:
+                info["restore"] = 'ongoing-request="false", expiry-date="Fri, 01 Jan 2027 00:00:00 GMT"'
+        return info
+
+    def head(self, key):
+        return self._mark(super().head(key))
+
+    def list(self, prefix=""):
+        return [self._mark(o) for o in super().list(prefix)]
+
+
+def test_objects_in_an_archive_tier_are_refused_in_the_plan_saying_which(tmp_path):
+    t0 = 1_800_000_000
+    plain = repo_mod.LocalRepository(str(tmp_path / "r"), name="primary")
+    record = backup(plain, "B1", 2, iso(t0))
+    record["files"] = [{"name": "base.tar.zst"}, {"name": "backup_manifest"}]
+    plain.put_bytes("backup/B1/backup.json", json.dumps(record).encode(), overwrite=True)
+    plain.put_bytes("backup/B1/base.tar.zst", b"x")
+    plain.put_bytes("backup/B1/backup_manifest", b"{}")
+    wal(plain, 1, range(3, 6), mtime=t0 + 10)
+    seg4 = _wal.wal_key(_wal.segment_name(1, 4))
+    base = "backup/B1/base.tar.zst"
+    cold = ArchiveTierRepository(str(tmp_path / "r"), "primary", glacier={base, seg4})
+    with pytest.raises(_restore.RestoreError) as refused:
+        _restore.plan([cold], {"type": "end"})
+    assert "2 object(s)" in str(refused.value) and base in str(refused.value) and seg4 in str(refused.value)
+    assert "restore-object" in str(refused.value) and "Nothing was changed" in str(refused.value)
+    # restored copies are readable; a segment with a readable copy in another region is no obstacle either
+    warm = ArchiveTierRepository(str(tmp_path / "r"), "primary", glacier={base, seg4}, restored={base})
+    other = repo_mod.LocalRepository(str(tmp_path / "other"), name="secondary")
+    wal(other, 1, [4], mtime=t0 + 10)
+    assert _restore.plan([warm, other], {"type": "end"})["backup"]["id"] == "B1"
+
+
+def test_the_host_side_checks_refuse_a_mount_point_and_too_little_space(tmp_path):
+    plan_doc = {"backup": {"database_bytes": 1024}}
+    assert _restore.check_data_dir(plan_doc, str(tmp_path / "data"))["needed_bytes"] > 1024
+    with pytest.raises(_restore.RestoreError, match="is a mount point"):
+        _restore.check_data_dir(plan_doc, "/proc")
+    with pytest.raises(_restore.RestoreError, match="GiB free; the restore needs about"):
+        _restore.check_data_dir({"backup": {"database_bytes": 1 << 60}}, str(tmp_path / "data"))
+
+
+# -- watching recovery: the on-call never waits an hour on an error shown at once -------------------------------
+def test_a_connection_the_running_server_refuses_is_reported_at_once_not_after_the_timeout(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setattr(_restore, "postmaster_running", lambda data_dir: 4242)
+    monkeypatch.setattr(_restore, "CONNECT_GRACE", 0.3)
+
+    def wrong_socket():
+        raise Exception('connection to server on socket "/wrong/.s.PGSQL.5432" failed: No such file or directory')
+
+    started = time.monotonic()
+    with pytest.raises(_restore.RestoreError, match="cannot connect to it to watch.*restore_socket_dir"):
+        _restore.wait_for_recovery(wrong_socket, str(tmp_path), "", timeout=60, poll=0.05)
+    assert time.monotonic() - started < 5
+
+    def missing_library():
+        raise Exception("psycopg2 is required on the host the module runs on")
+
+    with pytest.raises(_restore.RestoreError, match="psycopg2 is required"):
+        _restore.wait_for_recovery(missing_library, str(tmp_path), "", timeout=60, poll=0.05)
+
+    def starting_up():
+        raise Exception("FATAL:  the database system is not yet accepting connections")
+
+    with pytest.raises(_restore.RestoreError, match="did not reach its target within 1 s"):
+        _restore.wait_for_recovery(starting_up, str(tmp_path), "", timeout=1, poll=0.05)
+
+
+def test_a_foreign_language_refusal_is_told_from_a_server_still_starting_by_its_ping(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setattr(_restore, "postmaster_running", lambda data_dir: 4242)
+    monkeypatch.setattr(_restore, "CONNECT_GRACE", 0.3)
+
+    def refused():
+        raise Exception("FATAL:  das Datenbanksystem startet")  # lc_messages=de_DE: no English word to match
+
+    with pytest.raises(_restore.RestoreError, match="did not reach its target within 1 s"):
+        _restore.wait_for_recovery(refused, str(tmp_path), "", timeout=1, poll=0.05, ping=lambda: "rejecting")
+    started = time.monotonic()
+    with pytest.raises(_restore.RestoreError, match="cannot connect to it to watch"):
+        _restore.wait_for_recovery(refused, str(tmp_path), "", timeout=60, poll=0.05, ping=lambda: "no-response")
+    assert time.monotonic() - started < 5
+
+
+# -- the data directory: one restore at a time, interruptions that cannot be resumed blindly ---------------------
+PLAN_DOC = {"backup": {"id": "B1", "database_bytes": 1024, "start_lsn": "0/2000028", "stop_lsn": "0/2000100"},
+            "target": {"type": "end"}, "timeline": 1}
+
+
+def test_a_second_restore_of_the_same_data_directory_is_refused_while_one_runs(tmp_path):
+    data = tmp_path / "main"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    with _restore._Lock(str(data)):
+        with pytest.raises(_restore.RestoreError, match="another restore is working on this data directory.*pid"):
+            _restore.prepare_data_dir([], PLAN_DOC, str(data))
+    assert (data / "PG_VERSION").exists() and not (tmp_path / "main.restoring").exists()
+
+
+def test_an_interruption_between_the_renames_is_finished_by_the_same_request_only(tmp_path):
+    data = tmp_path / "main"
+    aside = tmp_path / "main.replaced-20261201T000000Z"
+    aside.mkdir()
+    (aside / "PG_VERSION").write_text("15\n")
+    staging = tmp_path / "main.restoring"
+    staging.mkdir()
+    (staging / "PG_VERSION").write_text("15\n")
+    earlier = {"backup_id": "B0", "target": {"type": "end"}, "timeline": 1}
+    (staging / _restore.MARKER).write_text(json.dumps({"request": earlier}))
+    _restore.write_state(str(data), {"request": earlier, "phase": "moving-aside", "moved_aside": str(aside)})
+    with pytest.raises(_restore.RestoreError, match="interrupted between its two renames.*restore_backup_id=B0"):
+        _restore.prepare_data_dir([], PLAN_DOC, str(data))
+    assert (staging / "PG_VERSION").exists() and (aside / "PG_VERSION").exists() and not data.exists()
+    # the same request puts its complete copy in place without fetching anything
+    done = _restore.prepare_data_dir([], dict(PLAN_DOC, backup=dict(PLAN_DOC["backup"], id="B0")), str(data))
+    assert done["changed"] and done["moved_aside"] == str(aside)
+    assert _restore.read_state(str(data))["phase"] == "restored" and (data / _restore.MARKER).exists()
+
+
+def test_a_data_directory_put_back_by_hand_is_not_taken_for_the_restored_one(tmp_path):
+    """Interrupted while placing; the operator moved the old directory back by hand. A re-run must not mark the
+    old cluster restored (the role would then start it in targeted recovery): it restores again."""
+    data = tmp_path / "main"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")  # the old cluster, no marker
+    request = _restore.restore_request(PLAN_DOC)
+    _restore.write_state(str(data), {"request": request, "phase": "placing", "moved_aside": None})
+    checked = _restore.prepare_data_dir([], PLAN_DOC, str(data), check_mode=True)
+    assert checked["restored"] and checked["moved_aside"], "check mode must say it restores and moves aside"
+
+
+def test_a_symlinked_data_directory_is_refused_with_the_real_path(tmp_path):
+    real = tmp_path / "srv-pg"
+    real.mkdir()
+    link = tmp_path / "main"
+    link.symlink_to(real)
+    with pytest.raises(_restore.RestoreError, match="symbolic link.*restore_data_dir to " + str(real)):
+        _restore.check_data_dir(PLAN_DOC, str(link))
+
+
+def test_a_wal_reader_that_fails_falls_back_with_a_warning_and_no_transaction_at_all_is_refused(repo):
+    t0 = 1_800_000_000
+    backup(repo, "B1", 2, iso(t0))
+    packed_wal(repo, 1, 3, b"idle", mtime=t0 + 100)
+
+    def broken(raw, name):
+        raise _restore.RestoreError(f"pg_waldump could not read {name}: bad magic")
+
+    plan = _restore.plan([repo], {"type": "time", "value": ts(t0 + 50)}, commit_times=broken)
+    assert plan["wal"]["archive_ends_from"] == "upload time"
+    assert any("could not read" in w and "upload times" in w for w in plan["warnings"])
+    with pytest.raises(_restore.RestoreError, match="holds no transaction.*full restore"):
+        _restore.plan([repo], {"type": "time", "value": ts(t0 + 50)}, commit_times=commits_in)
