@@ -92,7 +92,7 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     late = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S+00")
     unreachable = playbook("-i", INVENTORY, str(REPO / "playbooks" / "pitr.yml"), "-e", f"restore_region={region}",
                            "-e", f"target_time={late}", "-e", "confirm=true")
-    assert unreachable.rc != 0 and "after the end of the WAL" in unreachable.out, unreachable.out[-3000:]
+    assert unreachable.rc != 0 and "after the last transaction in the WAL" in unreachable.out, unreachable.out[-3000:]
     assert "streaming" in sql(region, "SELECT status FROM pg_stat_wal_receiver", "postgres")  # nothing was stopped
 
     histories_before = history_objects()

@@ -1,0 +1,115 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: runbook_lock
+short_description: One failover, switchover, restore or PITR at a time, whichever controller runs it
+version_added: 0.5.0
+description:
+  - Takes, releases or shows the runbook lock - an object C(locks/<name>.json) written create-only (S3
+    C(If-None-Match), a local C(link)) in the regions' repositories. The lock is held when a majority of the
+    repositories took it, so a region that is down does not block the runbook and two controllers never both hold
+    it; a run that gets no majority takes back what it wrote and fails, saying who holds the lock, since when, and
+    from which controller process.
+  - A run takes its own lock again (the same O(run_id)). A holder on this controller whose ansible-playbook process
+    is gone (killed, crashed) is taken over at once, so a killed run can simply be run again. A holder elsewhere is
+    refused until its lock is past O(ttl_seconds) and O(break_stale) is set.
+  - Runs on the controller (an action plugin); the repositories are reached from there.
+author:
+  - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.repository.repositories
+attributes:
+  check_mode:
+    support: full
+    description: Says who holds the lock, takes nothing.
+  diff_mode:
+    support: none
+    description: Nothing to diff.
+  action:
+    support: full
+    description: Runs on the controller.
+options:
+  state:
+    description: Take the lock (V(acquired)), give it back (V(released)), or show it (V(info)).
+    type: str
+    default: acquired
+    choices: [acquired, released, info]
+  name:
+    description: The lock's name (lower-case letters, digits, C(-) and C(_)).
+    type: str
+    default: runbook
+  run_id:
+    description:
+      - This run's identity, the same for every task of one playbook run. Default, the ansible-playbook process
+        (controller host, pid and the pid's start time), so every play and batch of one run shares it.
+    type: str
+  holder:
+    description: Who is running what, for the refusal another run sees (for example C(failover by alice)).
+    type: str
+    default: ''
+  ttl_seconds:
+    description: After this long the lock counts as stale and may be broken with O(break_stale).
+    type: int
+    default: 7200
+  break_stale:
+    description: Break a lock past its TTL held by a run elsewhere (the operator knows that run is dead).
+    type: bool
+    default: false
+notes:
+  - The repositories' credentials are used on the controller only and are never returned.
+seealso:
+  - module: immersiverse.dr.pg_restore
+"""
+
+EXAMPLES = r"""
+- name: One runbook at a time
+  immersiverse.dr.runbook_lock:
+    repositories: "{{ dr_lock_repositories }}"
+    holder: "restore of {{ restore_region }} by {{ lookup('env', 'USER') }}"
+  no_log: true
+
+- name: Done
+  immersiverse.dr.runbook_lock:
+    state: released
+    repositories: "{{ dr_lock_repositories }}"
+  no_log: true
+"""
+
+RETURN = r"""
+acquired:
+  description: Whether this run holds the lock now (false in check mode).
+  returned: O(state=acquired)
+  type: bool
+lock:
+  description: The lock taken (name, run_id, holder, process, since, expires), or with O(state=info) each
+    repository's lock document (null when it holds none).
+  returned: O(state=acquired) or O(state=info)
+  type: dict
+repositories:
+  description: The repositories the lock was taken in.
+  returned: O(state=acquired)
+  type: list
+  elements: str
+took_over:
+  description: Locks of dead runs on this controller (or stale ones broken) that were taken over.
+  returned: O(state=acquired)
+  type: list
+  elements: str
+would_wait_for:
+  description: In check mode, the holders that would refuse this run.
+  returned: check mode
+  type: list
+  elements: str
+released:
+  description: The repositories this run's lock was deleted from.
+  returned: O(state=released)
+  type: list
+  elements: str
+"""
