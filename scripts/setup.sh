@@ -69,4 +69,5 @@ fi
 mkdir -p .collections/ansible_collections/immersiverse
 ln -sfn "$ROOT" .collections/ansible_collections/immersiverse/dr
 
-log "ready: $(.venv/bin/ansible --version | head -1), podman $(podman --version | awk '{print $3}')"
+# sed reads all of ansible's output (head -1 closed the pipe early: ansible printed a Broken pipe traceback)
+log "ready: $(.venv/bin/ansible --version | sed -n 1p), podman $(podman --version | awk '{print $3}')"

@@ -143,8 +143,11 @@ def test_drill_fails_over_measures_rpo_rto_and_rejoins(tmp_path):
     v = report["verify"]
     assert v["role"] == "primary" and int(v["timeline"]) >= 2
     assert int(v["invariants"]["orphan_platform_accounts"]) == 0 and int(v["invariants"]["users"]) > 0
-    assert "audit_logs_request_id_key" in v["amcheck_indexes"]
-    assert report["rpo_seconds"] is not None and report["rpo_seconds"] >= 0
+    assert "audit_logs_request_id_key" in v["amcheck_passed"], "bt_index_check did not run on the unique index"
+    # streaming replication at 100 writes/s: what is lost is at most the last second or so, and the report's RPO is
+    # the journal's (no write lost means an RPO of 0, and the reverse)
+    assert report["rpo_seconds"] == m["rpo_seconds"] and report["rpo_seconds"] <= 5.0
+    assert m["lost_before_failure"] > 0 or report["rpo_seconds"] == 0
     after = detect(tmp_path)
     assert after["current_primary_region"] == report["new_primary_region"]
     assert not after["unreachable"] and not after["split_brain"]

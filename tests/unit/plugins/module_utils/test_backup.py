@@ -287,5 +287,14 @@ def test_catalog_ids_sort_by_time():
     assert a == "20261127T120000F" and a < b
 
 
-def test_catalog_record_is_json_round_trippable():
-    assert json.loads(json.dumps(backup(1)))["status"] == "valid"
+def test_catalog_record_survives_the_repository_round_trip(tmp_path):
+    """What list_backups reads back is the record as written (plus where it was found), not a test's own dict."""
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+
+    repo = repo_mod.LocalRepository(str(tmp_path / "repo"), name="primary")
+    record = backup(1)
+    record.pop("status", None)
+    repo.put_bytes("backup/%s/%s" % (record["id"], _backup.RECORD), json.dumps(record).encode())
+    found = _backup.list_backups(repo)
+    assert len(found) == 1 and found[0]["status"] == "valid" and found[0]["repository"] == "primary"
+    assert {k: v for k, v in found[0].items() if k not in ("status", "repository")} == record
