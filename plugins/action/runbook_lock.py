@@ -23,6 +23,8 @@ ARGUMENT_SPEC = dict(
     holder=dict(type="str", default=""),
     ttl_seconds=dict(type="int", default=7200),
     break_stale=dict(type="bool", default=False),
+    break_run_id=dict(type="str"),
+    quorum=dict(type="int"),
 )
 
 
@@ -45,17 +47,26 @@ class ActionModule(ActionBase):
                 result["lock"] = _runlock.status(repos, params["name"])
                 return result
             if params["state"] == "released":
+                if self._task.check_mode:
+                    mine = [name for name, doc in _runlock.status(repos, params["name"]).items()
+                            if doc and doc.get("run_id") == params["run_id"]]
+                    result.update(changed=bool(mine), released=mine)
+                    return result
                 released = _runlock.release(repos, params["name"], params["run_id"])
                 result.update(changed=bool(released), released=released)
                 return result
             if self._task.check_mode:
-                held = [doc for doc in _runlock.status(repos, params["name"]).values()
-                        if doc and doc.get("run_id") and doc.get("run_id") != params["run_id"]]
-                result.update(acquired=False, would_wait_for=[_runlock.describe(d) for d in held])
+                seen = _runlock.would_acquire(repos, params["name"], params["run_id"],
+                                              ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
+                                              break_run_id=params["break_run_id"], quorum=params["quorum"],
+                                              process=process)
+                result.update(changed=seen["acquired"], **seen)
+                result["acquired"] = False  # nothing is taken in check mode
+                result["would_acquire"] = seen["acquired"]
                 return result
             got = _runlock.acquire(repos, params["name"], params["run_id"], params["holder"],
                                    ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
-                                   process=process)
+                                   break_run_id=params["break_run_id"], quorum=params["quorum"], process=process)
             result.update(changed=True, acquired=True, lock=got["lock"], repositories=got["repositories"],
                           took_over=got["took_over"])
         except _errors.ENGINE_ERRORS as exc:

@@ -12,14 +12,15 @@ module: runbook_lock
 short_description: One failover, switchover, restore or PITR at a time, whichever controller runs it
 version_added: 0.5.0
 description:
-  - Takes, releases or shows the runbook lock - an object C(locks/<name>.json) written create-only (S3
-    C(If-None-Match), a local C(link)) in the regions' repositories. The lock is held when a majority of the
-    repositories took it, so a region that is down does not block the runbook and two controllers never both hold
-    it; a run that gets no majority takes back what it wrote and fails, saying who holds the lock, since when, and
-    from which controller process.
+  - Takes, releases or shows the runbook lock - numbered objects C(locks/<name>/<generation>.json) written
+    create-only (S3 C(If-None-Match), a local C(link)) in the regions' repositories. The lock is held when a
+    majority of the repositories took it, so a region that is down does not block the runbook and two controllers
+    never both hold it; a run that gets no majority takes back what it wrote and fails, saying who holds the lock,
+    since when, and from which controller process.
   - A run takes its own lock again (the same O(run_id)). A holder on this controller whose ansible-playbook process
     is gone (killed, crashed) is taken over at once, so a killed run can simply be run again. A holder elsewhere is
-    refused until its lock is past O(ttl_seconds) and O(break_stale) is set.
+    refused until the operator names it (O(break_run_id)) or its lock is past O(ttl_seconds) and O(break_stale) is
+    set. A take-over writes the next generation create-only, so of two runs taking over one dead holder one wins.
   - Runs on the controller (an action plugin); the repositories are reached from there.
 author:
   - immersiverse.dr maintainers (@immersiverse)
@@ -28,7 +29,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: Says who holds the lock, takes nothing.
+    description: Says whether the lock would be taken, who would refuse it and what is unreachable; writes nothing.
   diff_mode:
     support: none
     description: Nothing to diff.
@@ -62,6 +63,16 @@ options:
     description: Break a lock past its TTL held by a run elsewhere (the operator knows that run is dead).
     type: bool
     default: false
+  break_run_id:
+    description:
+      - Take over the lock of exactly this run, whatever its TTL - the operator knows it is dead (its AWX pod or
+        its controller is gone). The refusal names the run id to pass.
+    type: str
+  quorum:
+    description:
+      - How many repositories must take the lock. Default, a majority. Lower it only for regions gone for good
+        (two regions, one of them lost, need C(1)).
+    type: int
 notes:
   - The repositories' credentials are used on the controller only and are never returned.
 seealso:
@@ -102,8 +113,22 @@ took_over:
   returned: O(state=acquired)
   type: list
   elements: str
+would_acquire:
+  description: In check mode, whether a real run would take the lock now.
+  returned: check mode
+  type: bool
 would_wait_for:
-  description: In check mode, the holders that would refuse this run.
+  description: In check mode, the holder that would refuse this run.
+  returned: check mode
+  type: list
+  elements: str
+would_take_over:
+  description: In check mode, dead or named holders a real run would take over.
+  returned: check mode
+  type: list
+  elements: str
+unreachable:
+  description: In check mode, the repositories that did not answer.
   returned: check mode
   type: list
   elements: str

@@ -294,7 +294,7 @@ def test_catalog_record_survives_the_repository_round_trip(tmp_path):
     repo = repo_mod.LocalRepository(str(tmp_path / "repo"), name="primary")
     record = backup(1)
     record.pop("status", None)
-    repo.put_bytes("backup/%s/%s" % (record["id"], _backup.RECORD), json.dumps(record).encode())
+    repo.put_bytes(f"backup/{record['id']}/{_backup.RECORD}", json.dumps(record).encode())
     found = _backup.list_backups(repo)
     assert len(found) == 1 and found[0]["status"] == "valid" and found[0]["repository"] == "primary"
     assert {k: v for k, v in found[0].items() if k not in ("status", "repository")} == record

@@ -10,8 +10,6 @@ import pytest
 from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
 from ansible_collections.immersiverse.dr.plugins.module_utils import _runlock
 
-KEY = "locks/runbook.json"
-
 
 @pytest.fixture
 def regions(tmp_path):
@@ -27,11 +25,14 @@ class Down(repo_mod.LocalRepository):
     def read_start(self, key, size):
         raise repo_mod.RepositoryError(f"{self.describe()}: cannot reach it")
 
+    def list(self, prefix=""):
+        raise repo_mod.RepositoryError(f"{self.describe()}: cannot reach it")
+
 
 def dead_process():
     proc = subprocess.Popen(["true"])
     proc.wait()
-    return {"host": _runlock.me()["host"], "pid": proc.pid, "pid_start": 12345}
+    return dict(_runlock.me(), pid=proc.pid, pid_start=12345)
 
 
 def test_a_majority_holds_it_and_a_second_run_is_told_who_since_when(regions):
@@ -52,7 +53,7 @@ def test_a_region_down_does_not_block_it_but_two_down_do_and_leave_nothing(regio
     two_down = [Down(str(tmp_path / "g1"), name="primary"), Down(str(tmp_path / "g2"), name="secondary"), regions[2]]
     with pytest.raises(_runlock.LockHeld, match="only 1 of 3 repositories.*cannot reach it"):
         _runlock.acquire(two_down, "runbook", "run-1", "failover")
-    assert regions[2].head(KEY) is None, "a run without a majority took back its copy"
+    assert regions[2].list("locks/") == [], "a run without a majority took back its copy"
 
 
 def test_a_killed_run_on_this_controller_is_taken_over_one_elsewhere_only_past_its_ttl_when_told(regions):
@@ -61,7 +62,7 @@ def test_a_killed_run_on_this_controller_is_taken_over_one_elsewhere_only_past_i
     assert again["acquired"] and len(again["took_over"]) == 3 and "run-dead" in again["took_over"][0]
     _runlock.release(regions, "runbook", "run-new")
 
-    elsewhere = {"host": "awx-node-2", "pid": 4242, "pid_start": 1}
+    elsewhere = {"host": "awx-node-2", "boot_id": "b", "pid_ns": 1, "pid": 4242, "pid_start": 1}
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=3)
     _runlock.acquire(regions, "runbook", "run-awx", "AWX job 17", process=elsewhere, ttl_seconds=3600, now=past)
     with pytest.raises(_runlock.LockHeld, match="past its TTL.*dr_lock_break_stale=true"):
@@ -69,8 +70,59 @@ def test_a_killed_run_on_this_controller_is_taken_over_one_elsewhere_only_past_i
     assert _runlock.acquire(regions, "runbook", "run-laptop", "laptop", break_stale=True)["acquired"]
     _runlock.release(regions, "runbook", "run-laptop")
     _runlock.acquire(regions, "runbook", "run-awx", "AWX job 18", process=elsewhere)  # alive, not stale
-    with pytest.raises(_runlock.LockHeld, match="wait for it to finish"):
+    with pytest.raises(_runlock.LockHeld, match="wait for it to finish.*dr_lock_break=run-awx"):
         _runlock.acquire(regions, "runbook", "run-laptop", "laptop", break_stale=True)
+    # the operator knows that run is dead (its AWX pod is gone) and names it
+    taken = _runlock.acquire(regions, "runbook", "run-laptop", "laptop", break_run_id="run-awx")
+    assert taken["acquired"] and len(taken["took_over"]) == 3
+
+
+def test_a_same_named_host_elsewhere_is_never_taken_for_this_one(regions):
+    """Another container with this host name (its own pid namespace or boot): its pid means nothing here."""
+    twin = dict(_runlock.me(), pid=1, pid_start=0, pid_ns=-1)
+    _runlock.acquire(regions, "runbook", "run-twin", "twin", process=twin)
+    with pytest.raises(_runlock.LockHeld, match="held by twin"):
+        _runlock.acquire(regions, "runbook", "run-me", "me")
+
+
+def test_two_runs_taking_over_the_same_dead_holder_never_both_win(regions):
+    _runlock.acquire(regions, "runbook", "run-dead", "killed", process=dead_process())
+    results = {}
+    barrier = threading.Barrier(6)
+
+    def run(n):
+        barrier.wait()
+        try:
+            results[n] = _runlock.acquire(regions, "runbook", f"run-{n}", f"re-run {n}")["acquired"]
+        except _runlock.LockHeld:
+            results[n] = False
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(results.values()) == 1 and len(results) == 6
+    holders = [(doc or {}).get("run_id") for doc in _runlock.status(regions, "runbook").values()]
+    winner = next(n for n, ok in results.items() if ok)
+    assert holders.count(f"run-{winner}") >= 2 and "run-dead" not in holders, holders
+
+
+def test_check_mode_says_what_a_run_would_meet_and_writes_nothing(regions, tmp_path):
+    _runlock.acquire(regions, "runbook", "run-1", "failover by alice")
+    seen = _runlock.would_acquire(regions, "runbook", "run-2")
+    assert not seen["acquired"] and "failover by alice" in seen["would_wait_for"][0]
+    gone = [Down(str(tmp_path / "g1"), name="aa"), Down(str(tmp_path / "g2"), name="ab"), regions[2]]
+    seen = _runlock.would_acquire(gone, "runbook", "run-2")
+    assert not seen["acquired"] and len(seen["unreachable"]) == 2
+    assert len(regions[0].list("locks/")) == 1
+
+
+def test_a_quorum_can_be_said_for_regions_that_are_gone_for_good(regions, tmp_path):
+    two = [Down(str(tmp_path / "g1"), name="primary"), regions[1]]
+    with pytest.raises(_runlock.LockHeld, match="only 1 of 2 repositories \\(2 needed\\).*dr_lock_quorum"):
+        _runlock.acquire(two, "runbook", "run-1", "failover")
+    assert _runlock.acquire(two, "runbook", "run-1", "failover", quorum=1)["acquired"]
 
 
 def test_two_controllers_racing_never_both_hold_it(regions):
@@ -95,4 +147,4 @@ def test_two_controllers_racing_never_both_hold_it(regions):
 def test_bad_names_are_refused():
     for name in ("../etc", "Runbook", "", "x" * 65):
         with pytest.raises(_runlock.LockHeld, match="lock name"):
-            _runlock.key_for(name)
+            _runlock.prefix_for(name)
