@@ -886,6 +886,27 @@ def _tree_bytes(path):
     return total
 
 
+def _fsync_tree(root):
+    """fsync every file and directory under root (in parallel, so the device sees many writes at once). Only what
+    the restore wrote: a machine-wide sync would also wait for every other process's dirty pages."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for dirpath, _dirs, files in os.walk(root):
+        paths.extend(os.path.join(dirpath, name) for name in files)
+        paths.append(dirpath)
+
+    def one(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, paths))
+
+
 def _marker_matches(path, request):
     try:
         with open(os.path.join(path, MARKER)) as fh:
@@ -996,7 +1017,7 @@ def _prepare(repositories, plan_doc, data_dir, now, check_mode, progress):
             summary = restore_files(repo, record, staging, progress)
             with open(os.path.join(staging, MARKER), "w") as fh:
                 json.dump({"request": request, "restored": summary}, fh)
-            os.sync()  # every restored file on disk before "staged" lets a re-run trust the copy
+            _fsync_tree(staging)  # every restored file on disk before "staged" lets a re-run trust the copy
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             write_state(data_dir, {"request": request, "phase": "failed", "moved_aside": moved, "started": started,
