@@ -40,8 +40,9 @@ def playbook(*args: str, timeout: int = 900) -> Run:
     return Run(proc)
 
 
-def detect(tmp_path: Path) -> dict:
-    """detect_summary as the detect role computes it, read back through a file."""
+def detect(tmp_path: Path, services: bool = False) -> dict:
+    """detect_summary as the detect role computes it, read back through a file (``services``: also each region's
+    S3, Redis, Kafka and Kubernetes, from the controller; most tests need only PostgreSQL's view)."""
     out = tmp_path / "detect.json"
     play = tmp_path / "detect.yml"
     play.write_text(f"""
@@ -52,6 +53,7 @@ def detect(tmp_path: Path) -> dict:
       vars:
         detect_require_primary: false
         detect_fail_on_split_brain: false
+        detect_check_services: {str(services).lower()}
   post_tasks:
     - ansible.builtin.copy:
         content: "{{{{ detect_summary | to_json }}}}"
