@@ -17,15 +17,20 @@ recycles them after a success, so an unreachable repository never loses a segmen
 ``error`` file, in PostgreSQL's log, and in pg_stat_archiver, and the pusher catches up when the repository returns.
 Fetches prefetch the next segments in parallel into the spool, so recovery does not wait on the network.
 
-When a region is down (docs/wal-archiving.md, "When a repository is down"): a segment is archived once this region's
-repository (the first, "home") holds it. An offsite repository that fails is *owed* the segment: a durable marker
+When a region is down (docs/wal-archiving.md, "When a repository is down"): a segment is archived once at least
+one repository stores it (or holds the same content). Every repository that failed (or is in back-off after
+failing), this region's (the first, "home") as much as an offsite one, is *owed* the segment: a durable marker
 ``<spool>/owed/<repository>/<segment>`` is written (fsynced) before the push reports success, and the backfill copies
-the stored object from the home repository later (create-only, content compared) and removes the marker. A
-different-content conflict in any repository still refuses the push. The home repository failing fails the push;
-once the ``.ready`` segments in pg_wal exceed ``queue_max_bytes``, the archive_command reports success for a
-segment without storing it and records the gap in ``<spool>/status.json`` (PITR across it is impossible), so pg_wal
-cannot fill the primary's disk. ``status.json`` also holds, per repository, the owed count, the oldest owed segment,
-the last error and the last success.
+the stored object later from whichever repository holds a good copy (create-only, content compared) and removes the
+marker. A different-content conflict in any repository still refuses the push. The push fails only when no
+repository took the segment, every one of them tried by this very push; only then, once the ``.ready`` segments in
+pg_wal exceed ``queue_max_bytes``, does the archive_command report success for a segment without storing it, after
+the gap is appended (fsynced) to ``<spool>/gaps.jsonl``: a gap that cannot be recorded is not dropped (the push
+fails, PostgreSQL keeps the segment). That file is only ever appended to (``status --clear-gaps`` moves it aside to
+a timestamped name). ``<spool>/status.json`` holds, per repository, the owed count, the oldest owed segment, the
+last error and the last success, and a view of the gaps for monitoring. The markers live on the primary's spool
+only: after a failover or a rebuild, ``backfill --reconcile`` (:func:`reconcile`) compares the repositories'
+listings and copies what one holds and another lacks.
 
 Private to the collection; plain Python, no Ansible.
 """
@@ -50,7 +55,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
 MAGIC = b"IMDRWAL1"
 HEADER_RE = re.compile(rb"^IMDRWAL1 ([0-9a-f]{64}) (\d+) (none|lz4|zstd)\n")
 EXIT_ABORT = 126  # restore_command: > 125 makes PostgreSQL stop recovery instead of treating it as "not there"
-DEFAULT_QUEUE_MAX_BYTES = 4 << 30  # 4 GiB of .ready WAL in pg_wal while the home repository is down
+DEFAULT_QUEUE_MAX_BYTES = 4 << 30  # 4 GiB of .ready WAL in pg_wal while no repository takes any
 
 
 class WalArchiveError(_errors.DrError):
@@ -82,14 +87,16 @@ class BadName(WalArchiveError):
     """Not a WAL file name: a caller's mistake, never "not archived" (recovery must not end on it)."""
 
 
-class HomeUnavailable(WalArchiveError):
-    """This region's repository (the first) could not be read or written: the segment is not archived. Unlike a
-    refusal (a conflict, another cluster's segment), this is what the pg_wal bound (queue_max_bytes) may turn into a
-    recorded gap. ``reason``: what the repository said."""
+class NoRepositoryTookIt(WalArchiveError):
+    """No repository stored the segment: every one failed (down, unreachable, unwritable, timed out). Unlike a
+    refusal (a conflict, another cluster's segment), this is what the pg_wal bound (queue_max_bytes) may turn into
+    a recorded gap, and only when ``tried_every`` (this very push tried every repository for this segment; false
+    for a failure the background pusher reported). ``reason``: what the repositories said."""
 
-    def __init__(self, message, reason=None):
+    def __init__(self, message, reason=None, tried_every=False):
         super().__init__(message)
         self.reason = reason or message
+        self.tried_every = tried_every
 
 
 # -- the object format -------------------------------------------------------------------------------------------
@@ -164,10 +171,11 @@ class Config:
         self.segment_size = int(doc.get("wal_segment_size", _wal.DEFAULT_SEGMENT_SIZE))
         self.path_of_config = doc.get("_path")
         self.repository_specs = [doc["repository"]] + list(doc.get("offsite", []))
-        # the bound on pg_wal while the home repository is down: .ready segments beyond it are dropped (0: never)
+        # the bound on pg_wal while every repository fails: .ready segments beyond it are dropped (0: never)
         self.queue_max_bytes = max(0, int(doc.get("queue_max_bytes", DEFAULT_QUEUE_MAX_BYTES)))
-        # an offsite repository that failed is not tried again for up to this long (doubling from 5 s); the backfill
-        # run by the pusher spends at most backfill_seconds per round
+        # with several repositories, one that failed (the home one too, despite the option's name) is not tried
+        # again for up to this long (doubling from 5 s) unless no other takes the segment; the backfill run by the
+        # pusher spends at most backfill_seconds per round
         self.offsite_retry_max = max(1.0, float(doc.get("offsite_retry_max_seconds", 60)))
         self.backfill_seconds = max(0.5, float(doc.get("backfill_seconds", 5)))
         # restore_command under --unreachable missing (a streaming standby): per request, one S3 attempt of at most
@@ -211,14 +219,16 @@ class Config:
 
 # -- push ----------------------------------------------------------------------------------------------------------
 def push_file(config, path, name=None, key=None, absent_from=()):
-    """Store one WAL file. Archived once this region's repository (the first) holds it; an offsite repository
-    that fails (or is in back-off after failing) is owed it: a durable marker in the spool, copied by the backfill.
-    Same content already there: success. Different content in any repository: refused, nothing written anywhere.
-    The home repository failing is HomeUnavailable.
+    """Store one WAL file. Archived once at least one repository stores it (or holds the same content); every
+    repository that fails (or is in back-off after failing), the home one included, is owed it: a durable marker in
+    the spool, copied by the backfill. Same content already there: success. Different content in any repository:
+    refused, nothing written anywhere. When no repository took it, the ones in back-off are tried too before
+    NoRepositoryTookIt (``tried_every``) is raised: that failure always means every repository failed this push.
+    The name and the cluster (system identifier) are checked before any repository is asked.
     ``key``: another place than the archive's (the streamer stores under ``stream/``, one repository at a time;
-    nothing is owed there: every repository must take it). ``absent_from``: names of repositories a listing made
-    moments ago showed without this key (the pusher lists a batch's prefix once instead of reading every object's
-    header first: on S3 that is one request per segment fewer).
+    nothing is owed there: every repository must take it, a failure is raised as it comes). ``absent_from``: names
+    of repositories a listing made moments ago showed without this key (the pusher lists a batch's prefix once
+    instead of reading every object's header first: on S3 that is one request per segment fewer).
     Returns ``[(repository name, "stored" | "present" | "owed")]``."""
     name = name or os.path.basename(path)
     if not _wal.is_wal_file_name(name):
@@ -232,70 +242,91 @@ def push_file(config, path, name=None, key=None, absent_from=()):
     blob, digest = pack(raw, config.compression)
     owing = key is None and hasattr(config, "spool")  # the archive's own keys, with a spool to keep the debt in
     key = key or _wal.wal_key(name)
+    if not owing:
+        return _push_everywhere(config.repositories(), name, key, blob, digest, absent_from)
+    return _push_owing(config, name, key, blob, digest, absent_from)
+
+
+def _push_everywhere(repos, name, key, blob, digest, absent_from):
+    """Every repository must take it; a repository error is raised as it comes (the streamer's, per repository)."""
+    found = [(repo, None if repo.name in absent_from else _peek_header(repo, key)) for repo in repos]
+    _refuse_conflicts(found, name, digest)
+    return [(repo.name, "present" if theirs is not None else _create(repo, key, blob, digest, name))
+            for repo, theirs in found]
+
+
+def _push_owing(config, name, key, blob, digest, absent_from):
     repos = config.repositories()
-    ids = repository_ids(config) if owing else [repo.name for repo in repos]
-    skipped = backing_off(config) if owing and len(repos) > 1 else set()
+    ids = repository_ids(config)
+    skipped = backing_off(config) if len(repos) > 1 else set()
     down = repo_mod.unavailable_errors()
-    failed = {}  # index -> why an offsite repository is owed this segment
-    # every repository is checked before any is written: a conflict in one stores nothing anywhere
-    existing = []
-    for index, repo in enumerate(repos):
-        found = None
-        if index and ids[index] in skipped:
-            failed[index] = "not tried: in back-off after failing"
-        elif repo.name not in absent_from:
+    failed = {}  # index -> why that repository is owed this segment
+    took = {}  # index -> "stored" | "present"
+    tried = []
+    # the repositories not in back-off first; the others only when none of those took it, so a failure is never
+    # reported before every repository failed this very push
+    first = [i for i in range(len(repos)) if ids[i] not in skipped]
+    later = [i for i in range(len(repos)) if ids[i] in skipped]
+    for batch in (first, later):
+        if took or not batch:
+            continue
+        tried += batch
+        # every repository of the batch is checked before any is written: a conflict in one stores nothing anywhere
+        # (nothing was written by an earlier batch: it took nothing)
+        found = {}
+        for index in batch:
+            if repos[index].name in absent_from:
+                found[index] = None
+                continue
             try:
-                found = _peek_header(repo, key)
+                found[index] = _peek_header(repos[index], key)
             except down as exc:
-                if not owing:  # the streamer's: it reports and retries per repository itself
-                    raise
-                if index == 0:
-                    raise _home_unavailable(config, repo, name, exc) from None
-                failed[index] = _why(repo, exc)
-        existing.append((index, repo, found))
-    for _index, repo, found in existing:
-        if found is not None and found != digest:
+                failed[index] = _why(repos[index], exc)
+        _refuse_conflicts(((repos[i], theirs) for i, theirs in found.items()), name, digest)
+        for index, theirs in found.items():
+            if theirs is not None:
+                took[index] = "present"
+                continue
+            # create-only: another writer that stored this name since the check above (or inside the listing's
+            # window) is never replaced; its copy is compared instead
+            try:
+                took[index] = _create(repos[index], key, blob, digest, name)
+            except down as exc:
+                failed[index] = _why(repos[index], exc)
+    if not took:
+        reason = "; ".join(failed[i] for i in tried)
+        note_outcomes(config, {ids[i]: failed[i] for i in tried}, force=True)
+        raise NoRepositoryTookIt(
+            "no repository could store %s (%s). Not archived: PostgreSQL keeps the segment and retries; fix the "
+            "repositories or their network path" % (name, reason), reason=reason, tried_every=True)
+    for index in range(len(repos)):
+        if index not in took and index not in failed:
+            failed[index] = "not tried: in back-off after failing"
+    _settle(config, ids, name, key, digest, failed, tried)
+    return [(repo.name, took.get(index, "owed")) for index, repo in enumerate(repos)]
+
+
+def _refuse_conflicts(found, name, digest):
+    """``found``: ``(repository, content sha256 in its header or None)``; raise on the first other content."""
+    for repo, theirs in found:
+        if theirs is not None and theirs != digest:
             raise WalArchiveError(
                 "%s already holds %s with different content (sha256 %s, this one %s): refusing to overwrite it. "
                 "Two clusters may be archiving into one repository, or a timeline was reused; find out before "
-                "touching either" % (repo.describe(), name, found, digest))
-    results = []
-    for index, repo, found in existing:
-        if index in failed:
-            results.append((repo.name, "owed"))
-            continue
-        if found is not None:
-            results.append((repo.name, "present"))
-            continue
-        # create-only: another writer that stored this name since the check above (or inside the listing's
-        # window) is never replaced; its copy is compared instead
-        try:
-            stored = repo.create(key, blob)
-            theirs = None if stored else _peek_header(repo, key)
-        except down as exc:
-            if not owing:
-                raise
-            if index == 0:
-                raise _home_unavailable(config, repo, name, exc) from None
-            failed[index] = _why(repo, exc)
-            results.append((repo.name, "owed"))
-            continue
-        if not stored and theirs != digest:
-            raise WalArchiveError(
-                "%s: another writer stored %s a moment ago with different content (sha256 %s, this one %s): it "
-                "was kept and this one refused. Two clusters may be archiving into one repository, or a timeline "
-                "was reused; find out before touching either" % (repo.describe(), name, theirs, digest))
-        results.append((repo.name, "stored" if stored else "present"))
-    if owing:
-        _settle(config, ids, name, key, digest, failed, skipped)
-    return results
+                "touching either" % (repo.describe(), name, theirs, digest))
 
 
-def _home_unavailable(config, repo, name, exc):
-    why = _why(repo, exc)
-    note_outcomes(config, {repository_ids(config)[0]: why}, force=True)
-    return HomeUnavailable("this region's repository failed for %s: %s. Not archived: PostgreSQL keeps the segment "
-                           "and retries; fix the repository or its network path" % (name, why), reason=why)
+def _create(repo, key, blob, digest, name):
+    """"stored", or "present" when another writer stored the same content first; different content is refused."""
+    if repo.create(key, blob):
+        return "stored"
+    theirs = _peek_header(repo, key)
+    if theirs != digest:
+        raise WalArchiveError(
+            "%s: another writer stored %s a moment ago with different content (sha256 %s, this one %s): it "
+            "was kept and this one refused. Two clusters may be archiving into one repository, or a timeline "
+            "was reused; find out before touching either" % (repo.describe(), name, theirs, digest))
+    return "present"
 
 
 def _why(repo, exc):
@@ -304,27 +335,24 @@ def _why(repo, exc):
     return text if isinstance(exc, repo_mod.RepositoryError) else "%s: %s" % (repo.describe(), text)
 
 
-def _settle(config, ids, name, key, digest, failed, skipped):
-    """After a push that reached the home repository: the debts recorded (durably: success is reported only once
-    the marker is on disk), repaid ones removed, the repositories' status noted."""
+def _settle(config, ids, name, key, digest, failed, tried):
+    """After a push that at least one repository took: the debts recorded (durably: success is reported only once
+    the markers are on disk), repaid ones removed, the status of the repositories tried noted."""
     changed = False
     for index, rid in enumerate(ids):
-        if not index:
-            continue
         if index in failed:
             try:
                 changed = owe(config, rid, name, key, digest, failed[index]) or changed
             except OSError as exc:
                 raise WalArchiveError("%s could not be stored in %s and the spool cannot record that it is owed "
-                                      "(%s): not archived, PostgreSQL keeps it; free the spool %s"
+                                      "(%s): not archived, PostgreSQL keeps it and retries; free the spool %s"
                                       % (name, rid, exc, config.spool)) from None
         else:
             changed = _remove(config.path("owed", rid, name)) or changed
-    outcomes = {rid: (str(failed[i]) if i in failed else None) for i, rid in enumerate(ids) if rid not in skipped}
-    note_outcomes(config, outcomes, force=changed)
+    note_outcomes(config, {ids[i]: failed.get(i) for i in tried}, force=changed)
 
 
-# -- what offsite repositories are owed, and the status file ----------------------------------------------------------
+# -- what repositories are owed, the gaps, and the status file ----------------------------------------------------
 def repository_ids(config):
     """A name per repository for the spool and the status file: its name, with its position when two share one.
     From the configuration alone (no client is made: an archive_command that only waits for the pusher does not
@@ -376,28 +404,59 @@ def _read_owed(config, rid, name):
         return {}
 
 
+class StatusUnreadable(WalArchiveError):
+    """status.json does not parse: it is never rewritten as if it were empty."""
+
+
 def read_status(config):
     """``<spool>/status.json``: per repository (``repositories``: role, owed, oldest_owed, oldest_owed_time,
-    last_success_time, last_error, last_error_time, failures, retry_after_time) and the recorded gaps (``gap``: the
-    latest, ``gaps``: all since the last ``status --clear-gaps``). Times are Unix seconds. {} when there is none."""
+    last_success_time, last_error, last_error_time, failures, retry_after_time) and a view of the recorded gaps
+    (``gap``: the latest, ``gaps``: all since the last ``status --clear-gaps``; the record is ``gaps.jsonl``, see
+    :func:`read_gaps`). Times are Unix seconds. {} when there is none, or when it cannot be read or parsed (for the
+    decisions that can do without it: the back-off, a fresh success)."""
     try:
-        with open(config.path("status.json")) as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError):
+        return _load_status(config)
+    except (OSError, WalArchiveError):
         return {}
-    return doc if isinstance(doc, dict) else {}
+
+
+def _load_status(config):
+    """The status file, {} when there is none; OSError when it cannot be read, StatusUnreadable when it does not
+    parse."""
+    path = config.path("status.json")
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise StatusUnreadable("%s does not parse (%s)" % (path, exc)) from None
+    if not isinstance(doc, dict):
+        raise StatusUnreadable("%s is not a JSON object" % path)
+    return doc
 
 
 @contextlib.contextmanager
 def status_update(config, durable=False):
     """Read-modify-write of the status file under its lock (the pusher's threads, the archive_command and the
-    backfill all write it). The owed counts are recounted from the markers on every write."""
+    backfill all write it). The owed counts are recounted from the markers on every write. A status file that does
+    not parse is moved aside (``status.json.unreadable``) and rebuilt, its gaps read again from ``gaps.jsonl``;
+    one that cannot be read is OSError (never overwritten)."""
     os.makedirs(config.spool, mode=0o700, exist_ok=True)
     # read-only is enough for flock, and a lock file made by another user (root running the backfill) still works
     fd = os.open(config.path("status.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        doc = read_status(config)
+        try:
+            doc = _load_status(config)
+        except StatusUnreadable as exc:
+            aside = config.path("status.json.unreadable")
+            os.replace(config.path("status.json"), aside)
+            doc = {"gaps": read_gaps(config)[0]}
+            sys.stderr.write("immersiverse-dr-wal: %s: moved to %s and rebuilt, the gaps from %s\n"
+                             % (exc, aside, gaps_path(config)))
         yield doc
         recount(config, doc)
         doc["updated_time"] = int(time.time())
@@ -436,7 +495,7 @@ def recount(config, doc):
         entry["role"] = "offsite" if index else "home"
         if repos:
             entry["description"] = repos[index].describe()
-        names = owed_names(config, rid) if index else []
+        names = owed_names(config, rid)
         entry["owed"] = len(names)
         entry["oldest_owed"] = names[0] if names else None
         entry["oldest_owed_time"] = _mtime(config.path("owed", rid, names[0])) if names else None
@@ -481,22 +540,108 @@ def _fresh_success(entry, now):
 
 
 def backing_off(config, doc=None):
-    """Ids of the offsite repositories not to be tried now: they failed and their back-off has not run out."""
+    """Ids of the repositories not to be tried first now: they failed and their back-off has not run out (a push
+    tries them anyway when no other took the segment)."""
     doc = read_status(config) if doc is None else doc
     now = time.time()
     return {rid for rid, entry in (doc.get("repositories") or {}).items()
-            if entry.get("role") == "offsite" and (entry.get("retry_after_time") or 0) > now}
+            if isinstance(entry, dict) and (entry.get("retry_after_time") or 0) > now}
 
 
-HOME_FAILING_SECONDS = 10  # a home failure this recent: over the bound, drop without trying it again first
+FAILING_SECONDS = 10  # every repository failed this recently: the archive_command pushes at once
 
 
-def _home_failing(config, within=HOME_FAILING_SECONDS):
-    """The home repository's last attempt, less than ``within`` seconds ago, failed."""
-    repos = read_status(config).get("repositories") or {}
-    entry = repos.get(repository_ids(config)[0]) or {}
-    failed_at = entry.get("last_error_time") or 0
-    return failed_at > (entry.get("last_success_time") or 0) and time.time() - failed_at < within
+def _all_failing(config, within=FAILING_SECONDS):
+    """Every repository's last attempt failed, the latest less than ``within`` seconds ago. Only ever a reason to
+    push at once instead of waiting for the pusher, never one to drop: a drop follows this very push's own failure
+    in every repository."""
+    entries = read_status(config).get("repositories") or {}
+    now = time.time()
+    for rid in repository_ids(config):
+        entry = entries.get(rid) or {}
+        failed_at = entry.get("last_error_time") or 0
+        if failed_at <= (entry.get("last_success_time") or 0) or now - failed_at >= within:
+            return False
+    return True
+
+
+def _last_success(config):
+    """The latest success of any repository (Unix seconds) the status file holds; 0 when none."""
+    entries = (read_status(config).get("repositories") or {}).values()
+    return max([int(e.get("last_success_time") or 0) for e in entries if isinstance(e, dict)] or [0])
+
+
+# the gaps: what the bound on pg_wal dropped. Appended, fsynced, never rewritten (status.json has a view of them)
+def gaps_path(config):
+    return config.path("gaps.jsonl")
+
+
+def record_gap(config, name, queued, why):
+    """Append one dropped segment to ``gaps.jsonl`` and fsync it (and the spool, when the file is new) before any
+    drop is reported. OSError when that cannot be done. Returns the entry."""
+    entry = {"segment": name, "time": int(time.time()), "queued_bytes": queued,
+             "queue_max_bytes": config.queue_max_bytes, "reason": _clip("no repository takes it: %s" % why)}
+    path = gaps_path(config)
+    os.makedirs(config.spool, mode=0o700, exist_ok=True)
+    lock = os.open(config.path("gaps.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # against status --clear-gaps moving the file aside meanwhile
+        new = not os.path.exists(path)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            line = json.dumps(entry, sort_keys=True) + "\n"
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # a line torn by a crash stays alone, unparsed, and this one parses
+            data = line.encode()
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            _fsync_dir(config.spool)
+    finally:
+        os.close(lock)
+    return entry
+
+
+def read_gaps(config, path=None):
+    """The gaps recorded in ``gaps.jsonl`` (or ``path``), consecutive segments merged into one (``first``, ``last``,
+    ``count``, ``first_time``, ``last_time``, ``queued_bytes``, ``queue_max_bytes``, ``reason``), and how many lines
+    did not parse. ``([], 0)`` when there is no such file; OSError when it cannot be read."""
+    gaps, bad = [], 0
+    try:
+        fh = open(path or gaps_path(config))
+    except FileNotFoundError:
+        return gaps, bad
+    with fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if not isinstance(entry, dict) or not _wal.SEGMENT_RE.match(str(entry.get("segment"))):
+                bad += 1
+                continue
+            _merge_gap(gaps, entry)
+    return gaps, bad
+
+
+def _merge_gap(gaps, entry):
+    """Add one dropped segment to ``gaps`` (extending the latest gap when it is its next segment)."""
+    name, when = entry["segment"], int(entry.get("time") or 0)
+    last = gaps[-1] if gaps else None
+    if last and _follows(last.get("last"), name):
+        last.update(last=name, count=int(last.get("count") or 0) + 1, last_time=when,
+                    queued_bytes=entry.get("queued_bytes"))
+    elif not (last and last.get("first", "") <= name <= last.get("last", "")):  # not the same drop again
+        gaps.append({"first": name, "last": name, "count": 1, "first_time": when, "last_time": when,
+                     "queued_bytes": entry.get("queued_bytes"), "queue_max_bytes": entry.get("queue_max_bytes"),
+                     "reason": entry.get("reason")})
 
 
 def _clip(error, size=500):
@@ -524,16 +669,16 @@ def _fsync_dir(path):
 
 # -- backfill: the owed segments, from the stored objects ---------------------------------------------------------
 class _SourceDown(Exception):
-    """No repository that should hold the segment answered (the home repository is down): try again later."""
+    """No repository that answered holds a good copy and one did not answer (it may hold one): try again later."""
 
 
 def backfill(config, max_seconds=None, honor_backoff=False, log=None):
-    """Copy what offsite repositories are owed from the home repository (another offsite one when the home copy is
-    gone), create-only and compared, then remove the markers. The stored object is copied, never pg_wal's file
-    (PostgreSQL may have recycled it). A repository that fails stops its round (and, with ``honor_backoff``, as the
-    pusher runs it, one in back-off is not tried); a conflict keeps that marker and the others go on.
-    ``max_seconds``: no new copy starts after that. Returns ``{"copied": [(id, name, how)], "owed": {id: count},
-    "errors": {id: message}}``."""
+    """Copy what each repository, the home one as much as an offsite one, is owed from a repository that holds a good
+    copy (the home one first, then the others in order), create-only and compared, then remove the markers. The
+    stored object is copied, never pg_wal's file (PostgreSQL may have recycled it). A repository that fails stops
+    its round (and, with ``honor_backoff``, as the pusher runs it, one in back-off is not tried); a conflict keeps
+    that marker and the others go on. ``max_seconds``: no new copy starts after that. Returns ``{"copied": [(id,
+    name, how)], "owed": {id: count}, "errors": {id: message}}``."""
     repos = config.repositories()
     ids = repository_ids(config)
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
@@ -541,12 +686,12 @@ def backfill(config, max_seconds=None, honor_backoff=False, log=None):
     down = repo_mod.unavailable_errors()
     report = {"copied": [], "owed": {}, "errors": {}}
     outcomes, conflicts = {}, {}
-    for index in range(1, len(repos)):
-        rid, target = ids[index], repos[index]
+    for index, target in enumerate(repos):
+        rid = ids[index]
         names = owed_names(config, rid)
         if not names or rid in skipped:
             continue
-        sources = [repos[0]] + [r for i, r in enumerate(repos) if i not in (0, index)]
+        sources = [r for i, r in enumerate(repos) if i != index]
         for name in names:
             if deadline is not None and time.monotonic() > deadline:
                 break
@@ -572,7 +717,7 @@ def backfill(config, max_seconds=None, honor_backoff=False, log=None):
         note_outcomes(config, outcomes, force=True)
     if conflicts:
         note_outcomes(config, conflicts, force=True, backoff=False)
-    for rid in ids[1:]:
+    for rid in ids:
         count = len(owed_names(config, rid))
         if count:
             report["owed"][rid] = count
@@ -604,13 +749,13 @@ def _backfill_one(target, sources, key, name, want):
 def _stored_copy(sources, key, name, want):
     """A verified stored object of ``key`` (the bytes and its content sha256) from the first source that has one."""
     problems = []
-    home_down = False
+    any_down = False
     down = repo_mod.unavailable_errors()
-    for index, src in enumerate(sources):
+    for src in sources:
         try:
             found = src.read(key)
         except down as exc:
-            home_down = home_down or index == 0
+            any_down = True
             problems.append(_why(src, exc))
             continue
         if found is None:
@@ -631,11 +776,103 @@ def _stored_copy(sources, key, name, want):
                             % (src.describe(), key, digest, want))
             continue
         return blob, digest
-    if home_down:
-        raise _SourceDown("the home repository did not answer for %s: %s" % (name, "; ".join(problems)))
+    if any_down:
+        raise _SourceDown("no repository that answered holds a good copy of %s and one did not answer (%s): it is "
+                          "copied once that one answers" % (name, "; ".join(problems)))
     raise WalArchiveError("no repository holds a good copy of %s to backfill from (%s): it cannot be copied. If it "
                           "was expired, remove its owed marker and take a new full backup"
                           % (name, "; ".join(problems)))
+
+
+def reconcile(config, everything=False, max_seconds=None, log=None):
+    """What the owed markers cannot cover (they live on one primary's spool: a failover, a rebuild, async off with
+    no pusher): list ``wal/`` in every repository and copy every WAL file some repository holds and another lacks,
+    as the backfill copies (verified, create-only, never over different content). A repository gets only what is
+    not older than the oldest segment it holds itself, so what its lifecycle expired, or what it never had before
+    it joined, does not come back (timeline history files always; a repository holding no segment gets none);
+    ``everything``: from the oldest any repository holds. A name the other repositories hold with different content
+    is a conflict: reported, not copied. One listing per repository; ``max_seconds``: no copy starts after that.
+    Returns ``{"copied": [(id, name, how)], "missing": {id: count not copied}, "older": {id: (count, the oldest
+    segment it holds)}, "conflicts": [message], "errors": {id: message}}``."""
+    repos = config.repositories()
+    ids = repository_ids(config)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    down = repo_mod.unavailable_errors()
+    report = {"copied": [], "missing": {}, "older": {}, "conflicts": [], "errors": {}}
+    held = {}  # position -> the WAL file names it holds
+    for index, repo in enumerate(repos):
+        try:
+            keys = [o["key"] for o in repo.list("wal/")]
+        except down as exc:
+            report["errors"][ids[index]] = "cannot list its WAL: %s" % _why(repo, exc)
+            continue
+        held[index] = {k.rsplit("/", 1)[-1] for k in keys if _wal.wal_key(k.rsplit("/", 1)[-1]) == k
+                       and _wal.is_wal_file_name(k.rsplit("/", 1)[-1])}
+    outcomes = {}
+    for index in sorted(held):
+        rid, target = ids[index], repos[index]
+        mine = held[index]
+        floor = min((n for n in mine if _wal.SEGMENT_RE.match(n)), default=None)
+
+        def older(name, floor=floor):
+            return not everything and not _wal.HISTORY_RE.match(name) and (floor is None or name[:24] < floor)
+
+        others = set().union(*(held[i] for i in held if i != index)) if len(held) > 1 else set()
+        wanted = sorted(others - mine)
+        skipped = [n for n in wanted if older(n)]
+        if skipped:
+            report["older"][rid] = (len(skipped), floor)
+        todo = [n for n in wanted if not older(n)]
+        left = 0
+        for position, name in enumerate(todo):
+            if deadline is not None and time.monotonic() > deadline:
+                left += len(todo) - position
+                break
+            key = _wal.wal_key(name)
+            holders = [repos[i] for i in sorted(held) if i != index and name in held[i]]
+            try:
+                how = _backfill_one(target, holders, key, name, _agreed(holders, key, name))
+            except _SourceDown as exc:
+                report["errors"][rid] = str(exc)
+                left += 1
+                continue
+            except WalArchiveError as exc:  # a conflict, or no good copy: a person must look; the rest goes on
+                report["conflicts"].append(str(exc))
+                left += 1
+                continue
+            except down as exc:
+                outcomes[rid] = report["errors"][rid] = _why(target, exc)
+                left += len(todo) - position
+                break
+            _remove(config.path("owed", rid, name))
+            report["copied"].append((rid, name, how))
+            outcomes.setdefault(rid, None)
+            if log:
+                log("reconciled %s to %s (%s)" % (name, rid, how))
+        if left:
+            report["missing"][rid] = left
+    if outcomes:
+        note_outcomes(config, outcomes, force=True)
+    return report
+
+
+def _agreed(holders, key, name):
+    """The content sha256 every repository holding ``key`` has in its header (None when none could be read); a
+    WalArchiveError when two hold different content."""
+    seen = {}
+    for repo in holders:
+        try:
+            digest = _peek_header(repo, key)
+        except repo_mod.unavailable_errors():
+            continue  # the copy itself reads the others
+        if digest not in (None, "unreadable-header"):
+            seen.setdefault(digest, []).append(repo.describe())
+    if len(seen) > 1:
+        raise WalArchiveError(
+            "the repositories hold %s with different content (%s): not copied anywhere. Two clusters may be "
+            "archiving into one repository, or a timeline was reused; find out before touching either"
+            % (name, "; ".join("%s: sha256 %s" % (", ".join(where), d) for d, where in sorted(seen.items()))))
+    return next(iter(seen), None)
 
 
 def _peek_header(repo, key):
@@ -656,33 +893,36 @@ def marker_dirs(config):
 
 
 def archive(config, path):
-    """archive_command: push (asynchronously or here), with the bound on pg_wal. When the home repository fails and
-    the ``.ready`` WAL in pg_wal is more than ``queue_max_bytes``, the segment is reported archived without being
-    stored: loudly (PostgreSQL's log) and recorded as a gap in the status file. Never under the bound, never for a
-    refusal (a conflict, another cluster's segment), never for a history or backup file (small; PITR needs them).
-    Returns "async", "sync" or "dropped"."""
+    """archive_command: push (asynchronously or here), with the bound on pg_wal. When no repository takes the
+    segment and the ``.ready`` WAL in pg_wal is more than ``queue_max_bytes``, the segment is reported archived
+    without being stored: only after this very push tried every repository for it (a failure the pusher reported
+    is tried again here first; the name and the cluster were checked before), only once the gap is recorded
+    durably (else WalArchiveError: PostgreSQL keeps the segment), and loudly (PostgreSQL's log). Never under the
+    bound, never for a refusal (a conflict, another cluster's segment), never for a history or backup file (small;
+    PITR needs them). Returns "async", "sync" or "dropped"."""
     name = os.path.basename(path)
     bounded = bool(config.queue_max_bytes) and bool(_wal.SEGMENT_RE.match(name))
     pg_wal = config.pg_wal or os.path.dirname(os.path.abspath(path))
-    # the home repository failed a moment ago (a timeout may take long): over the bound, do not wait for it again
-    if bounded and _home_failing(config) and not (config.asynchronous and marker_matches(config, name, path)):
-        queued = ready_bytes(pg_wal)
-        if queued > config.queue_max_bytes:
-            drop(config, name, queued, "not tried again: its last attempt, moments ago, failed")
-            return "dropped"
     try:
         if config.asynchronous:
             return push_async(config, path)
         push_file(config, path, name)
         return "sync"
-    except HomeUnavailable as exc:
-        if not bounded:
+    except NoRepositoryTookIt as exc:
+        if not bounded or ready_bytes(pg_wal) <= config.queue_max_bytes:
             raise
-        queued = ready_bytes(pg_wal)
-        if queued <= config.queue_max_bytes:
-            raise
-        drop(config, name, queued, exc.reason)
-        return "dropped"
+        failure = exc
+    if not failure.tried_every:  # the pusher's word for it, maybe from a while ago: this push tries them all
+        try:
+            push_file(config, path, name)
+            return "sync"
+        except NoRepositoryTookIt as exc:
+            failure = exc
+    queued = ready_bytes(pg_wal)
+    if not failure.tried_every or queued <= config.queue_max_bytes:
+        raise failure
+    drop(config, name, queued, failure.reason)
+    return "dropped"
 
 
 def ready_bytes(pg_wal):
@@ -701,35 +941,35 @@ def ready_bytes(pg_wal):
     return total
 
 
-MAX_GAPS = 1000
-
-
 def drop(config, name, queued, why):
-    """Record ``name`` as dropped (extending the latest gap when it is the next segment of it) and say so loudly."""
-    now = int(time.time())
-    recorded = None
+    """Record ``name`` as dropped in ``gaps.jsonl`` (appended, fsynced), then say so loudly. A gap that cannot be
+    recorded is no drop: WalArchiveError, the archive_command fails and PostgreSQL keeps the segment. The status
+    file's view of the gaps is updated after (for monitoring; the record is the gaps file)."""
+    record = gaps_path(config)
     try:
-        with status_update(config, durable=True) as doc:
-            gaps = [g for g in (doc.get("gaps") or []) if isinstance(g, dict)]
-            last = gaps[-1] if gaps else None
-            if last and _follows(last.get("last"), name):
-                last.update(last=name, count=int(last.get("count") or 0) + 1, last_time=now, queued_bytes=queued)
-            elif not (last and last.get("first", "") <= name <= last.get("last", "")):
-                gaps.append({"first": name, "last": name, "count": 1, "first_time": now, "last_time": now,
-                             "queued_bytes": queued, "queue_max_bytes": config.queue_max_bytes,
-                             "reason": _clip("home repository failing: %s" % why)})
-            doc["gaps"] = gaps[-MAX_GAPS:]
-            recorded = doc["gaps"][-1]
+        entry = record_gap(config, name, queued, why)
     except OSError as exc:
-        sys.stderr.write("immersiverse-dr-wal push %s: cannot record the gap in %s (%s): note it from this log\n"
-                         % (name, config.path("status.json"), exc))
-    span = "%s..%s" % (recorded["first"], recorded["last"]) if recorded else name
+        raise WalArchiveError(
+            "no repository takes %s (%s) and %d MiB of WAL wait in pg_wal, more than queue_max_bytes (%d MiB), but "
+            "the gap cannot be recorded in %s (%s): not dropped, not archived. PostgreSQL keeps the segment and "
+            "pg_wal keeps growing: fix the spool %s (space, permissions) or a repository"
+            % (name, why, queued >> 20, config.queue_max_bytes >> 20, record, exc, config.spool)) from None
+    span = name
+    try:
+        with status_update(config) as doc:
+            gaps = [g for g in (doc.get("gaps") or []) if isinstance(g, dict)]
+            _merge_gap(gaps, entry)
+            doc["gaps"] = gaps
+            span = "%s..%s" % (gaps[-1]["first"], gaps[-1]["last"])
+    except (OSError, WalArchiveError) as exc:
+        sys.stderr.write("immersiverse-dr-wal push %s: cannot update the view of the gaps in %s (%s); the gap is "
+                         "recorded in %s\n" % (name, config.path("status.json"), exc, record))
     sys.stderr.write(
-        "immersiverse-dr-wal push %s: WARNING: WAL DROPPED, NOT ARCHIVED. The home repository is failing (%s) and "
-        "%d MiB of WAL wait in pg_wal, more than queue_max_bytes (%d MiB): reported as archived so pg_wal stops "
-        "growing. Point-in-time recovery across %s is impossible. Once the repository is back, take a new full "
-        "backup, then run 'immersiverse-dr-wal status --clear-gaps'. Recorded in %s\n"
-        % (name, why, queued >> 20, config.queue_max_bytes >> 20, span, config.path("status.json")))
+        "immersiverse-dr-wal push %s: WARNING: WAL DROPPED, NOT ARCHIVED. No repository takes it (%s) and %d MiB "
+        "of WAL wait in pg_wal, more than queue_max_bytes (%d MiB): reported as archived so pg_wal stops growing. "
+        "Point-in-time recovery across %s is impossible. Once a repository is back, take a new full backup, then "
+        "run 'immersiverse-dr-wal status --clear-gaps'. Recorded in %s\n"
+        % (name, why, queued >> 20, config.queue_max_bytes >> 20, span, record))
 
 
 def _follows(last, name):
@@ -742,11 +982,29 @@ def _follows(last, name):
 
 
 def clear_gaps(config):
-    """After a new full backup: forget the recorded gaps. Returns how many there were."""
-    with status_update(config, durable=True) as doc:
-        count = len(doc.get("gaps") or [])
-        doc["gaps"] = []
-    return count
+    """After a new full backup: the gaps file is moved aside to ``gaps-<UTC time>.jsonl`` (kept, never deleted)
+    and the status file's view emptied. Returns (how many gaps there were, where the file went or None)."""
+    path = gaps_path(config)
+    os.makedirs(config.spool, mode=0o700, exist_ok=True)
+    lock = os.open(config.path("gaps.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        count = len(read_gaps(config)[0])
+        moved = None
+        if os.path.exists(path):
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            moved = config.path("gaps-%s.jsonl" % stamp)
+            for n in range(1, 1000):
+                if not os.path.exists(moved):
+                    break
+                moved = config.path("gaps-%s-%d.jsonl" % (stamp, n))
+            os.rename(path, moved)
+            _fsync_dir(config.spool)
+        with status_update(config, durable=True) as doc:
+            doc["gaps"] = []
+    finally:
+        os.close(lock)
+    return count, moved
 
 
 def push_async(config, path):
@@ -772,7 +1030,7 @@ def _push_async(config, path, name):
     _remove(ok)  # a marker for another file of that name (a re-created cluster): worthless
     config.pg_wal = config.pg_wal or os.path.dirname(os.path.abspath(path))
     ensure_pusher(config)
-    if _home_failing(config):  # the pusher cannot get through (it backs off): try here at once, not after waiting
+    if _all_failing(config):  # the pusher cannot get through (it backs off): try here at once, not after waiting
         push_file(config, path, name)
         return "sync"
     deadline = time.monotonic() + config.wait_seconds
@@ -781,22 +1039,36 @@ def _push_async(config, path, name):
             os.unlink(ok)
             return "async"
         if os.path.exists(err):
-            with open(err) as fh:
-                text = fh.read().strip()
-            os.unlink(err)
-            try:
-                found = json.loads(text)
-            except ValueError:
-                found = {"message": text}
-            if not isinstance(found, dict):
-                found = {"message": text}
-            message = found.get("message") or "the background pusher failed on %s" % name
-            if found.get("kind") == "unavailable":
-                raise HomeUnavailable(message, reason=found.get("reason"))
-            raise WalArchiveError(message)
+            failure = _pusher_error(config, err, name)
+            if failure is not None:
+                raise failure
         time.sleep(0.02)
     push_file(config, path, name)
     return "sync"
+
+
+def _pusher_error(config, err, name):
+    """The pusher's failure on ``name`` (the error file, removed), or None when the file is older than a repository's
+    last success (that failure may be over: the wait goes on, and this command pushes itself at its end)."""
+    try:
+        stale = os.path.getmtime(err) < _last_success(config)
+        with open(err) as fh:
+            text = fh.read().strip()
+    except FileNotFoundError:  # the pusher stored it meanwhile, and removed its error
+        return None
+    _remove(err)
+    if stale:
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = {"message": text}
+    if not isinstance(found, dict):
+        found = {"message": text}
+    message = found.get("message") or "the background pusher failed on %s" % name
+    if found.get("kind") == "unavailable":  # never dropped on that word alone: archive() tries every one itself
+        return NoRepositoryTookIt(message, reason=found.get("reason"), tried_every=False)
+    return WalArchiveError(message)
 
 
 def ensure_pusher(config):
@@ -840,7 +1112,7 @@ BACKFILL_INTERVAL = 5.0  # seconds between two of the pusher's backfill rounds
 
 def run_pusher(config):
     """Push .ready segments ahead of the archiver, ``concurrency`` at a time, until idle for idle_exit seconds.
-    Every few seconds, while offsite repositories are owed segments, a backfill round (at most backfill_seconds,
+    Every few seconds, while repositories are owed segments, a backfill round (at most backfill_seconds,
     repositories in back-off left alone) runs beside the pushes in a thread of its own."""
     lock_fd = os.open(config.path("pusher.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -874,7 +1146,7 @@ def run_pusher(config):
                             _remove(config.path("error", name))
                         else:
                             failures[name] = (failures.get(name, (0, 0))[0] + 1, time.monotonic())
-                            unavailable = isinstance(exc, HomeUnavailable)
+                            unavailable = isinstance(exc, NoRepositoryTookIt)
                             _write(config.path("error", name), json.dumps(
                                 {"kind": "unavailable" if unavailable else "refused",
                                  "reason": exc.reason if unavailable else None,
@@ -919,7 +1191,7 @@ def run_pusher(config):
 
 
 def any_owed(config):
-    return any(owed_names(config, rid) for rid in repository_ids(config)[1:])
+    return any(owed_names(config, rid) for rid in repository_ids(config))
 
 
 class _Listings:

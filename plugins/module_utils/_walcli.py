@@ -4,20 +4,22 @@
 """immersiverse-dr-wal: PostgreSQL's archive_command and restore_command on the database host.
 
     archive_command = '/usr/local/bin/immersiverse-dr-wal push %p'
-    restore_command = '/usr/local/bin/immersiverse-dr-wal fetch %f %p'
+    restore_command = '/usr/local/bin/immersiverse-dr-wal fetch %f %p --unreachable missing'
     immersiverse-dr-wal stream [--ensure | --stop | --status]     the streamer (on a host in another region)
-    immersiverse-dr-wal backfill [--max-seconds N]     copy what offsite repositories are owed (0: nothing owed)
-    immersiverse-dr-wal status [--clear-gaps]          the spool and status.json (owed segments, gaps), as JSON
+    immersiverse-dr-wal backfill [--max-seconds N]     copy what repositories are owed (0: nothing owed)
+    immersiverse-dr-wal backfill --reconcile [--all]   and what one repository holds and another lacks (listings)
+    immersiverse-dr-wal status [--clear-gaps]          the spool, status.json and gaps.jsonl (owed, gaps), as JSON
 
 The installed wrapper answers from the spool without starting Python when the background pusher has already
 stored a segment, or the prefetcher has already fetched one; otherwise it runs this module. Configuration:
 /etc/immersiverse-dr/wal.json (mode 0600, owner postgres), or --config.
 
 Exit codes: 0 done; 1 not done (push: PostgreSQL keeps the segment and retries; fetch: the file is not in the
-archive, recovery may end normally; backfill: something is still owed); 126 fetch found a damaged object or no
-repository answered: PostgreSQL stops recovery rather than end it early at the wrong point. Under
-``--unreachable missing`` (a streaming standby) a fetch gives up on a repository after one short attempt
-(fetch_missing_timeout, fetch_missing_attempts) and answers 1, so the standby goes back to streaming.
+archive, recovery may end normally; backfill: something is still owed or missing); 126 fetch found a damaged object,
+no repository answered or the configuration cannot be read: PostgreSQL stops recovery rather than end it early at
+the wrong point. Under ``--unreachable missing`` (a streaming standby) a fetch gives up on a repository after one
+short attempt (fetch_missing_timeout, fetch_missing_attempts) and answers 1, so the standby goes back to streaming;
+an unreadable configuration is 1 there too (a damaged object or a bad name stays 126).
 """
 
 from __future__ import annotations
@@ -65,13 +67,21 @@ def main(argv=None):
     mode.add_argument("--status", action="store_true", help="print the streamer's status as JSON")
     p_pusher = sub.add_parser("pusher", help="run the background pusher in the foreground")
     p_pusher.add_argument("--pg-wal", required=True)
-    p_status = sub.add_parser("status", help="the spool (markers, errors, prefetched files) and status.json: per "
-                                             "repository what is owed and the last error, gaps in the archive")
+    p_status = sub.add_parser("status", help="the spool (markers, errors, prefetched files), status.json and "
+                                             "gaps.jsonl: per repository what is owed and the last error, gaps in "
+                                             "the archive")
     p_status.add_argument("--clear-gaps", action="store_true",
-                          help="forget the recorded gaps (after a new full backup made them irrelevant)")
-    p_backfill = sub.add_parser("backfill", help="copy the segments offsite repositories are owed from the home "
-                                                 "repository; exit 0 when nothing is owed any more")
+                          help="move the recorded gaps aside to a timestamped file in the spool (after a new full "
+                               "backup made them irrelevant)")
+    p_backfill = sub.add_parser("backfill", help="copy the segments repositories are owed from a repository that "
+                                                 "holds them; exit 0 when nothing is owed any more")
     p_backfill.add_argument("--max-seconds", type=float, help="start no copy after this many seconds")
+    p_backfill.add_argument("--reconcile", action="store_true",
+                            help="then list wal/ in every repository and copy what one holds and another lacks "
+                                 "(after a failover or a rebuild: the owed markers are on the old primary)")
+    p_backfill.add_argument("--all", action="store_true", dest="everything",
+                            help="with --reconcile: also what is older than the oldest segment a repository holds "
+                                 "(a new region; by default what a lifecycle rule expired is not brought back)")
     for p in (p_push, p_fetch, p_pusher, p_stream, p_prefetch, p_status, p_backfill):
         p.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
@@ -80,7 +90,9 @@ def main(argv=None):
         config = wa.Config.load(args.config)
     except (wa.WalArchiveError, ValueError, KeyError) as exc:
         sys.stderr.write("immersiverse-dr-wal: %s\n" % exc)
-        return wa.EXIT_ABORT if args.command == "fetch" else 1
+        if args.command == "fetch" and args.unreachable != "missing":
+            return wa.EXIT_ABORT  # a restore must not end early on it
+        return 1  # push: PostgreSQL retries; a streaming standby streams on
     if args.command == "push":
         try:
             wa.archive(config, args.path)
@@ -134,23 +146,28 @@ def fetch(config, args):
 
 
 def status(config, args):
-    """The spool's markers and status.json, the owed counts recounted from the markers now (nothing is written
-    unless --clear-gaps)."""
+    """The spool's markers, status.json and the gaps recorded in gaps.jsonl, the owed counts recounted from the
+    markers now (nothing is written unless --clear-gaps)."""
     try:
         wa.marker_dirs(config)
         cleared = wa.clear_gaps(config) if args.clear_gaps else None
         doc = {sub_dir: sorted(os.listdir(config.path(sub_dir))) for sub_dir in ("ok", "error", "fetch")}
+        gaps, unreadable = wa.read_gaps(config)
     except OSError as exc:
         sys.stderr.write("immersiverse-dr-wal status: the spool %s is unusable (%s): run this as the user "
                          "PostgreSQL runs as (sudo -u postgres)\n" % (config.spool, exc))
         return 1
-    current = wa.read_status(config)
+    try:
+        current = wa._load_status(config)
+    except (wa.WalArchiveError, OSError) as exc:
+        current = {"status_unreadable": str(exc)}
     wa.recount(config, current)
-    current.setdefault("gaps", [])
-    current["gap"] = current["gaps"][-1] if current["gaps"] else None
+    current.update(gaps=gaps, gap=gaps[-1] if gaps else None, gaps_file=wa.gaps_path(config))
+    if unreadable:
+        current["gaps_unreadable_lines"] = unreadable
     doc.update(current)
     if cleared is not None:
-        doc["gaps_cleared"] = cleared
+        doc["gaps_cleared"], doc["gaps_moved_to"] = cleared
     sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
     return 0
 
@@ -159,10 +176,11 @@ def backfill(config, args):
     try:
         wa.marker_dirs(config)
         report = wa.backfill(config, max_seconds=args.max_seconds)
+        found = wa.reconcile(config, args.everything, max_seconds=args.max_seconds) if args.reconcile else None
     except (wa.WalArchiveError, repo_mod.RepositoryError, ValueError, OSError) as exc:
         sys.stderr.write("immersiverse-dr-wal backfill: %s\n" % exc)
         return 1
-    for rid, name, how in report["copied"]:
+    for rid, name, how in report["copied"] + (found["copied"] if found else []):
         sys.stdout.write("copied %s to %s\n" % (name, rid) if how == "copied"
                          else "%s was in %s already\n" % (name, rid))
     for rid, count in sorted(report["owed"].items()):
@@ -170,8 +188,23 @@ def backfill(config, args):
         why = report["errors"].get(rid)
         sys.stdout.write("still owed to %s: %d segment(s), oldest %s%s\n"
                          % (rid, count, names[0] if names else "?", ": %s" % why if why else ""))
-    if not report["owed"]:
-        sys.stdout.write("nothing owed\n")
+    done = not report["owed"]
+    if found is not None:
+        done = done and not (found["missing"] or found["conflicts"] or found["errors"])
+        for rid, (count, oldest) in sorted(found["older"].items()):
+            sys.stdout.write("not copied to %s: %d file(s) older than the oldest segment it holds (%s); --all "
+                             "copies them too\n" % (rid, count, oldest or "none"))
+        for message in found["conflicts"]:
+            sys.stdout.write("conflict: %s\n" % message)
+        for rid, count in sorted(found["missing"].items()):
+            why = found["errors"].get(rid)
+            sys.stdout.write("still missing in %s: %d file(s)%s; run the backfill --reconcile again\n"
+                             % (rid, count, ": %s" % why if why else ""))
+        for rid, why in sorted(found["errors"].items()):
+            if rid not in found["missing"]:
+                sys.stdout.write("not reconciled: %s: %s\n" % (rid, why))
+    if done:
+        sys.stdout.write("nothing owed\n" if found is None else "nothing owed, nothing missing\n")
         return 0
     return 1
 

@@ -122,7 +122,7 @@ EXAMPLES = r"""
   immersiverse.dr.pg_wal_archive:
     login_unix_socket: /var/run/postgresql
     archive_command: /usr/local/bin/immersiverse-dr-wal push %p
-    restore_command: /usr/local/bin/immersiverse-dr-wal fetch %f %p
+    restore_command: /usr/local/bin/immersiverse-dr-wal fetch %f %p --unreachable missing
     rpo_seconds: 300
   become: true
   become_user: postgres

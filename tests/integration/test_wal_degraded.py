@@ -1,10 +1,11 @@
 """WAL archiving and fetching with a region's store degraded, against real PostgreSQL 15 running the installed
 wrapper as the postgres user (as on a database host):
 
-- an offsite repository unusable: archiving carries on, the offsite region is owed the segments (status.json),
-  and once it is back `immersiverse-dr-wal backfill` makes every repository complete;
+- one repository unusable, an offsite one or this region's own (the first): archiving carries on into the others,
+  the region that is down is owed the segments (status.json), and once it is back `immersiverse-dr-wal backfill`
+  makes every repository complete;
 - every repository unusable with a small queue_max_bytes: pg_wal's ready queue stops growing at the bound and the
-  dropped segments are recorded as a gap;
+  dropped segments are recorded as a gap (gaps.jsonl);
 - an S3 endpoint paused (SIGSTOP: connects succeed, nothing answers): a streaming standby whose restore_command is
   `fetch --unreachable missing` restarts, streams and replays the primary's new rows within seconds.
 """
@@ -84,32 +85,35 @@ def segments_between(first: str, last: str) -> set[str]:
     return {_wal.segment_name(tl, n) for n in range(lo, hi + 1)}
 
 
-def test_an_offsite_region_down_never_stops_archiving_and_the_backfill_completes_it(
-        pg_server_factory, s3_endpoint, work):
-    down_dir = as_postgres(work / "offsite-down")
-    repos = [s3_repo(s3_endpoint, s3_endpoint.create_bucket(), "home"),
-             {"type": "local", "name": "down", "path": str(down_dir)},
-             s3_repo(s3_endpoint, s3_endpoint.create_bucket(), "up")]
+@pytest.mark.parametrize("down_at", [1, 0], ids=["offsite-down", "home-down"])
+def test_a_region_down_never_stops_archiving_and_the_backfill_completes_it(
+        pg_server_factory, s3_endpoint, work, down_at):
+    down_dir = as_postgres(work / "region-down")
+    repos = [s3_repo(s3_endpoint, s3_endpoint.create_bucket(), "up1"),
+             s3_repo(s3_endpoint, s3_endpoint.create_bucket(), "up2")]
+    repos.insert(down_at, {"type": "local", "name": "down", "path": str(down_dir)})
     archive = Archive(work / "a", repos)
-    server = archiving_server(pg_server_factory, archive, "wal-offsite-down")
+    server = archiving_server(pg_server_factory, archive, "wal-region-down")
     try:
         before = segment_names(server, 2)
         wait_for(lambda: archiver(server)["last"] >= before[-1] and archiver(server)["ready"] == 0, 60,
                  "archiving before the outage")
-        down_dir.chmod(0)  # the offsite region's store: neither readable nor writable by postgres
+        down_dir.chmod(0)  # that region's store: neither readable nor writable by postgres
         during = segment_names(server, 5)
         wait_for(lambda: archiver(server)["last"] >= during[-1] and archiver(server)["ready"] == 0, 90,
-                 "archiving through the offsite outage")
-        assert archiver(server)["failed"] == 0, "an offsite region down must not fail the archive_command"
+                 "archiving through the outage")
+        assert archiver(server)["failed"] == 0, "one region down must not fail the archive_command"
         config = archive.engine_config()
-        home, _down, up = config.repositories()
-        assert set(during) <= stored_names(home) and set(during) <= stored_names(up)
+        by_name = {repo.name: repo for repo in config.repositories()}
+        assert set(during) <= stored_names(by_name["up1"]) and set(during) <= stored_names(by_name["up2"])
         owed = set(os.listdir(archive.spool / "owed" / "down"))
         assert set(during) <= owed, "every segment archived during the outage is owed to the region that is down"
         state = status(archive)["repositories"]
         assert state["down"]["owed"] == len(owed) and state["down"]["oldest_owed"] == min(owed)
+        assert state["down"]["role"] == ("home" if down_at == 0 else "offsite")
         assert "Permission denied" in state["down"]["last_error"] and state["down"]["failures"] >= 1
-        assert state["home"]["owed"] == 0 and state["up"]["owed"] == 0 and state["home"]["last_success_time"]
+        assert state["up1"]["owed"] == 0 and state["up2"]["owed"] == 0 and state["up1"]["last_success_time"]
+        assert status(archive)["gap"] is None, "nothing is dropped while a region takes the segments"
         still = archive.run("backfill")
         assert still.returncode == 1 and f"still owed to down: {len(owed)} segment(s)" in still.stdout, still
 
@@ -117,13 +121,16 @@ def test_an_offsite_region_down_never_stops_archiving_and_the_backfill_completes
         done = archive.run("backfill")
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.endswith("nothing owed\n")
-        first = min(n for n in stored_names(home) if _wal.SEGMENT_RE.match(n))
+        first = min(n for n in stored_names(by_name["up1"]) if _wal.SEGMENT_RE.match(n))
         expected = segments_between(first, during[-1])
         for repo in config.repositories():
             got = stored_names(repo)
             assert expected <= got, f"{repo.name} lacks {sorted(expected - got)[:3]}"
         assert not os.listdir(archive.spool / "owed" / "down")
         assert status(archive)["repositories"]["down"]["owed"] == 0
+        reconciled = archive.run("backfill", "--reconcile")
+        assert reconciled.returncode == 0 and reconciled.stdout.endswith("nothing owed, nothing missing\n"), \
+            reconciled
     finally:
         down_dir.chmod(0o700)
         server.destroy()
@@ -157,6 +164,8 @@ def test_with_every_repository_down_pg_wal_stops_growing_at_the_bound_and_the_ga
         assert state["ready"] == bound_segments and most <= bound_segments + 1, (state, most)
         gap = status(archive)["gap"]
         assert gap is not None, "the dropped segments are recorded"
+        recorded = [json.loads(line)["segment"] for line in (archive.spool / "gaps.jsonl").read_text().splitlines()]
+        assert recorded and recorded == sorted(recorded), "one line per dropped segment, appended in order"
         ready = {r[0][:24] for r in server.psql("SELECT name FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")}
         dropped = segments_between(gap["first"], gap["last"])
         assert gap["count"] == len(dropped) >= len(generated) - bound_segments

@@ -43,7 +43,7 @@ def as_postgres(path: Path, mode: int = 0o700) -> Path:
 class Archive:
     """A wrapper, its config and spool, as the wal_archive role installs them, in a scratch directory."""
 
-    def __init__(self, root: Path, repositories: list[dict], **options):
+    def __init__(self, root: Path, repositories: list[dict], wrapper_vars: dict | None = None, **options):
         self.root = as_postgres(root, 0o711)
         self.spool = as_postgres(root / "spool")
         self.config = root / "wal.json"
@@ -56,7 +56,7 @@ class Archive:
         self.wrapper = root / "immersiverse-dr-wal"
         self.wrapper.write_text(jinja2.Template(TEMPLATE.read_text()).render(
             wal_archive_spool_dir=str(self.spool), wal_archive_install_dir=str(REPO / ".collections"),
-            wal_archive_python="/usr/bin/python3", wal_archive_config_file=str(self.config)))
+            wal_archive_python="/usr/bin/python3", wal_archive_config_file=str(self.config), **(wrapper_vars or {})))
         self.wrapper.chmod(0o755)
         self.doc = doc
 
@@ -256,6 +256,53 @@ def test_an_engine_that_cannot_start_stops_recovery_and_never_reads_as_not_archi
     assert crashed.returncode == wa.EXIT_ABORT, (crashed.returncode, crashed.stderr)
     assert "stopping recovery rather than ending it early" in crashed.stderr
     assert run_broken("fetch", seg, str(dest), "--unreachable", "missing").returncode == 1
+
+
+def test_the_roles_restore_command_streams_on_when_the_engine_cannot_start(work):
+    """The restore_command the wal_archive role sets (rendered from roles/wal_archive/tasks/main.yml with the role's
+    defaults), run through a wrapper rendered as the role renders it, with an engine that cannot be imported: a
+    standby's restore_command answers "not there" (1) and streams on; it never stops recovery (126), which would
+    shut the standby down. Both spellings of the flag, and the wrapper's own default, say the same."""
+    import shlex
+
+    import yaml
+
+    defaults = yaml.safe_load((REPO / "roles" / "wal_archive" / "defaults" / "main.yml").read_text())
+    mode = defaults["wal_archive_fetch_unreachable"]
+    assert mode == "missing"
+    tasks = yaml.safe_load((REPO / "roles" / "wal_archive" / "tasks" / "main.yml").read_text())
+    settings = next(t["immersiverse.dr.pg_wal_archive"] for t in tasks
+                    if "restore_command" in (t.get("immersiverse.dr.pg_wal_archive") or {}))
+    repo_dir = as_postgres(work / "repo")
+    archive = Archive(work / "a", [{"type": "local", "name": "primary", "path": str(repo_dir)}],
+                      wrapper_vars={"wal_archive_fetch_unreachable": mode}, **{"async": False})
+    broken = work / "broken-wrapper"
+    broken.write_text(archive.wrapper.read_text().replace(str(REPO / ".collections"), str(work / "no-engine-here")))
+    broken.chmod(0o755)
+    seg = "000000010000000000000042"
+    dest = as_postgres(work / "restore") / "RECOVERYXLOG"
+
+    def run(argv):
+        return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    restore_command = jinja2.Template(settings["restore_command"]).render(
+        wal_archive_command=str(broken), wal_archive_fetch_unreachable=mode)
+    assert "--unreachable missing" in restore_command, restore_command
+    argv = shlex.split(restore_command.replace("%f", seg).replace("%p", str(dest)))
+    assert run(argv).returncode == 1, "the role's restore_command would stop a standby on an engine crash"
+    assert run([str(broken), "fetch", seg, str(dest)]).returncode == 1, "the wrapper's default is the role's mode"
+    assert run([str(broken), "fetch", seg, str(dest), "--unreachable=missing"]).returncode == 1
+    aborted = run([str(broken), "fetch", seg, str(dest), "--unreachable=abort"])
+    assert aborted.returncode == wa.EXIT_ABORT and "stopping recovery" in aborted.stderr
+    # the working engine is told the wrapper's default too: a repository it cannot read is "not archived (yet)"
+    repo_dir.chmod(0)
+    try:
+        unreadable = archive.run("fetch", seg, str(dest))
+        assert unreadable.returncode == 1 and "answered 'not archived'" in unreadable.stderr, unreadable
+        assert archive.run("fetch", seg, str(dest), "--unreachable", "abort").returncode == wa.EXIT_ABORT
+    finally:
+        repo_dir.chmod(0o700)
 
 
 def test_a_full_spool_degrades_to_direct_pushes(s3_endpoint, s3_bucket, work):

@@ -185,3 +185,11 @@ def test_an_unreadable_local_repository_is_passed_over_for_the_next_region(two_r
 
     monkeypatch.setattr(repo_mod.LocalRepository, "read", read)
     assert wa.fetch_raw(config, SEG) == raw
+
+
+@pytest.mark.parametrize("argv, expect", [(["--unreachable", "missing"], 1), (["--unreachable=missing"], 1),
+                                          (["--unreachable", "abort"], wa.EXIT_ABORT), ([], wa.EXIT_ABORT)])
+def test_an_unreadable_configuration_stops_recovery_except_for_a_streaming_standby(tmp_path, argv, expect, capsys):
+    rc = _walcli.main(["fetch", SEG, str(tmp_path / "dest"), *argv, "--config", str(tmp_path / "nope.json")])
+    assert rc == expect
+    assert "cannot read the configuration" in capsys.readouterr().err

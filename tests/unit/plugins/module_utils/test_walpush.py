@@ -2,6 +2,7 @@
 first; one it shows is still checked (same content: present; different: refused)."""
 
 import json
+import os
 import time
 
 import pytest
@@ -82,7 +83,7 @@ def test_local_create_is_create_only(tmp_path):
     assert [o["key"] for o in repo.list("wal/")] == ["wal/x/000000010000000000000001"]  # no temporary left
 
 
-# -- an offsite region down: owed, backfilled; the home region down: failed, then bounded ----------------------------
+# -- a region down: owed, backfilled; every region down: failed, then bounded -----------------------------------
 def regions(tmp_path, **options):
     """Home "here" and offsite "there", both local; ``break_(name)`` makes one unusable (its directory a file: every
     read and write fails, as root too), ``mend(name)`` brings it back."""
@@ -181,16 +182,71 @@ def test_a_push_that_reaches_an_owed_region_again_repays_the_debt(tmp_path):
     assert wa.read_status(config)["repositories"]["there"]["failures"] == 0
 
 
-def test_the_home_region_down_fails_the_push_and_stores_nothing_offsite(tmp_path):
+def test_the_home_region_down_the_offsite_region_takes_it_and_home_is_owed(tmp_path):
     config = regions(tmp_path)
     break_(tmp_path, "here")
     seg = segment(tmp_path, 0x30)
-    with pytest.raises(wa.HomeUnavailable, match="this region's repository failed.*PostgreSQL keeps the segment"):
+    assert wa.push_file(config, str(seg)) == [("here", "owed"), ("there", "stored")]
+    assert stored(config.repositories()[1], seg.name) == seg.read_bytes()
+    marker = json.loads((tmp_path / "spool" / "owed" / "here" / seg.name).read_text())
+    assert marker["key"] == _wal.wal_key(seg.name) and marker["sha256"] == wa.pack(seg.read_bytes(), "none")[1]
+    status = wa.read_status(config)["repositories"]
+    assert status["here"]["owed"] == 1 and status["here"]["oldest_owed"] == seg.name
+    assert status["here"]["failures"] == 1 and status["here"]["role"] == "home"
+    assert status["there"]["owed"] == 0 and status["there"]["last_success_time"] >= int(time.time()) - 5
+
+
+def test_the_backfill_repays_the_home_region_from_the_offsite_copy(tmp_path):
+    config = regions(tmp_path)
+    break_(tmp_path, "here")
+    segs = [segment(tmp_path, n) for n in (0x31, 0x32)]
+    for seg in segs:
+        assert wa.push_file(config, str(seg))[0] == ("here", "owed")
+    contents = {seg.name: seg.read_bytes() for seg in segs}
+    for seg in segs:
+        seg.unlink()  # recycled by PostgreSQL: the offsite copy is what is copied
+    assert wa.backfill(config)["owed"] == {"here": 2}
+    mend(tmp_path, "here")
+    report = wa.backfill(config)
+    assert report == {"copied": [("here", n, "copied") for n in sorted(contents)], "owed": {}, "errors": {}}
+    for name, raw in contents.items():
+        assert stored(config.repositories()[0], name) == raw
+    assert wa.owed_names(config, "here") == []
+
+
+def test_every_region_down_fails_the_push_and_owes_nothing(tmp_path):
+    config = regions(tmp_path)
+    break_(tmp_path, "here")
+    break_(tmp_path, "there")
+    seg = segment(tmp_path, 0x33)
+    with pytest.raises(wa.NoRepositoryTookIt, match="no repository could store.*PostgreSQL keeps the seg") as caught:
         wa.push_file(config, str(seg))
-    assert stored(config.repositories()[1], seg.name) is None
-    assert wa.owed_names(config, "there") == []
-    home = wa.read_status(config)["repositories"]["here"]
-    assert home["last_error_time"] and home["failures"] == 1
+    assert caught.value.tried_every
+    assert wa.owed_names(config, "here") == [] and wa.owed_names(config, "there") == []
+    status = wa.read_status(config)["repositories"]
+    assert status["here"]["failures"] == 1 and status["there"]["failures"] == 1
+    # both in back-off now: a push still tries both before it fails
+    tried = []
+    real = repo_mod.LocalRepository.read_start
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(repo_mod.LocalRepository, "read_start",
+                   lambda self, k, n: tried.append(self.name) or real(self, k, n))
+    try:
+        with pytest.raises(wa.NoRepositoryTookIt):
+            wa.push_file(config, str(seg))
+    finally:
+        monkey.undo()
+    assert sorted(tried) == ["here", "there"]
+
+
+def test_a_region_in_back_off_is_tried_when_no_other_takes_the_segment(tmp_path):
+    config = regions(tmp_path)
+    break_(tmp_path, "here")
+    wa.push_file(config, str(segment(tmp_path, 0x34)))
+    wa.note_outcomes(config, {"there": "a moment ago"}, force=True)  # both in back-off now
+    assert wa.backing_off(config) == {"here", "there"}
+    seg = segment(tmp_path, 0x35)
+    assert wa.push_file(config, str(seg)) == [("here", "owed"), ("there", "stored")]
 
 
 @pytest.mark.parametrize("conflict_in", ["here", "there"])
@@ -212,6 +268,19 @@ def test_a_conflict_in_any_region_refuses_everything_even_with_the_other_region_
         with pytest.raises(wa.WalArchiveError, match="different content"):
             wa.push_file(config, str(seg))
         assert wa.owed_names(config, "there") == []
+
+
+def test_a_conflict_offsite_refuses_the_push_with_the_home_region_down(tmp_path):
+    config = regions(tmp_path)
+    seg = segment(tmp_path, 0x41)
+    other = wa.pack(b"other" * 1000, "lz4")[0]
+    config.repositories()[1].put_bytes(_wal.wal_key(seg.name), other)
+    break_(tmp_path, "here")
+    with pytest.raises(wa.WalArchiveError, match="different content") as caught:
+        wa.push_file(config, str(seg))
+    assert not isinstance(caught.value, wa.NoRepositoryTookIt)
+    assert config.repositories()[1].get_bytes(_wal.wal_key(seg.name)) == other
+    assert wa.owed_names(config, "here") == []
 
 
 def test_the_backfill_never_overwrites_different_content_in_the_owed_region(tmp_path):
@@ -243,36 +312,73 @@ def pg_wal_with_ready(tmp_path, count, size=4096):
     return pg_wal, segs
 
 
-def test_over_the_bound_with_the_home_region_down_the_segment_is_dropped_and_the_gap_recorded(tmp_path, capsys):
+def done(pg_wal, seg):
+    """PostgreSQL took the archive_command's success: .ready becomes .done."""
+    (pg_wal / "archive_status" / (seg.name + ".ready")).rename(pg_wal / "archive_status" / (seg.name + ".done"))
+
+
+def test_over_the_bound_with_every_region_down_the_segment_is_dropped_and_the_gap_recorded(tmp_path, capsys):
     config = regions(tmp_path, queue_max_bytes=3 * 4096)
     pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
     break_(tmp_path, "here")
+    break_(tmp_path, "there")
     assert wa.ready_bytes(str(pg_wal)) == 5 * 4096
     assert wa.archive(config, str(segs[0])) == "dropped"
-    (pg_wal / "archive_status" / (segs[0].name + ".ready")).rename(pg_wal / "archive_status" / (segs[0].name + ".done"))
-    assert wa.archive(config, str(segs[1])) == "dropped"  # without trying: the home region failed a moment ago
-    (pg_wal / "archive_status" / (segs[1].name + ".ready")).rename(pg_wal / "archive_status" / (segs[1].name + ".done"))
-    with pytest.raises(wa.HomeUnavailable):  # 3 segments left: at the bound, not over it
+    done(pg_wal, segs[0])
+    tried = []
+    real = repo_mod.LocalRepository.read_start
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(repo_mod.LocalRepository, "read_start",
+                   lambda self, k, n: tried.append(self.name) or real(self, k, n))
+    try:
+        assert wa.archive(config, str(segs[1])) == "dropped"
+    finally:
+        monkey.undo()
+    assert sorted(tried) == ["here", "there"], "dropped only after this push tried every repository"
+    done(pg_wal, segs[1])
+    with pytest.raises(wa.NoRepositoryTookIt):  # 3 segments left: at the bound, not over it
         wa.archive(config, str(segs[2]))
     err = capsys.readouterr().err
     assert "WAL DROPPED, NOT ARCHIVED" in err and "take a new full backup" in err and segs[0].name in err
+    assert f"Recorded in {tmp_path / 'spool' / 'gaps.jsonl'}" in err
+    lines = [json.loads(line) for line in (tmp_path / "spool" / "gaps.jsonl").read_text().splitlines()]
+    assert [line["segment"] for line in lines] == [segs[0].name, segs[1].name]
     status = wa.read_status(config)
     assert status["gap"]["first"] == segs[0].name and status["gap"]["last"] == segs[1].name
     assert status["gap"]["count"] == 2 and status["gap"]["last_time"] >= int(time.time()) - 5
     assert len(status["gaps"]) == 1 and status["queue_max_bytes"] == 3 * 4096
-    for seg in segs:
-        assert stored(config.repositories()[1], seg.name) is None, "a dropped segment is stored nowhere"
-    assert wa.clear_gaps(config) == 1 and wa.read_status(config)["gap"] is None
+    assert wa.read_gaps(config) == (status["gaps"], 0)
+    mend(tmp_path, "here")
+    mend(tmp_path, "there")
+    for repo in config.repositories():
+        for seg in segs:
+            assert stored(repo, seg.name) is None, "a dropped segment is stored nowhere"
+    count, moved = wa.clear_gaps(config)
+    assert count == 1 and wa.read_status(config)["gap"] is None and wa.read_gaps(config) == ([], 0)
+    assert [json.loads(line)["segment"] for line in open(moved)] == [segs[0].name, segs[1].name], "kept aside"
 
 
-def test_under_the_bound_or_unbounded_the_home_region_down_is_a_failure(tmp_path):
+def test_over_the_bound_with_only_the_home_region_down_nothing_is_dropped(tmp_path):
+    config = regions(tmp_path, queue_max_bytes=3 * 4096)
     pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
     break_(tmp_path, "here")
+    for seg in segs[:2]:
+        assert wa.archive(config, str(seg)) == "sync"
+        assert stored(config.repositories()[1], seg.name) == seg.read_bytes()
+        done(pg_wal, seg)
+    assert wa.owed_names(config, "here") == [segs[0].name, segs[1].name]
+    assert wa.read_gaps(config) == ([], 0) and not wa.read_status(config).get("gaps")
+
+
+def test_under_the_bound_or_unbounded_every_region_down_is_a_failure(tmp_path):
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    break_(tmp_path, "here")
+    break_(tmp_path, "there")
     for bound in (5 * 4096, 0):
         config = regions(tmp_path, queue_max_bytes=bound)
-        with pytest.raises(wa.HomeUnavailable):
+        with pytest.raises(wa.NoRepositoryTookIt):
             wa.archive(config, str(segs[0]))
-        assert not wa.read_status(config).get("gaps")
+        assert not wa.read_status(config).get("gaps") and wa.read_gaps(config) == ([], 0)
 
 
 def test_a_refusal_is_never_dropped_whatever_the_queue(tmp_path):
@@ -281,8 +387,119 @@ def test_a_refusal_is_never_dropped_whatever_the_queue(tmp_path):
     config.repositories()[0].put_bytes(_wal.wal_key(segs[0].name), wa.pack(b"other" * 900, "lz4")[0])
     with pytest.raises(wa.WalArchiveError, match="different content") as caught:
         wa.archive(config, str(segs[0]))
-    assert not isinstance(caught.value, wa.HomeUnavailable)
+    assert not isinstance(caught.value, wa.NoRepositoryTookIt)
     assert not wa.read_status(config).get("gaps")
+
+
+def test_a_recent_failure_is_no_reason_to_drop_without_trying(tmp_path):
+    config = regions(tmp_path, queue_max_bytes=3 * 4096)
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    wa.note_outcomes(config, {"here": "down a moment ago", "there": "down a moment ago"}, force=True)
+    assert wa.archive(config, str(segs[0])) == "sync"  # both answer again: stored, not dropped
+    assert stored(config.repositories()[0], segs[0].name) == segs[0].read_bytes()
+    assert wa.read_gaps(config) == ([], 0)
+
+
+def test_over_the_bound_a_failure_the_pusher_reported_is_tried_again_before_any_drop(tmp_path, monkeypatch):
+    config = regions(tmp_path, queue_max_bytes=3 * 4096, **{"async": True, "async_wait_seconds": 1})
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    monkeypatch.setattr(wa, "ensure_pusher", lambda cfg: False)  # as if the pusher had run and failed
+    (tmp_path / "spool" / "error" / segs[0].name).write_text(json.dumps(
+        {"kind": "unavailable", "reason": "both down", "message": "archive push failed: both down"}))
+    assert wa.archive(config, str(segs[0])) == "sync"
+    assert stored(config.repositories()[1], segs[0].name) == segs[0].read_bytes()
+    assert wa.read_gaps(config) == ([], 0)
+
+
+def test_an_error_file_older_than_a_success_is_not_taken_for_a_failure(tmp_path, monkeypatch):
+    config = regions(tmp_path, **{"async": True, "async_wait_seconds": 0.5})
+    seg = segment(tmp_path, 0x66)
+    monkeypatch.setattr(wa, "ensure_pusher", lambda cfg: False)
+    err = tmp_path / "spool" / "error" / seg.name
+    err.write_text(json.dumps({"kind": "unavailable", "message": "home down, long ago"}))
+    os.utime(err, (time.time() - 100, time.time() - 100))
+    wa.note_outcomes(config, {"there": None}, force=True)  # a repository succeeded since
+    assert wa.archive(config, str(seg)) == "sync"
+    assert stored(config.repositories()[0], seg.name) == seg.read_bytes() and not err.exists()
+
+
+def test_a_segment_of_another_cluster_is_refused_never_dropped_over_the_bound(tmp_path):
+    config = regions(tmp_path, queue_max_bytes=3 * 4096, system_identifier="1111")
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    segs[0].write_bytes(segment_of(2222, 4096))
+    break_(tmp_path, "here")
+    break_(tmp_path, "there")
+    wa.note_outcomes(config, {"here": "down a moment ago", "there": "down a moment ago"}, force=True)
+    with pytest.raises(wa.ForeignWal, match="system identifier 2222"):
+        wa.archive(config, str(segs[0]))
+    assert wa.read_gaps(config) == ([], 0) and not wa.read_status(config).get("gaps")
+
+
+def test_a_gap_that_cannot_be_recorded_is_no_drop(tmp_path, capsys):
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _walcli
+
+    config = regions(tmp_path, queue_max_bytes=3 * 4096)
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    break_(tmp_path, "here")
+    break_(tmp_path, "there")
+    (tmp_path / "spool" / "gaps.jsonl").mkdir()  # cannot be appended to
+    with pytest.raises(wa.WalArchiveError, match="the gap cannot be recorded.*not dropped, not archived"):
+        wa.archive(config, str(segs[0]))
+    conf = tmp_path / "wal.json"
+    conf.write_text(json.dumps(config.doc))
+    assert _walcli.main(["push", str(segs[0]), "--config", str(conf)]) == 1  # PostgreSQL keeps the segment
+    err = capsys.readouterr().err
+    assert "DROPPED" not in err and "pg_wal keeps growing" in err
+    assert not wa.read_status(config).get("gaps")
+    # status.json unwritable is no reason to keep the segment: the record is the gaps file
+    (tmp_path / "spool" / "gaps.jsonl").rmdir()
+    (tmp_path / "spool" / "status.json").unlink()
+    (tmp_path / "spool" / "status.json").mkdir()
+    assert wa.archive(config, str(segs[0])) == "dropped"
+    err = capsys.readouterr().err
+    assert "WAL DROPPED" in err and "cannot update the view of the gaps" in err
+    assert wa.read_gaps(config)[0][0]["first"] == segs[0].name
+
+
+def test_an_unparsable_status_file_never_loses_the_gaps(tmp_path, capsys):
+    config = regions(tmp_path, queue_max_bytes=3 * 4096)
+    pg_wal, segs = pg_wal_with_ready(tmp_path, 5)
+    break_(tmp_path, "here")
+    break_(tmp_path, "there")
+    assert wa.archive(config, str(segs[0])) == "dropped"
+    (tmp_path / "spool" / "status.json").write_text('{"repositories": {"here": ')  # torn
+    wa.note_outcomes(config, {"here": "still down"}, force=True)
+    status = wa.read_status(config)
+    assert status["gap"]["first"] == segs[0].name and status["gap"]["count"] == 1
+    assert (tmp_path / "spool" / "status.json.unreadable").read_text() == '{"repositories": {"here": '
+    assert "moved to" in capsys.readouterr().err
+
+
+def test_the_gaps_file_is_only_appended_to_and_a_torn_line_stays_alone(tmp_path):
+    config = regions(tmp_path)
+    for segno in (0x01, 0x02, 0x09):
+        wa.record_gap(config, _wal.segment_name(1, segno), 1, "down")
+    path = tmp_path / "spool" / "gaps.jsonl"
+    with open(path, "a") as fh:
+        fh.write('{"segment": "0000000100000000000000')  # a crash in the middle of a line
+    wa.record_gap(config, _wal.segment_name(1, 0x0A), 1, "down")
+    gaps, unreadable = wa.read_gaps(config)
+    assert [(g["first"], g["last"], g["count"]) for g in gaps] == [
+        (_wal.segment_name(1, 1), _wal.segment_name(1, 2), 2), (_wal.segment_name(1, 9), _wal.segment_name(1, 10), 2)]
+    assert unreadable == 1
+    for _round in range(3):  # never trimmed, whatever the number
+        with wa.status_update(config) as doc:
+            doc["gaps"] = []
+    assert len(path.read_text().splitlines()) == 5
+
+
+def segment_of(sysid, size=16384):
+    """The first bytes of a PostgreSQL 15 segment: a long page header (magic 0xD110, XLP_LONG_HEADER) with sysid."""
+    import struct
+
+    page = struct.pack("<HHIQI", 0xD110, 0x0002, 1, 0x7000000, 0) + b"\0" * 4
+    header = page + struct.pack("<QII", sysid, 16 << 20, 8192)
+    return header + b"\0" * (size - len(header))
 
 
 def test_the_default_bound_is_4_gib_and_a_pusher_error_keeps_its_kind(tmp_path, monkeypatch):
@@ -291,12 +508,13 @@ def test_the_default_bound_is_4_gib_and_a_pusher_error_keeps_its_kind(tmp_path, 
     seg = segment(tmp_path, 0x60)
     monkeypatch.setattr(wa, "ensure_pusher", lambda cfg: False)  # as if the pusher had run and failed
     (tmp_path / "spool" / "error" / seg.name).write_text(json.dumps({"kind": "unavailable", "message": "home down"}))
-    with pytest.raises(wa.HomeUnavailable, match="home down"):
+    with pytest.raises(wa.NoRepositoryTookIt, match="home down") as caught:
         wa.push_async(config, str(seg))
+    assert not caught.value.tried_every, "the pusher's word: archive() tries every repository before any drop"
     (tmp_path / "spool" / "error" / seg.name).write_text("an error file of an older version")
     with pytest.raises(wa.WalArchiveError, match="older version") as caught:
         wa.push_async(config, str(seg))
-    assert not isinstance(caught.value, wa.HomeUnavailable)
+    assert not isinstance(caught.value, wa.NoRepositoryTookIt)
 
 
 def test_the_cli_backfill_and_status(tmp_path, capsys):
@@ -314,7 +532,7 @@ def test_the_cli_backfill_and_status(tmp_path, capsys):
     assert _walcli.main(["status", "--config", str(conf)]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["repositories"]["there"]["owed"] == 1 and status["repositories"]["here"]["role"] == "home"
-    assert set(status) >= {"ok", "error", "fetch", "repositories", "gap", "gaps", "updated_time"}
+    assert set(status) >= {"ok", "error", "fetch", "repositories", "gap", "gaps", "gaps_file", "updated_time"}
     mend(tmp_path, "there")
     assert _walcli.main(["backfill", "--config", str(conf)]) == 0
     assert capsys.readouterr().out == f"copied {seg.name} to there\nnothing owed\n"
@@ -346,3 +564,96 @@ def test_the_background_pusher_backfills_beside_its_pushes_once_the_back_off_ran
     assert stored(there, owed_seg.name) == owed_seg.read_bytes()
     assert stored(there, segs[0].name) == segs[0].read_bytes()
     assert f"backfilled {owed_seg.name} to there (copied)" in capsys.readouterr().err
+
+
+# -- reconcile: what the markers cannot cover (a failover, a rebuild), from the repositories' listings ---------------
+def three_regions(tmp_path):
+    names = ("here", "there", "third")
+    doc = {"repository": {"type": "local", "name": names[0], "path": str(tmp_path / names[0] / "r")},
+           "offsite": [{"type": "local", "name": n, "path": str(tmp_path / n / "r")} for n in names[1:]],
+           "spool_dir": str(tmp_path / "spool"), "async": False}
+    config = wa.Config(doc)
+    wa.marker_dirs(config)
+    return config, dict(zip(names, config.repositories(), strict=True))
+
+
+def put(repo, name, raw=None):
+    repo.put_bytes(_wal.wal_key(name), wa.pack(raw or name.encode() * 100, "lz4")[0])
+
+
+def test_reconcile_copies_what_one_region_holds_and_another_lacks(tmp_path):
+    config, repos = three_regions(tmp_path)
+    seg = {n: _wal.segment_name(1, n) for n in (0x10, 0x8F, 0x90, 0x91, 0x92, 0x93)}
+    for name in (seg[0x10], seg[0x90], seg[0x92]):
+        put(repos["here"], name)
+    for name in (seg[0x8F], seg[0x91], seg[0x92]):
+        put(repos["there"], name)
+    for name in (seg[0x90], seg[0x92], "00000002.history"):
+        put(repos["third"], name)
+    put(repos["here"], seg[0x93], b"mine" * 100)  # two regions, two contents: nobody gets a copy
+    put(repos["there"], seg[0x93], b"yours" * 100)
+    wa.owe(config, "there", seg[0x90], _wal.wal_key(seg[0x90]), None, "a marker the reconcile repays")
+    report = wa.reconcile(config)
+    assert sorted(report["copied"]) == sorted([
+        ("here", "00000002.history", "copied"), ("here", seg[0x8F], "copied"), ("here", seg[0x91], "copied"),
+        ("there", "00000002.history", "copied"), ("there", seg[0x90], "copied"),
+        ("third", seg[0x91], "copied")])
+    # below the oldest segment a region holds: what its lifecycle expired is not brought back
+    assert report["older"] == {"there": (1, seg[0x8F]), "third": (2, seg[0x90])}
+    assert len(report["conflicts"]) == 1 and "different content" in report["conflicts"][0]
+    assert report["missing"] == {"third": 1} and report["errors"] == {}
+    assert stored(repos["there"], seg[0x90]) == seg[0x90].encode() * 100
+    assert stored(repos["third"], seg[0x93]) is None
+    assert stored(repos["here"], seg[0x93]) == b"mine" * 100 and stored(repos["there"], seg[0x93]) == b"yours" * 100
+    assert wa.owed_names(config, "there") == []
+    everything = wa.reconcile(config, everything=True)
+    assert sorted(everything["copied"]) == [("there", seg[0x10], "copied"), ("third", seg[0x10], "copied"),
+                                            ("third", seg[0x8F], "copied")]
+    assert everything["older"] == {} and everything["missing"] == {"third": 1}
+
+
+def test_reconcile_never_writes_over_a_copy_stored_meanwhile_and_reports_a_region_it_cannot_list(tmp_path, monkeypatch):
+    config, repos = three_regions(tmp_path)
+    first, second = _wal.segment_name(1, 0x20), _wal.segment_name(1, 0x21)
+    for repo in repos.values():
+        put(repo, first)
+    put(repos["here"], second)
+    theirs = wa.pack(b"theirs" * 100, "lz4")[0]
+    real = repo_mod.LocalRepository.list
+
+    def listing(self, prefix=""):
+        found = real(self, prefix)
+        if self.name == "there":  # another writer stores other content right after the listing
+            self.put_bytes(_wal.wal_key(second), theirs)
+        if self.name == "third":
+            raise repo_mod.RepositoryError("third: cannot reach it")
+        return found
+
+    monkeypatch.setattr(repo_mod.LocalRepository, "list", listing)
+    report = wa.reconcile(config)
+    assert report["copied"] == [] and report["missing"] == {"there": 1}
+    assert "different content" in report["conflicts"][0]
+    assert repos["there"].get_bytes(_wal.wal_key(second)) == theirs
+    assert "cannot list its WAL" in report["errors"]["third"]
+
+
+def test_the_cli_backfill_reconcile(tmp_path, capsys):
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _walcli
+
+    config, repos = three_regions(tmp_path)
+    conf = tmp_path / "wal.json"
+    conf.write_text(json.dumps(config.doc))
+    names = [_wal.segment_name(1, n) for n in (0x30, 0x31)]
+    for repo in repos.values():
+        put(repo, names[0])
+    put(repos["there"], names[1])  # pushed while the primary was elsewhere: no marker on this spool
+    assert _walcli.main(["backfill", "--config", str(conf)]) == 0
+    assert capsys.readouterr().out == "nothing owed\n", "the markers alone do not see it"
+    assert _walcli.main(["backfill", "--reconcile", "--config", str(conf)]) == 0
+    assert capsys.readouterr().out == (f"copied {names[1]} to here\ncopied {names[1]} to third\n"
+                                       "nothing owed, nothing missing\n")
+    put(repos["here"], names[1].replace("31", "32"), b"mine" * 100)
+    put(repos["third"], names[1].replace("31", "32"), b"yours" * 100)
+    assert _walcli.main(["backfill", "--reconcile", "--config", str(conf)]) == 1
+    out = capsys.readouterr().out
+    assert "conflict: the repositories hold" in out and "still missing in there: 1 file(s)" in out
