@@ -896,15 +896,8 @@ def _fsync_tree(root):
         paths.extend(os.path.join(dirpath, name) for name in files)
         paths.append(dirpath)
 
-    def one(path):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(one, paths))
+        list(pool.map(_fsync_dir, paths))  # opens read-only and fsyncs: a file or a directory alike
 
 
 def _marker_matches(path, request):

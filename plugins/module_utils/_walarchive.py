@@ -656,15 +656,7 @@ def _mtime(path):
         return None
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = repo_mod._fsync_dir  # one rule for making a rename durable
 
 
 # -- backfill: the owed segments, from the stored objects ---------------------------------------------------------

@@ -35,6 +35,26 @@ def dead_process():
     return dict(_runlock.me(), pid=proc.pid, pid_start=12345)
 
 
+def race(regions, runs):
+    """``runs`` runs start acquiring at the same instant: {n: whether run n got the lock}."""
+    results = {}
+    barrier = threading.Barrier(runs)
+
+    def run(n):
+        barrier.wait()
+        try:
+            results[n] = _runlock.acquire(regions, "runbook", f"run-{n}", f"controller {n}")["acquired"]
+        except _runlock.LockHeld:
+            results[n] = False
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(runs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
 def test_a_majority_holds_it_and_a_second_run_is_told_who_since_when(regions):
     first = _runlock.acquire(regions, "runbook", "run-1", "failover by alice")
     assert first["acquired"] and sorted(first["repositories"]) == ["primary", "secondary", "tertiary"]
@@ -87,21 +107,7 @@ def test_a_same_named_host_elsewhere_is_never_taken_for_this_one(regions):
 
 def test_two_runs_taking_over_the_same_dead_holder_never_both_win(regions):
     _runlock.acquire(regions, "runbook", "run-dead", "killed", process=dead_process())
-    results = {}
-    barrier = threading.Barrier(6)
-
-    def run(n):
-        barrier.wait()
-        try:
-            results[n] = _runlock.acquire(regions, "runbook", f"run-{n}", f"re-run {n}")["acquired"]
-        except _runlock.LockHeld:
-            results[n] = False
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = race(regions, 6)
     assert sum(results.values()) == 1 and len(results) == 6
     holders = [(doc or {}).get("run_id") for doc in _runlock.status(regions, "runbook").values()]
     winner = next(n for n, ok in results.items() if ok)
@@ -126,21 +132,7 @@ def test_a_quorum_can_be_said_for_regions_that_are_gone_for_good(regions, tmp_pa
 
 
 def test_two_controllers_racing_never_both_hold_it(regions):
-    results = {}
-    barrier = threading.Barrier(8)
-
-    def run(n):
-        barrier.wait()
-        try:
-            results[n] = _runlock.acquire(regions, "runbook", f"run-{n}", f"controller {n}")["acquired"]
-        except _runlock.LockHeld:
-            results[n] = False
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = race(regions, 8)
     assert sum(results.values()) == 1 and len(results) == 8
 
 
