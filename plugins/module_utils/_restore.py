@@ -24,6 +24,7 @@ Private to the collection; plain Python, no Ansible.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _recovery
@@ -824,6 +826,9 @@ def restore_request(plan_doc):
 SPACE_MARGIN = 64 * 1024 * 1024
 RECOVERY_WAL_ALLOWANCE = 1024 * 1024 * 1024  # WAL restored into pg_wal during recovery, about max_wal_size
 MARKER = "immersiverse-dr-restored.json"  # in the restored data directory: which request made it
+# phases of a request whose complete copy exists (staged beside, or already in place): no second copy is needed
+STAGED_PHASES = ("staged", "moving-aside", "placing")
+DONE_PHASES = ("restored", "paused", "recovered")
 
 
 def _mount_points():
@@ -889,8 +894,6 @@ def _tree_bytes(path):
 def _fsync_tree(root):
     """fsync every file and directory under root (in parallel, so the device sees many writes at once). Only what
     the restore wrote: a machine-wide sync would also wait for every other process's dirty pages."""
-    from concurrent.futures import ThreadPoolExecutor
-
     paths = []
     for dirpath, _dirs, files in os.walk(root):
         paths.extend(os.path.join(dirpath, name) for name in files)
@@ -921,8 +924,6 @@ class _Lock:
         self.fd = None
 
     def __enter__(self):
-        import fcntl
-
         parent = os.path.dirname(self.path)
         if not os.path.isdir(parent):
             os.makedirs(parent, mode=0o700, exist_ok=True)
@@ -968,7 +969,7 @@ def _prepare(repositories, plan_doc, data_dir, now, check_mode, progress):
                            "restore never replaces a live data directory" % (data_dir, pid))
     same = bool(state and state.get("request") == request)
     phase = state.get("phase") if same else None
-    if phase in ("restored", "paused", "recovered") and _nonempty(data_dir):
+    if phase in DONE_PHASES and _nonempty(data_dir):
         return {"changed": False, "moved_aside": state.get("moved_aside"), "restored": False, "state": state}
     staging = data_dir + ".restoring"
     if state and not same and state.get("phase") in ("moving-aside", "placing") and not _nonempty(data_dir):
@@ -981,7 +982,7 @@ def _prepare(repositories, plan_doc, data_dir, now, check_mode, progress):
                state.get("moved_aside") or "the old directory", data_dir))
     now = now or _backup.utcnow()
     aside = data_dir + ".replaced-" + now.strftime("%Y%m%dT%H%M%SZ")
-    staged = phase in ("staged", "moving-aside", "placing") and _marker_matches(staging, request)
+    staged = phase in STAGED_PHASES and _marker_matches(staging, request)
     placed = phase == "placing" and not os.path.exists(staging) and _marker_matches(data_dir, request)
     moved = state.get("moved_aside") if same else None
     if check_mode:

@@ -210,8 +210,7 @@ def acquire(repositories, name, run_id, holder, ttl_seconds=7200, break_stale=Fa
             errors.append(str(exc) if isinstance(exc, repo_mod.RepositoryError) else "%s: %s" % (repo.describe(), exc))
     if len(got) >= need:
         return {"acquired": True, "lock": doc, "repositories": [r.name for r in got], "took_over": took_over}
-    left = release(repositories, name, run_id)  # no quorum: take back what this run made, wherever it may be
-    del left
+    release(repositories, name, run_id)  # no quorum: take back what this run made, wherever it may be
     if held:
         repo, theirs, expires = held[0]
         stale = expires is None or expires < now

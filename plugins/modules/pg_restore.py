@@ -291,8 +291,7 @@ def run_module(module):
         raise
     previous = _restore.read_state(p["data_dir"]) if p["data_dir"] else None
     same = bool(previous and previous.get("request") == _restore.restore_request(plan))
-    resumed = ("staged", "moving-aside", "placing", "restored", "paused", "recovered")
-    if p["data_dir"] and not (same and previous.get("phase") in resumed):
+    if p["data_dir"] and not (same and previous.get("phase") in _restore.STAGED_PHASES + _restore.DONE_PHASES):
         _restore.check_data_dir(plan, p["data_dir"])
     if state == "planned":
         return {"changed": False, "plan": plan,
