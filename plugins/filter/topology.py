@@ -32,6 +32,10 @@ options:
     description: Region names in the order the rows are listed.
     type: list
     elements: str
+notes:
+  - The same file gives C(promotion_refusals) (why a host must not be promoted now), C(failover_plan) (who is
+    fenced, promoted and follows in an unplanned failover to a region, with the candidate's lag and the refusals),
+    C(switchover_plan), C(rejoin_refusals) and C(lsn_int) (an LSN as an integer, to compare); see docs/failover.md.
 """
 
 EXAMPLES = r"""
@@ -47,6 +51,7 @@ _value:
   type: dict
 """
 
+from ansible_collections.immersiverse.dr.plugins.module_utils import _failover
 from ansible_collections.immersiverse.dr.plugins.module_utils._topology import promotion_blockers, summarise
 
 
@@ -58,6 +63,26 @@ def promotion_refusals(summary, candidate, isolated=None, restoring=False):
     return promotion_blockers(summary, candidate, isolated or (), restoring=restoring)
 
 
+def failover_plan(summary, target_region, max_lag=None, force=False, sync_regions=None):
+    max_lag = max_lag or {}
+    return _failover.failover_plan(summary, target_region, max_lag_bytes=max_lag.get("bytes", 16 << 20),
+                                   max_lag_seconds=max_lag.get("seconds", 30), force=bool(force),
+                                   sync_regions=sync_regions or ())
+
+
+def lsn_int(lsn):
+    return _failover.lsn_int(lsn)
+
+
+def switchover_plan(summary, target_region):
+    return _failover.switchover_plan(summary, target_region)
+
+
+def rejoin_refusals(summary, host):
+    return _failover.rejoin_refusals(summary, host)
+
+
 class FilterModule(object):
     def filters(self):
-        return {"topology": topology, "promotion_refusals": promotion_refusals}
+        return {"topology": topology, "promotion_refusals": promotion_refusals, "failover_plan": failover_plan,
+                "switchover_plan": switchover_plan, "rejoin_refusals": rejoin_refusals, "lsn_int": lsn_int}

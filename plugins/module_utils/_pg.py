@@ -9,7 +9,10 @@ testable without Ansible. Passwords reach libpq as a connection keyword, never o
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import time
 
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
@@ -201,14 +204,66 @@ def gather_facts(conn):
     return facts
 
 
+# Written by the isolate phase (and the lab's out-of-band fence) beside start.conf; removed when the host is made a
+# standby again. It says the host was a primary that must not serve: the rejoin reads it.
+FENCE_MARKER = "immersiverse-dr-fence.json"
+
+
+def read_fence(conf_dir):
+    """The fence state of a Debian cluster from its configuration directory (/etc/postgresql/<v>/<cluster>).
+
+    start_conf: the first word of start.conf that is not a comment (auto, manual, disabled) or None.
+    marker: the fence marker's content (a dict) or None. fenced: a marker is present.
+    """
+    start = None
+    try:
+        with open(os.path.join(conf_dir, "start.conf"), encoding="utf-8") as fh:
+            for line in fh:
+                word = line.split("#", 1)[0].strip()
+                if word:
+                    start = word
+                    break
+    except OSError:
+        pass
+    marker = None
+    try:
+        with open(os.path.join(conf_dir, FENCE_MARKER), encoding="utf-8") as fh:
+            marker = json.load(fh)
+        if not isinstance(marker, dict):
+            marker = {"unreadable": "not a JSON object"}
+    except FileNotFoundError:
+        marker = None
+    except (OSError, ValueError) as exc:
+        marker = {"unreadable": str(exc)}
+    return {"start_conf": start, "marker": marker, "fenced": marker is not None}
+
+
 def _diff(a, b):
     if a is None or b is None:
         return None
     return max(0, lsn_to_int(a) - lsn_to_int(b))
 
 
-def promote(conn, wait_seconds=60, check_mode=False):
+def wait_for_replay(conn, lsn, seconds, step=0.05):
+    """Wait until the standby has replayed up to ``lsn`` (each check a short transaction of its own, so recovery is
+    never held up by this session). Returns the replay LSN reached; raises PgError when ``seconds`` pass first."""
+    target = lsn_to_int(lsn)
+    deadline = time.monotonic() + max(0.0, float(seconds))
+    while True:
+        now = query(conn, "SELECT pg_last_wal_replay_lsn()::text AS lsn")[0]["lsn"]
+        if now is not None and lsn_to_int(now) >= target:
+            return now
+        if time.monotonic() >= deadline:
+            raise PgError("the standby replayed WAL only up to %s, not %s, within %s s; nothing was promoted. Check "
+                          "its replication (pg_stat_wal_receiver) and log before trying again" % (now, lsn, seconds))
+        time.sleep(step)
+
+
+def promote(conn, wait_seconds=60, check_mode=False, replay_lsn=None, catchup_seconds=30):
     """Promote a standby and wait until it accepts writes.
+
+    replay_lsn: promote only once the standby has replayed WAL up to this LSN (a switchover passes the old primary's
+    shutdown checkpoint, so that nothing it acknowledged is lost); PgError after catchup_seconds, nothing promoted.
 
     Returns {"changed", "promoted", "before", "after"} where before/after are gather_facts() results. A server that
     is already a primary is left alone (changed False). In check mode nothing is run: pg_promote is not
@@ -220,6 +275,8 @@ def promote(conn, wait_seconds=60, check_mode=False):
     if check_mode:
         return {"changed": True, "promoted": False, "before": before, "after": None,
                 "would_run": "SELECT pg_promote(true, %d)" % wait_seconds}
+    if replay_lsn:
+        before["replayed_to"] = wait_for_replay(conn, replay_lsn, catchup_seconds)
     done = query(conn, "SELECT pg_promote(true, %s) AS promoted", (int(wait_seconds),))[0]["promoted"]
     if not done:
         raise PgError("pg_promote did not finish within %d s; the server is still in recovery. Check its log for "

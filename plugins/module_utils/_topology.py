@@ -41,6 +41,24 @@ def summarise(hosts, services=None, preferred_region=None, regions=None):
             "sender_host": ((f.get("wal_receiver") or {}).get("sender_host")) if reachable else None,
             "error": None if reachable else (f.get("error") or f.get("msg") or "unreachable"),
         })
+        row = rows[-1]
+        receiver = (f.get("wal_receiver") or {}) if reachable else {}
+        # What the failover decides on: how much WAL each host holds (received, replayed, streamed), when it last
+        # replayed a commit, what it archived, how the primary sees its standbys, and whether it is fenced.
+        row.update({
+            "receive_lsn": f.get("receive_lsn") if reachable else None,
+            "replay_lsn": f.get("replay_lsn") if reachable else None,
+            "last_replay_at": f.get("last_replay_at") if reachable else None,
+            "receiver_status": receiver.get("status"),
+            "last_streamed_lsn": receiver.get("latest_end_lsn"),
+            "last_archived_wal": (f.get("archiver") or {}).get("last_archived_wal") if reachable else None,
+            "replication": [{k: r.get(k) for k in ("application_name", "client_addr", "state", "sync_state",
+                                                    "replay_lsn", "replay_lag_bytes", "replay_lag_seconds")}
+                            for r in (f.get("replication") or [])] if reachable else [],
+            "fence": f.get("fence"),
+            # The host itself answered (the task ran there); false only when Ansible could not reach it at all.
+            "host_reachable": not f.get("unreachable", False),
+        })
     # The cluster the regions belong to: the system identifier most reachable hosts share.
     sysids = Counter(r["system_identifier"] for r in rows if r["system_identifier"])
     primaries = [r for r in rows if r["role"] == "primary"]
@@ -64,6 +82,7 @@ def summarise(hosts, services=None, preferred_region=None, regions=None):
         "current_primary": current["host"] if current else "",
         "current_primary_region": current["region"] if current else "",
         "unreachable": [r["host"] for r in rows if not r["reachable"]],
+        "hosts_unreachable": [r["host"] for r in rows if not r["host_reachable"]],
         "services": services,
         "unhealthy_services": {reg: s.get("unhealthy", []) for reg, s in services.items() if s.get("unhealthy")},
         "table": render_table(rows, services),

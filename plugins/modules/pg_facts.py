@@ -33,6 +33,12 @@ options:
         so a detect play can describe a dead region without stopping.
     type: bool
     default: true
+  fence_dir:
+    description:
+      - The cluster's configuration directory (on Debian C(/etc/postgresql/15/main)). When given, RV(fence) tells
+        whether the isolate phase fenced this host (its marker C(immersiverse-dr-fence.json)) and what
+        C(start.conf) says, also when the server is down.
+    type: path
 seealso:
   - name: PostgreSQL recovery information functions
     description: pg_is_in_recovery, pg_last_wal_replay_lsn and friends.
@@ -114,6 +120,13 @@ archiver:
   description: pg_stat_archiver counters and last archived / failed WAL.
   returned: when reachable
   type: dict
+fence:
+  description:
+    - C(fenced) (the isolate phase's marker is present), C(marker) (its content, or null) and C(start_conf)
+      (auto, manual, disabled or null).
+  returned: when O(fence_dir) is given
+  type: dict
+  sample: {"fenced": true, "start_conf": "manual", "marker": {"fenced_at": "2026-12-02T03:00:00Z"}}
 settings:
   description: wal_level, archive_mode, max_wal_senders, default_transaction_read_only.
   returned: when reachable
@@ -137,17 +150,18 @@ def run_module(module):
 
 def main():
     argument_spec = _pg.connection_argument_spec()
-    argument_spec.update(fail_on_unreachable=dict(type="bool", default=True))
+    argument_spec.update(fail_on_unreachable=dict(type="bool", default=True), fence_dir=dict(type="path"))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not _pg.HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
+    fence = {"fence": _pg.read_fence(module.params["fence_dir"])} if module.params["fence_dir"] else {}
     try:
         result = run_module(module)
     except _errors.ENGINE_ERRORS as exc:
         if module.params["fail_on_unreachable"]:
-            module.fail_json(msg=str(exc), reachable=False)
-        module.exit_json(changed=False, reachable=False, error=str(exc))
-    module.exit_json(changed=False, **result)
+            module.fail_json(msg=str(exc), reachable=False, **fence)
+        module.exit_json(changed=False, reachable=False, error=str(exc), **fence)
+    module.exit_json(changed=False, **dict(result, **fence))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,19 @@ options:
     description: How long pg_promote may wait for the promotion to finish.
     type: int
     default: 60
+  replay_lsn:
+    description:
+      - Promote only once the standby has replayed WAL up to this LSN (for example the old primary's shutdown
+        checkpoint in a switchover, so that nothing it acknowledged is lost). Checked every 50 ms, each check its own
+        short transaction.
+      - When it is not reached within O(catchup_seconds) the module fails and nothing is promoted.
+    type: str
+    version_added: 0.6.0
+  catchup_seconds:
+    description: How long to wait for O(replay_lsn).
+    type: float
+    default: 30
+    version_added: 0.6.0
 seealso:
   - name: pg_promote
     description: PostgreSQL's promotion function.
@@ -81,7 +94,8 @@ from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
 def run_module(module):
     conn = _pg.connect(module.params)
     try:
-        res = _pg.promote(conn, module.params["wait_seconds"], module.check_mode)
+        res = _pg.promote(conn, module.params["wait_seconds"], module.check_mode,
+                          replay_lsn=module.params["replay_lsn"], catchup_seconds=module.params["catchup_seconds"])
     finally:
         conn.close()
     after = res["after"] or {}
@@ -102,7 +116,8 @@ def run_module(module):
 
 def main():
     argument_spec = _pg.connection_argument_spec()
-    argument_spec.update(wait_seconds=dict(type="int", default=60))
+    argument_spec.update(wait_seconds=dict(type="int", default=60), replay_lsn=dict(type="str"),
+                         catchup_seconds=dict(type="float", default=30))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not _pg.HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))

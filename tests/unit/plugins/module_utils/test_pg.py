@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
@@ -42,3 +44,75 @@ def test_describe_target_never_shows_the_password():
                                 "login_port": 5432, "login_db": "d"})
     assert "s3cret-value" not in text
     assert text == "u@db1:5432/d"
+
+
+# --- read_fence: the isolate phase's marker and start.conf, read also when PostgreSQL is down ---------------------
+
+START_CONF = """# Automatic startup configuration
+#   auto: automatically start the cluster
+#   manual: manual startup with pg_ctlcluster/postgresql@.service only
+#   disabled: refuse to start cluster
+# See pg_createcluster(1) for details. When running from systemd,
+# invoke 'systemctl daemon-reload' after editing this file.
+
+   manual   # fenced by immersiverse.dr
+auto
+"""
+
+
+def test_read_fence_start_conf_skips_comments_and_blank_lines(tmp_path):
+    (tmp_path / "start.conf").write_text(START_CONF, encoding="utf-8")
+    assert _pg.read_fence(str(tmp_path)) == {"start_conf": "manual", "marker": None, "fenced": False}
+
+
+@pytest.mark.parametrize("text, word", [("auto\n", "auto"), ("disabled", "disabled"), ("# only comments\n\n", None),
+                                        ("", None)])
+def test_read_fence_start_conf_words(tmp_path, text, word):
+    (tmp_path / "start.conf").write_text(text, encoding="utf-8")
+    assert _pg.read_fence(str(tmp_path))["start_conf"] == word
+
+
+def test_read_fence_without_files_is_not_fenced(tmp_path):
+    assert _pg.read_fence(str(tmp_path)) == {"start_conf": None, "marker": None, "fenced": False}
+    assert _pg.read_fence(str(tmp_path / "missing")) == {"start_conf": None, "marker": None, "fenced": False}
+
+
+def test_read_fence_marker_present_is_fenced(tmp_path):
+    marker = {"fenced_at": "2026-12-02T03:00:00Z", "by": "isolate", "was": "primary", "timeline": 1,
+              "current_lsn": "0/5000000"}
+    (tmp_path / "start.conf").write_text("manual\n", encoding="utf-8")
+    (tmp_path / _pg.FENCE_MARKER).write_text(json.dumps(marker), encoding="utf-8")
+    assert _pg.FENCE_MARKER == "immersiverse-dr-fence.json"
+    assert _pg.read_fence(str(tmp_path)) == {"start_conf": "manual", "marker": marker, "fenced": True}
+
+
+def test_read_fence_marker_without_start_conf_is_still_fenced(tmp_path):
+    (tmp_path / _pg.FENCE_MARKER).write_text("{}", encoding="utf-8")
+    assert _pg.read_fence(str(tmp_path)) == {"start_conf": None, "marker": {}, "fenced": True}
+
+
+@pytest.mark.parametrize("content", ["{not json", "", "\x00\x01"])
+def test_read_fence_malformed_marker_is_fenced_and_unreadable(tmp_path, content):
+    (tmp_path / _pg.FENCE_MARKER).write_text(content, encoding="utf-8")
+    fence = _pg.read_fence(str(tmp_path))
+    assert fence["fenced"] is True, "a marker that cannot be parsed still says: do not serve"
+    assert set(fence["marker"]) == {"unreadable"} and fence["marker"]["unreadable"]
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "\"fenced\"", "null", "7"])
+def test_read_fence_marker_that_is_no_object_is_unreadable(tmp_path, content):
+    (tmp_path / _pg.FENCE_MARKER).write_text(content, encoding="utf-8")
+    assert _pg.read_fence(str(tmp_path))["marker"] == {"unreadable": "not a JSON object"}
+    assert _pg.read_fence(str(tmp_path))["fenced"] is True
+
+
+def test_read_fence_marker_not_a_file_is_fenced_and_unreadable(tmp_path):
+    (tmp_path / _pg.FENCE_MARKER).mkdir()
+    fence = _pg.read_fence(str(tmp_path))
+    assert fence["fenced"] is True and "unreadable" in fence["marker"]
+
+
+def test_read_fence_invalid_utf8_marker_is_unreadable(tmp_path):
+    (tmp_path / _pg.FENCE_MARKER).write_bytes(b"\xff\xfe{")
+    fence = _pg.read_fence(str(tmp_path))
+    assert fence["fenced"] is True and "unreadable" in fence["marker"]
