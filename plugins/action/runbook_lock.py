@@ -28,6 +28,11 @@ ARGUMENT_SPEC = dict(
 )
 
 
+LOCK_CONNECT_TIMEOUT = 3
+LOCK_READ_TIMEOUT = 3
+LOCK_MAX_ATTEMPTS = 2
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -42,7 +47,11 @@ class ActionModule(ActionBase):
         # serial play holds the same lock
         params["run_id"] = params["run_id"] or "%s-%d-%s" % (process["host"], process["pid"], process["pid_start"])
         try:
-            repos = [repo_mod.open_repository(spec) for spec in params["repositories"]]
+            # A lock object is a few hundred bytes: a region whose object store does not answer (a partition
+            # accepts the connection and then says nothing) must cost seconds, not botocore's 60 s x 5 attempts.
+            repos = [repo_mod.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
+                                                   read_timeout=LOCK_READ_TIMEOUT, max_attempts=LOCK_MAX_ATTEMPTS))
+                     for spec in params["repositories"]]
             if params["state"] == "info":
                 result["lock"] = _runlock.status(repos, params["name"])
                 return result

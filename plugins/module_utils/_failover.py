@@ -104,10 +104,14 @@ def lag_of(summary, candidate):
         newest = max((_when(r.get("last_replay_at")) for r in members if _when(r.get("last_replay_at"))),
                      default=None)
         own = _when(me.get("last_replay_at"))
-        seconds = max(0.0, (newest - own).total_seconds()) if newest and own else 0.0
+        if newest and own:
+            seconds = max(0.0, (newest - own).total_seconds())
+        elif best[0] == mine:
+            seconds = 0.0  # nothing anyone holds is missing here
+        # else: unknown (nothing replayed since a restart); the plan warns instead of calling it 0
     most = max((r for r in members if r.get("role") == "standby" and position(r) is not None),
                key=lambda r: (position(r), r["host"] == candidate), default=None)
-    return {"bytes": max(0, best[0] - mine), "seconds": round(seconds, 3),
+    return {"bytes": max(0, best[0] - mine), "seconds": None if seconds is None else round(seconds, 3),
             "reference_host": ref["host"], "reference_region": ref["region"],
             "reference_lsn": ref.get("current_lsn") if ref.get("role") == "primary" else
             (ref.get("receive_lsn") or ref.get("current_lsn")),
@@ -147,8 +151,21 @@ def failover_plan(summary, target_region, max_lag_bytes=16 << 20, max_lag_second
                     and r.get("system_identifier") == cluster]
     standbys_here = [r for r in local if r.get("reachable") and r.get("role") == "standby"
                      and (not cluster or r.get("system_identifier") == cluster)]
+    newest_tl = max((r.get("timeline") or 0 for r in hosts if r.get("reachable")
+                     and r.get("system_identifier") == cluster), default=0)
     if primary_here:
-        plan["candidate"] = primary_here[0]["host"]
+        me = primary_here[0]
+        if (me.get("fence") or {}).get("fenced"):
+            refuse("%s runs as a primary although the isolate phase fenced it (%s): it is a former primary that was "
+                   "started again, not the one that serves. Stop it, then fail over to the region that should serve"
+                   % (me["host"], ((me.get("fence") or {}).get("marker") or {}).get("reason", "fence marker present")))
+            return plan
+        if (me.get("timeline") or 0) < newest_tl:
+            refuse("%s is a primary on timeline %s while the cluster has reached timeline %s: it is a stale former "
+                   "primary. Stop it and rejoin it (playbooks/rejoin.yml)"
+                   % (me["host"], me.get("timeline"), newest_tl))
+            return plan
+        plan["candidate"] = me["host"]
         plan["state"] = "promoted"
     elif standbys_here:
         best = max(standbys_here, key=lambda r: (position(r) or -1, r["host"]))
@@ -190,14 +207,22 @@ def failover_plan(summary, target_region, max_lag_bytes=16 << 20, max_lag_second
         if max_lag_bytes is not None and lag["bytes"] > int(max_lag_bytes):
             too_far.append("%s of WAL (%d bytes; limit %d)" % (_fmt_bytes(lag["bytes"]), lag["bytes"],
                                                                int(max_lag_bytes)))
-        if max_lag_seconds is not None and lag["seconds"] > float(max_lag_seconds):
+        if max_lag_seconds is not None and lag["seconds"] is not None and lag["seconds"] > float(max_lag_seconds):
             too_far.append("%.1f s of commits (limit %s s)" % (lag["seconds"], max_lag_seconds))
+        if lag["seconds"] is None:
+            plan["warnings"].append("the lag of %s in seconds is unknown (no commit replayed since it started); only "
+                                    "its lag in bytes was checked" % candidate)
         if too_far:
-            msg = ("%s lags %s behind %s (%s, LSN %s; the candidate is at %s). The most advanced standby is %s in "
-                   "region '%s'; fail over there (-l %s), or accept the loss with -e force=true"
-                   % (candidate, " and ".join(too_far), lag["reference_host"], lag["reference_region"],
-                      lag["reference_lsn"], lag["candidate_lsn"], lag["most_advanced"], lag["most_advanced_region"],
-                      lag["most_advanced_region"]))
+            if lag["most_advanced"] and lag["most_advanced"] != candidate:
+                where = ("The most advanced standby is %s in region '%s'; fail over there (-l %s)"
+                         % (lag["most_advanced"], lag["most_advanced_region"], lag["most_advanced_region"]))
+            else:
+                where = ("No standby is more advanced: wait until %s has caught up with %s, or move the service "
+                         "without loss with playbooks/switchover.yml -l %s"
+                         % (candidate, lag["reference_host"], target_region))
+            msg = ("%s lags %s behind %s (%s, LSN %s; the candidate is at %s). %s, or accept the loss with "
+                   "-e force=true" % (candidate, " and ".join(too_far), lag["reference_host"],
+                                      lag["reference_region"], lag["reference_lsn"], lag["candidate_lsn"], where))
             (plan["forced"] if force else plan["refusals"]).append(msg)
     else:
         plan["warnings"].append("the lag of %s could not be measured (no position read from it or any other host)"
@@ -262,15 +287,21 @@ def switchover_plan(summary, target_region):
                     follow=[r["host"] for r in hosts if r["host"] != current and r.get("reachable")
                             and r.get("role") == "standby" and r.get("system_identifier") == cluster],
                     rejoin=[r["host"] for r in hosts if r["host"] != current and not r.get("reachable")
-                            and r.get("host_reachable") and (r.get("fence") or {}).get("fenced")])
+                            and r.get("host_reachable") and _fenced_by_switchover(r)])
+        others = [r["host"] for r in hosts if r["host"] != current and not r.get("reachable")
+                  and r["host"] not in plan["rejoin"]]
+        if others:
+            plan["warnings"].append("%s: down or unreachable, not fenced by a switchover; playbooks/rejoin.yml brings "
+                                    "them back (a rewind discards what they wrote after the fork)" % ", ".join(others))
         return plan
     streaming = [r for r in local if r.get("reachable") and r.get("role") == "standby"
                  and r.get("system_identifier") == cluster and r.get("receiver_status") == "streaming"]
     if not streaming:
         refuse("region '%s' has no standby streaming from %s (%s); a switchover must lose nothing, so it needs one: "
                "rebuild it (playbooks/rejoin.yml -l %s) first"
-               % (target_region, current, "; ".join("%s: %s" % (r["host"], r.get("receiver_status") or r["role"])
-                                                   for r in local), target_region))
+               % (target_region, current,
+                  "; ".join("%s: %s" % (r["host"], r.get("receiver_status") or r["role"]) for r in local),
+                  target_region))
         return plan
     cand = max(streaming, key=lambda r: (position(r) or -1, r["host"]))
     plan.update(state="switch", primary=current, candidate=cand["host"], rejoin=[current])
@@ -280,9 +311,20 @@ def switchover_plan(summary, target_region):
         if r.get("reachable") and r.get("role") == "standby" and r.get("system_identifier") == cluster:
             plan["follow"].append(r["host"])
         else:
-            plan["warnings"].append("%s is %s: it is left as it is (playbooks/rejoin.yml brings it back)"
-                                    % (r["host"], r["role"] if r.get("reachable") else "unreachable"))
+            # The promotion refuses while a host that is not a standby was not fenced in this run; refusing now,
+            # before writes stop, keeps the old primary serving.
+            refuse("%s is %s: a switchover promotes only while every other host is a standby. Bring it back "
+                   "(playbooks/rejoin.yml -l %s) or fence it (role isolate) first; nothing was changed"
+                   % (r["host"], r["role"] if r.get("host_reachable", r.get("reachable")) else "unreachable",
+                      r["region"]))
+    if plan["refusals"]:
+        plan["state"] = "refused"
     return plan
+
+
+def _fenced_by_switchover(row):
+    marker = (row.get("fence") or {}).get("marker") or {}
+    return (row.get("fence") or {}).get("fenced", False) and str(marker.get("reason", "")).startswith("switchover")
 
 
 def rejoin_refusals(summary, host):
@@ -303,8 +345,8 @@ def rejoin_refusals(summary, host):
                 "that serves (use playbooks/switchover.yml to move the service)" % (host, me["region"])]
     if me.get("reachable") and me.get("role") == "primary":
         return ["%s accepts writes (timeline %s, LSN %s) while %s serves: fence it first (playbooks/failover.yml "
-                "-l %s fences every other writable host)" % (host, me.get("timeline"), me.get("current_lsn"),
-                                                              current, rows[current]["region"])]
+                "-l %s fences every other writable host)"
+                % (host, me.get("timeline"), me.get("current_lsn"), current, rows[current]["region"])]
     if not me.get("host_reachable", me.get("reachable")):
         return ["%s cannot be reached (%s): bring the host back first" % (host, me.get("error"))]
     return []

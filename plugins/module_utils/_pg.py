@@ -123,12 +123,15 @@ def _iso(value):
 
 def gather_facts(conn):
     """What the detect phase needs to know about one PostgreSQL instance, as plain JSON-able data."""
+    # a server that accepts connections but hangs (a stuck disk) must not hold a failover's detect phase forever
+    query(conn, "SET statement_timeout = '15s'")
     base = query(conn, """
         SELECT current_setting('server_version') AS server_version,
                current_setting('server_version_num')::int AS server_version_num,
                (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier,
                pg_is_in_recovery() AS in_recovery,
                (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_timeline,
+               (SELECT min_recovery_end_timeline FROM pg_control_recovery()) AS recovery_timeline,
                pg_postmaster_start_time() AS started_at,
                now() AS now,
                current_setting('data_directory') AS data_directory,
@@ -162,7 +165,10 @@ def gather_facts(conn):
         """)
         wr = receiver[0] if receiver else None
         facts.update({
-            "timeline": (wr or {}).get("received_tli") or base["checkpoint_timeline"],
+            # The newest of: what the receiver streams, the minimum recovery point's (advances with replay), the
+            # last restartpoint's. A standby whose receiver is gone would otherwise report a stale checkpoint's.
+            "timeline": max(t for t in ((wr or {}).get("received_tli"), base["recovery_timeline"],
+                                        base["checkpoint_timeline"]) if t),
             "current_lsn": rec["replay_lsn"],
             "receive_lsn": rec["receive_lsn"],
             "replay_lsn": rec["replay_lsn"],
@@ -236,6 +242,49 @@ def read_fence(conf_dir):
     except (OSError, ValueError) as exc:
         marker = {"unreadable": str(exc)}
     return {"start_conf": start, "marker": marker, "fenced": marker is not None}
+
+
+# "disabled", not "manual": pg_ctlcluster (and so systemd's postgresql@ unit, at boot or by hand) refuses to start a
+# disabled cluster; "manual" only skips the start at boot and would let an enabled unit start a fenced primary.
+START_FENCED = "# fenced by immersiverse.dr: this host must not serve until it is made a standby again\ndisabled\n"
+START_SERVING = "# immersiverse.dr: started at boot\nauto\n"
+
+
+def set_fence(conf_dir, fenced, marker=None, check_mode=False):
+    """Fence (start.conf ``disabled`` and the marker) or unfence (``auto``, no marker) a Debian cluster.
+
+    Idempotent and compared by meaning: a start.conf that already says ``disabled`` (whoever wrote it) is left alone;
+    an existing marker is kept (the first fence's reason and time survive re-runs). Files are replaced atomically and
+    owned like the configuration directory. Returns {"changed", "actions", "before", "after"} (read_fence() each).
+    """
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _recovery  # file helpers, no cycle
+
+    if not os.path.isdir(conf_dir):
+        raise PgError("%s is not a directory: is the cluster created (pg_lsclusters) and the path right?" % conf_dir)
+    before = read_fence(conf_dir)
+    want_start = "disabled" if fenced else "auto"
+    actions = []
+    if before["start_conf"] != want_start:
+        actions.append("start.conf: %s -> %s" % (before["start_conf"], want_start))
+    if fenced and before["marker"] is None:
+        actions.append("fence marker written")
+    if not fenced and before["marker"] is not None:
+        actions.append("fence marker removed")
+    if actions and not check_mode:
+        info = os.stat(conf_dir)
+        start = os.path.join(conf_dir, "start.conf")
+        if before["start_conf"] != want_start:
+            _recovery.write_file(start, (START_FENCED if fenced else START_SERVING).encode(), info.st_uid,
+                                 info.st_gid, 0o644)
+        marker_path = os.path.join(conf_dir, FENCE_MARKER)
+        if fenced and before["marker"] is None:
+            _recovery.write_file(marker_path, (json.dumps(marker or {}, indent=2, sort_keys=True) + "\n").encode(),
+                                 info.st_uid, info.st_gid, 0o644)
+        if not fenced and before["marker"] is not None:
+            _recovery.remove_file(marker_path)
+    after = read_fence(conf_dir) if not check_mode else {
+        "start_conf": want_start, "marker": (before["marker"] or marker or {}) if fenced else None, "fenced": fenced}
+    return {"changed": bool(actions), "actions": actions, "before": before, "after": after}
 
 
 def _diff(a, b):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+_REPLICATION_KEYS = ("application_name", "client_addr", "state", "sync_state", "replay_lsn", "replay_lag_bytes",
+                     "replay_lag_seconds")
 _COLUMNS = ("REGION", "HOST", "ROLE", "TL", "LSN", "LAG(B)", "SERVICES")
 _FMT = "%-10s %-16s %-9s %-3s %-13s %-8s %s"
 
@@ -52,8 +54,7 @@ def summarise(hosts, services=None, preferred_region=None, regions=None):
             "receiver_status": receiver.get("status"),
             "last_streamed_lsn": receiver.get("latest_end_lsn"),
             "last_archived_wal": (f.get("archiver") or {}).get("last_archived_wal") if reachable else None,
-            "replication": [{k: r.get(k) for k in ("application_name", "client_addr", "state", "sync_state",
-                                                    "replay_lsn", "replay_lag_bytes", "replay_lag_seconds")}
+            "replication": [{k: r.get(k) for k in _REPLICATION_KEYS}
                             for r in (f.get("replication") or [])] if reachable else [],
             "fence": f.get("fence"),
             # The host itself answered (the task ran there); false only when Ansible could not reach it at all.

@@ -230,8 +230,8 @@ def test_lag_seconds_without_the_primary_are_the_gap_between_replayed_commits():
 
 def test_lag_seconds_fall_back_to_replay_times_when_the_primary_does_not_see_the_candidate():
     s = summary(primary("db-a", "primary", replication=[replica_row("db-c")]),
-                standby("db-b", "secondary", replayed_at=T0), standby("db-c", "tertiary",
-                                                                       replayed_at=T0 + timedelta(seconds=7)))
+                standby("db-b", "secondary", replayed_at=T0),
+                standby("db-c", "tertiary", replayed_at=T0 + timedelta(seconds=7)))
     assert lag_of(s, "db-b")["seconds"] == 7.0
 
 
@@ -418,7 +418,9 @@ def test_lag_in_seconds_measured_by_the_reachable_primary_is_refused():
     assert plan["lag"]["bytes"] == 0 and plan["lag"]["seconds"] == 45.0
     msg = plan["refusals"][0]
     assert msg.startswith("db-b lags 45.0 s of commits (limit 30.0 s) behind db-a (primary, LSN 0/5000000")
-    assert "The most advanced standby is db-b in region 'secondary'" in msg
+    # the candidate is the most advanced standby itself: no circular "fail over there", the way out is named
+    assert "No standby is more advanced: wait until db-b has caught up with db-a" in msg
+    assert "playbooks/switchover.yml -l secondary" in msg
     assert failover_plan(s, "secondary", max_lag_seconds=60)["state"] == "promote"
     assert failover_plan(s, "secondary", max_lag_seconds=None)["state"] == "promote"
     assert failover_plan(s, "tertiary")["state"] == "promote", "the primary measures db-c at 0.5 s"
@@ -604,16 +606,23 @@ def test_switchover_switches_to_the_streaming_standby():
     assert plan["refusals"] == [] and plan["warnings"] == []
 
 
-def test_switchover_picks_the_most_advanced_streaming_standby_and_warns_about_the_rest():
+def test_switchover_picks_the_most_advanced_streaming_standby():
     s = summary(primary("db-a", "primary"), standby("db-b1", "secondary", receive="0/4FFFF00"),
-                standby("db-b2", "secondary", receive="0/5000000"), pg_down("db-c", "tertiary"),
-                unreachable("db-d", "tertiary"))
+                standby("db-b2", "secondary", receive="0/5000000"), standby("db-c", "tertiary"))
     plan = switchover_plan(s, "secondary")
     assert plan["state"] == "switch" and plan["candidate"] == "db-b2"
-    assert plan["follow"] == ["db-b1"]
-    assert len(plan["warnings"]) == 2
-    assert plan["warnings"][0].startswith("db-c is ") and plan["warnings"][1].startswith("db-d is unreachable")
-    assert all("playbooks/rejoin.yml brings it back" in w for w in plan["warnings"])
+    assert plan["follow"] == ["db-b1", "db-c"] and plan["rejoin"] == ["db-a"]
+
+
+def test_switchover_refuses_while_another_host_is_down_or_unreachable():
+    # the promotion would refuse such a host once writes have stopped: the plan refuses first, nothing stops
+    s = summary(primary("db-a", "primary"), standby("db-b", "secondary"), pg_down("db-c", "tertiary"),
+                unreachable("db-d", "tertiary"))
+    plan = switchover_plan(s, "secondary")
+    assert plan["state"] == "refused"
+    assert plan["refusals"][0].startswith("db-c is down: a switchover promotes only while every other host")
+    assert plan["refusals"][1].startswith("db-d is unreachable")
+    assert all("playbooks/rejoin.yml -l tertiary" in r for r in plan["refusals"])
 
 
 def test_switchover_is_done_when_the_target_region_already_serves():
@@ -739,3 +748,40 @@ def test_the_failover_plan_filter_maps_max_lag_and_force():
     assert filters["failover_plan"](_sync_cluster(), "secondary", sync_regions=["tertiary"])["state"] == "refused"
     assert filters["switchover_plan"](healthy(), "secondary")["state"] == "switch"
     assert filters["rejoin_refusals"](healthy(), "db-a")
+
+
+def test_a_fenced_former_primary_running_again_in_the_target_region_is_not_taken_for_the_serving_one():
+    s = summary(primary("db-a", "primary", fence=FENCED), unreachable("db-b", "secondary"),
+                standby("db-c", "tertiary"))
+    plan = failover_plan(s, "primary")
+    assert plan["state"] == "refused" and plan["candidate"] is None
+    assert "db-a runs as a primary although the isolate phase fenced it" in plan["refusals"][0]
+
+
+def test_a_primary_on_an_older_timeline_than_the_cluster_is_refused_as_stale():
+    s = summary(primary("db-a", "primary", timeline=1), unreachable("db-b", "secondary"),
+                standby("db-c", "tertiary", timeline=2))
+    plan = failover_plan(s, "primary")
+    assert plan["state"] == "refused"
+    assert "db-a is a primary on timeline 1 while the cluster has reached timeline 2" in plan["refusals"][0]
+
+
+def test_a_switchover_rerun_rejoins_only_the_host_a_switchover_fenced():
+    by_switchover = {"start_conf": "disabled", "fenced": True,
+                     "marker": {"reason": "switchover to secondary (db-b): becomes its standby"}}
+    by_failover = {"start_conf": "disabled", "fenced": True, "marker": {"reason": "failover to secondary"}}
+    s = summary(_with_fence(pg_down("db-a", "primary"), by_switchover),
+                primary("db-b", "secondary", timeline=2), _with_fence(pg_down("db-c", "tertiary"), by_failover))
+    plan = switchover_plan(s, "secondary")
+    assert plan["state"] == "done" and plan["rejoin"] == ["db-a"]
+    assert plan["warnings"] and plan["warnings"][0].startswith("db-c: down or unreachable, not fenced by a switchover")
+
+
+def test_lag_in_seconds_is_unknown_not_zero_without_replay_times_and_only_bytes_are_checked():
+    s = summary(unreachable("db-a", "primary"), standby("db-b", "secondary", receive="0/5000000"),
+                standby("db-c", "tertiary", receive="0/5000400"))
+    for row in s["hosts"]:
+        row["last_replay_at"] = None
+    plan = failover_plan(s, "secondary", max_lag_seconds=1)
+    assert plan["lag"]["seconds"] is None and plan["state"] == "promote"
+    assert any("in seconds is unknown" in w for w in plan["warnings"])

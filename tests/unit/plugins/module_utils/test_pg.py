@@ -116,3 +116,48 @@ def test_read_fence_invalid_utf8_marker_is_unreadable(tmp_path):
     (tmp_path / _pg.FENCE_MARKER).write_bytes(b"\xff\xfe{")
     fence = _pg.read_fence(str(tmp_path))
     assert fence["fenced"] is True and "unreadable" in fence["marker"]
+
+
+# --- set_fence: the isolate phase's fence and its removal ---------------------------------------------------------
+
+def test_set_fence_writes_start_conf_and_marker_once_then_changes_nothing(tmp_path):
+    (tmp_path / "start.conf").write_text("# Automatic startup\nauto\n")
+    first = _pg.set_fence(str(tmp_path), True, {"reason": "failover to secondary"})
+    assert first["changed"] and first["actions"] == ["start.conf: auto -> disabled", "fence marker written"]
+    assert first["after"] == {"start_conf": "disabled", "marker": {"reason": "failover to secondary"}, "fenced": True}
+    again = _pg.set_fence(str(tmp_path), True, {"reason": "a later run"})
+    assert not again["changed"] and again["after"]["marker"] == {"reason": "failover to secondary"}
+
+
+def test_set_fence_keeps_a_disabled_start_conf_written_by_someone_else(tmp_path):
+    (tmp_path / "start.conf").write_text("# fenced by scripts/lab-fence.sh\ndisabled\n")
+    res = _pg.set_fence(str(tmp_path), True, {"reason": "x"})
+    assert res["actions"] == ["fence marker written"]
+    assert (tmp_path / "start.conf").read_text().startswith("# fenced by scripts/lab-fence.sh")
+
+
+def test_set_fence_turns_manual_into_disabled_since_manual_still_lets_pg_ctlcluster_start_it(tmp_path):
+    (tmp_path / "start.conf").write_text("manual\n")
+    res = _pg.set_fence(str(tmp_path), True, {"reason": "x"})
+    assert res["actions"][0] == "start.conf: manual -> disabled"
+    assert _pg.read_fence(str(tmp_path))["start_conf"] == "disabled"
+
+
+def test_unfence_restores_auto_and_removes_the_marker(tmp_path):
+    _pg.set_fence(str(tmp_path), True, {"reason": "x"})
+    res = _pg.set_fence(str(tmp_path), False)
+    assert res["changed"] and res["after"] == {"start_conf": "auto", "marker": None, "fenced": False}
+    assert not (tmp_path / _pg.FENCE_MARKER).exists()
+    assert not _pg.set_fence(str(tmp_path), False)["changed"]
+
+
+def test_set_fence_check_mode_writes_nothing(tmp_path):
+    (tmp_path / "start.conf").write_text("auto\n")
+    res = _pg.set_fence(str(tmp_path), True, {"reason": "x"}, check_mode=True)
+    assert res["changed"] and res["after"]["fenced"] is True
+    assert (tmp_path / "start.conf").read_text() == "auto\n" and not (tmp_path / _pg.FENCE_MARKER).exists()
+
+
+def test_set_fence_refuses_a_missing_directory(tmp_path):
+    with pytest.raises(_pg.PgError, match="is not a directory"):
+        _pg.set_fence(str(tmp_path / "nope"), True)
