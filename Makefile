@@ -7,7 +7,7 @@ ANSIBLE_PLAYBOOK := $(VENV)/bin/ansible-playbook
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/lab
 
-.PHONY: drill test setup lab-up lab-down lab-status lint unit integration lab-tests molecule sanity bench bench-lab bench-drill bench-backup \
+.PHONY: drill test setup lab-up lab-down lab-status lint unit integration lab-tests molecule sanity bench bench-lab bench-drill bench-failover bench-backup \
 	bench-wal bench-restore clean
 
 drill: lab-up
@@ -57,6 +57,10 @@ bench-lab: setup
 # three drills in a row: median RPO, RTO and its phases (~3 min)
 bench-drill: setup
 	scripts/bench.sh drill $(BENCH_ARGS)
+
+# failover.yml's RTO (fault -> first acknowledged write) and switchover.yml's write unavailability, 3 runs each (~6 min)
+bench-failover: setup
+	scripts/bench.sh failover $(BENCH_ARGS)
 
 # the base-backup benchmark alone (ours vs pgBackRest, ~5 min; BENCH_ARGS="--rounds 3" for a shorter run)
 bench-backup: setup

@@ -3,6 +3,7 @@
 #   scripts/bench.sh                  every benchmark: lab and drill (bring the lab up), then backup, wal, restore
 #   scripts/bench.sh lab [ARGS]       bench/lab.py only: one task over podman vs SSH, a killed host's detection
 #   scripts/bench.sh drill [ARGS]     bench/drill.py only (the lab must come up)
+#   scripts/bench.sh failover [ARGS]  bench/failover.py only: failover.yml RTO, switchover.yml write unavailability
 #   scripts/bench.sh backup [ARGS]    bench/backup.py only (no lab: its own PostgreSQL, S3 endpoint, pgBackRest)
 #   scripts/bench.sh wal [ARGS]       bench/wal.py only (no lab: its own small PostgreSQL, S3 endpoint, pgBackRest)
 #   scripts/bench.sh restore [ARGS]   bench/restore.py only (no lab: the backup benchmark's cluster, its own S3 endpoint)
@@ -12,11 +13,12 @@ cd "$(dirname "$0")/.."
 
 which=all
 case "${1:-}" in
-  lab|drill|backup|wal|restore|all) which=$1; shift ;;
+  lab|drill|failover|backup|wal|restore|all) which=$1; shift ;;
 esac
 
 run_lab() { scripts/lab.sh up; .venv/bin/python bench/lab.py "$@"; }
 run_drill() { scripts/lab.sh up; .venv/bin/python bench/drill.py "$@"; }
+run_failover() { scripts/lab.sh up; .venv/bin/python bench/failover.py "$@"; }
 # The backup benchmark runs PostgreSQL and pgBackRest as the postgres user: it needs root (as scripts/setup.sh).
 run_backup() { .venv/bin/python bench/backup.py "$@"; }
 # The WAL benchmark too (PostgreSQL runs our archive/restore commands as the postgres user).
@@ -27,12 +29,14 @@ run_restore() { .venv/bin/python bench/restore.py "$@"; }
 case "$which" in
   lab) run_lab "$@" ;;
   drill) run_drill "$@" ;;
+  failover) run_failover "$@" ;;
   backup) run_backup "$@" ;;
   wal) run_wal "$@" ;;
   restore) run_restore "$@" ;;
   all)
     run_lab
     if [ $# -gt 0 ] && [[ "$1" == -* ]]; then run_drill "$@"; else run_drill; fi
+    run_failover
     run_backup
     run_wal
     run_restore

@@ -5,7 +5,8 @@
 #   unit         pytest tests/unit, then the same tests through ansible-test units
 #   integration  pytest tests/integration: real PostgreSQL, Kafka (Tansu), Redis, Kubernetes stand-in, started here
 #   molecule     molecule test -s replication (two region hosts in podman)
-#   lab          scripts/lab.sh up, pytest tests/lab (includes a full drill), scripts/lab.sh down, nothing left
+#   lab          scripts/lab.sh up, pytest tests/lab (includes a full drill), the lab's Molecule scenarios (failover,
+#                partition, switchover: molecule/<name>/), scripts/lab.sh down, nothing left
 # Fails on the first failing stage, loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,10 +38,23 @@ molecule_stage() {
   molecule test -s replication
 }
 
+# The runbook scenarios run on the lab that the lab stage brought up (unmanaged Molecule driver): each one puts the
+# lab in its layout first and repairs it after. `molecule reset` forgets the state of a killed earlier run.
+LAB_SCENARIOS=(failover partition switchover)
+lab_scenarios() {
+  local s
+  for s in "${LAB_SCENARIOS[@]}"; do
+    banner "molecule test -s $s (on the lab)"
+    molecule reset -s "$s" >/dev/null 2>&1 || true
+    molecule test -s "$s" || return 1
+  done
+}
+
 lab() {
   scripts/lab.sh up
   local rc=0
   pytest tests/lab -q --durations=0 || rc=$?
+  [ $rc -ne 0 ] || lab_scenarios || rc=$?
   scripts/lab.sh down
   left=$(podman ps -a --filter label=io.immersiverse.dr.lab=1 --format '{{.Names}}'; podman network ls --format '{{.Name}}' | grep -x dr-lab || true)
   if [ -n "$left" ]; then echo "FAIL: lab-down left behind: $left" >&2; return 1; fi

@@ -1,0 +1,180 @@
+"""failover.yml on the lab, the cases the Molecule scenarios (molecule/failover, partition, switchover) do not cover:
+refusals of a wrong limit, --check, a lagging candidate refused then forced, a run killed half-way and resumed while
+a second controller process races it for the runbook lock.
+
+The tests work from whichever region serves. Each one that fails the lab over brings the failed host back with
+rejoin.yml afterwards, so the next test, and the next file, find one serving primary and two streaming standbys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import REPO, VENV_BIN, Run, detect, playbook, podman
+
+INVENTORY = str(REPO / "inventories" / "lab")
+FAILOVER = str(REPO / "playbooks" / "failover.yml")
+ENV = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
+       "PYTHONPATH": str(REPO / "lab"), "PYTHONUNBUFFERED": "1"}
+
+
+def psql(container: str, sql: str, db: str = "authdb") -> str:
+    return podman("exec", container, "su", "postgres", "-c", f"psql -XAtq -d {db} -c \"{sql}\"").strip()
+
+
+def layout(tmp_path) -> None:
+    """Back to the lab's layout with the runbooks (molecule/resources/layout.yml), asserting it got there."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    env = {**ENV, "MOLECULE_PROJECT_DIRECTORY": str(REPO), "MOLECULE_EPHEMERAL_DIRECTORY": str(tmp_path)}
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), str(REPO / "molecule" / "resources" / "layout.yml")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+def report(run: Run) -> dict:
+    paths = re.findall(r"run report: (\S+\.json)", run.out)
+    assert paths, run.out[-2000:]
+    return json.loads(open(paths[-1]).read())
+
+
+REGIONS = ["primary", "secondary", "tertiary"]
+
+
+def lab_ok(summary: dict) -> bool:
+    return bool(summary["current_primary"]) and sum(
+        1 for r in summary["hosts"] if r["role"] == "standby" and r["receiver_status"] == "streaming") == 2
+
+
+def heal(tmp_path, summary: dict) -> None:
+    """Start every stopped lab database host and rejoin each host that does not stream (rejoin.yml -l <region>)."""
+    for r in summary["hosts"]:
+        name = f"dr-lab-{r['region']}-db"
+        if podman("inspect", "--format", "{{.State.Running}}", name).strip() != "true":
+            podman("start", name)
+    for r in summary["hosts"]:
+        if r["role"] != "primary" and r["receiver_status"] != "streaming":
+            deadline = time.monotonic() + 60
+            run = playbook("-i", INVENTORY, str(REPO / "playbooks" / "rejoin.yml"), "-l", r["region"])
+            while run.rc != 0 and "cannot be reached" in run.out and time.monotonic() < deadline:  # still booting
+                time.sleep(2)
+                run = playbook("-i", INVENTORY, str(REPO / "playbooks" / "rejoin.yml"), "-l", r["region"])
+            assert run.rc == 0, run.out[-3000:]
+
+
+@pytest.fixture
+def serving(tmp_path):
+    """The lab with one serving primary and two streaming standbys, in whichever region serves; afterwards the
+    hosts the test failed are started and rejoined (the new primary keeps serving, as the next tests expect)."""
+    summary = detect(tmp_path)
+    if not lab_ok(summary):
+        layout(tmp_path / "repair")
+        summary = detect(tmp_path)
+    assert lab_ok(summary), summary["table"]
+    now = REGIONS.index(summary["current_primary_region"])
+    yield {"summary": summary, "primary": REGIONS[now], "candidate": REGIONS[(now + 1) % 3],
+           "third": REGIONS[(now + 2) % 3]}
+    heal(tmp_path, detect(tmp_path))
+    assert lab_ok(detect(tmp_path))
+
+
+def test_a_limit_that_names_no_region_or_two_is_refused_and_changes_nothing(tmp_path):
+    before = detect(tmp_path)
+    none = playbook("-i", INVENTORY, FAILOVER)
+    assert none.rc != 0 and "No limit was given" in none.out and "Nothing was changed" in none.out
+    two = playbook("-i", INVENTORY, FAILOVER, "-l", "secondary,tertiary")
+    assert two.rc != 0 and "covers secondary, tertiary" in two.out
+    assert not none.changed() and not two.changed()
+    assert detect(tmp_path)["current_primary"] == before["current_primary"]
+
+
+def test_check_mode_prints_the_exact_plan_and_changes_nothing(tmp_path):
+    before = detect(tmp_path)
+    primary = before["current_primary"]
+    target = "tertiary" if before["current_primary_region"] != "tertiary" else "secondary"
+    run = playbook("-i", INVENTORY, FAILOVER, "-l", target, "--check")
+    assert run.rc == 0, run.out[-3000:]
+    assert "CHECK MODE - nothing will be changed" in run.out
+    assert f"promote: pg-{target}-1" in run.out
+    assert f"fence: {primary} / stop / accepts writes" in run.out
+    assert "switchover.yml" in run.out  # a serving primary: the plan says a switchover loses nothing
+    assert not run.changed()
+    after = detect(tmp_path)
+    assert after["current_primary"] == primary
+    assert all(r["role"] != "down" for r in after["hosts"])
+    assert report(run)["outcome"] == "check" and report(run)["check_mode"] is True
+
+
+def test_a_lagging_candidate_is_refused_then_accepted_with_force(tmp_path, serving):
+    primary, cand, third = serving["primary"], serving["candidate"], serving["third"]
+    # the candidate stops streaming; the primary writes ~4 MB more, which the third region receives and it does not
+    psql(f"dr-lab-{cand}-db", "ALTER SYSTEM SET primary_conninfo = ''", db="postgres")
+    psql(f"dr-lab-{cand}-db", "SELECT pg_reload_conf()", db="postgres")
+    psql(f"dr-lab-{primary}-db", "DROP TABLE IF EXISTS failover_lag_probe; CREATE TABLE failover_lag_probe AS "
+                                 "SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 4000) g")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the third region has it all
+        if psql(f"dr-lab-{third}-db", "SELECT count(*) FROM failover_lag_probe") == "4000":
+            break
+        time.sleep(0.5)
+    podman("kill", "--signal", "KILL", f"dr-lab-{primary}-db")
+    limit = json.dumps({"dr_max_failover_lag": {"bytes": 1048576, "seconds": 3600}})
+
+    refused = playbook("-i", INVENTORY, FAILOVER, "-l", cand, "-e", limit)
+    assert refused.rc != 0
+    msg = " ".join(refused.out.split())
+    assert "refused, nothing was changed" in msg
+    lags = rf"pg-{cand}-1 lags [0-9.]+ MiB of WAL \(\d+ bytes; limit 1048576\) behind pg-{third}-1"
+    assert re.search(lags, msg), msg[-3000:]
+    assert f"The most advanced standby is pg-{third}-1 in region '{third}'" in msg and "-e force=true" in msg
+    assert report(refused)["outcome"] == "refused"
+    seen = {r["region"]: r["role"] for r in detect(tmp_path)["hosts"]}
+    assert seen == {primary: "down", cand: "standby", third: "standby"}  # nothing promoted or fenced
+
+    forced = playbook("-i", INVENTORY, FAILOVER, "-l", cand, "-e", limit, "-e", "force=true")
+    assert forced.rc == 0, forced.out[-3000:]
+    rep = report(forced)
+    assert rep["outcome"] == "succeeded" and rep["plan"]["forced"] and rep["lag_at_decision"]["bytes"] > 1048576
+    after = detect(tmp_path)
+    assert after["current_primary"] == f"pg-{cand}-1"
+    row = next(r for r in after["hosts"] if r["region"] == third)
+    # the third region was ahead of the new timeline's fork: it follows again (rewound), it is not left behind
+    assert row["receiver_status"] == "streaming" and row["sender_host"] == f"dr-lab-{cand}-db"
+    psql(f"dr-lab-{cand}-db", "DROP TABLE IF EXISTS failover_lag_probe")
+
+
+def test_a_run_killed_half_way_resumes_and_a_racing_controller_is_refused_by_the_lock(tmp_path, serving):
+    primary, cand, third = serving["primary"], serving["candidate"], serving["third"]
+    podman("kill", "--signal", "KILL", f"dr-lab-{primary}-db")
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", INVENTORY, FAILOVER, "-l", cand]
+    first = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in first.stdout:  # killed right after the isolate phase, before it promotes
+        seen.append(line)
+        if "TASK [Failover | promote - the candidate" in line or time.monotonic() > deadline:
+            break
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    assert any("isolate" in line for line in seen), "".join(seen)[-3000:]
+    assert detect(tmp_path)["current_primary"] == ""  # killed before the promotion: nobody serves
+
+    # Two controller processes run it again at once: one takes over the dead run's lock, the other is refused.
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _racer in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    rcs = [p.returncode for p in procs]
+    assert sorted(rcs) == [0, 2], [o[-2000:] for o in outs]
+    loser = " ".join(outs[rcs.index(2)].split())
+    assert "runbook lock" in loser and ("is held by" in loser or "keep changing" in loser), loser[-2000:]
+    winner = outs[rcs.index(0)]
+    assert "took over" in winner  # the killed run's lock, its process being gone
+    after = detect(tmp_path)
+    assert after["current_primary"] == f"pg-{cand}-1" and not after["split_brain"]
+    assert next(r for r in after["hosts"] if r["region"] == third)["sender_host"] == f"dr-lab-{cand}-db"
