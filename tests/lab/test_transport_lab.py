@@ -75,10 +75,14 @@ def test_isolate_fences_a_reachable_standby_as_the_non_root_user_and_the_standby
     assert run.rc == 0, run.out[-3000:]
     assert run.recap[standby]["changed"] >= 2, run.out[-3000:]
     name = f"dr-lab-{region}-db"
-    status = subprocess.run(["podman", "exec", name, "pg_ctlcluster", "15", "main", "status"],
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert status.returncode == 3, status.stdout + status.stderr
-    assert "manual" in podman("exec", name, "grep", "-v", "^#", "/etc/postgresql/15/main/start.conf")
+    # down, and disabled: pg_ctlcluster refuses to start it (and so would systemd), the marker says why
+    assert podman("exec", name, "pg_lsclusters", "--no-header", "15", "main").split()[3].startswith("down")
+    assert "disabled" in podman("exec", name, "grep", "-v", "^#", "/etc/postgresql/15/main/start.conf")
+    start = subprocess.run(["podman", "exec", name, "pg_ctlcluster", "15", "main", "start"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert start.returncode != 0 and "disabled" in start.stderr, start.stdout + start.stderr
+    assert "fenced by the isolate phase" in podman("exec", name, "cat",
+                                                    "/etc/postgresql/15/main/immersiverse-dr-fence.json")
     mid = detect(tmp_path)
     assert standby in mid["unreachable"] or next(h for h in mid["hosts"] if h["host"] == standby)["role"] == "down"
     assert mid["current_primary"] == primary
@@ -95,6 +99,9 @@ def test_isolate_fences_a_reachable_standby_as_the_non_root_user_and_the_standby
     run = playbook("-i", INVENTORY, str(back))
     assert run.rc == 0, run.out[-3000:]
     assert "auto" in podman("exec", name, "grep", "-v", "^#", "/etc/postgresql/15/main/start.conf")
+    gone = subprocess.run(["podman", "exec", name, "test", "-e", "/etc/postgresql/15/main/immersiverse-dr-fence.json"],
+                          capture_output=True, timeout=60, check=False)
+    assert gone.returncode == 1, "the fence marker is removed once the host streams again"
     after = detect(tmp_path)
     assert after["current_primary"] == primary
     row = next(h for h in after["hosts"] if h["host"] == standby)
