@@ -81,8 +81,8 @@ def test_isolate_fences_a_reachable_standby_as_the_non_root_user_and_the_standby
     start = subprocess.run(["podman", "exec", name, "pg_ctlcluster", "15", "main", "start"],
                            capture_output=True, text=True, timeout=60, check=False)
     assert start.returncode != 0 and "disabled" in start.stderr, start.stdout + start.stderr
-    assert "fenced by the isolate phase" in podman("exec", name, "cat",
-                                                    "/etc/postgresql/15/main/immersiverse-dr-fence.json")
+    marker = podman("exec", name, "cat", "/etc/postgresql/15/main/immersiverse-dr-fence.json")
+    assert "fenced by the isolate phase" in marker
     mid = detect(tmp_path)
     assert standby in mid["unreachable"] or next(h for h in mid["hosts"] if h["host"] == standby)["role"] == "down"
     assert mid["current_primary"] == primary
