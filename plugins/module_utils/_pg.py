@@ -257,7 +257,8 @@ def set_fence(conf_dir, fenced, marker=None, check_mode=False):
     an existing marker is kept (the first fence's reason and time survive re-runs). Files are replaced atomically and
     owned like the configuration directory. Returns {"changed", "actions", "before", "after"} (read_fence() each).
     """
-    from ansible_collections.immersiverse.dr.plugins.module_utils import _recovery  # here: _recovery -> _archiving -> _pg
+    # Imported here, not at the top: _recovery -> _archiving -> _pg would make a cycle.
+    from ansible_collections.immersiverse.dr.plugins.module_utils import _recovery
 
     if not os.path.isdir(conf_dir):
         raise PgError("%s is not a directory: is the cluster created (pg_lsclusters) and the path right?" % conf_dir)
