@@ -10,6 +10,10 @@ switchover: N times, `switchover.yml -l <next region>` under write traffic. Writ
 in the journal's acknowledged writes during the run (a write that waited counts as unavailability), and the writes
 lost (must be 0).
 
+synchronous mode: the write latency the generator's clients see (each acknowledged write's latency_ms, from the
+journal), with every region synchronous (ANY 1 of the other two, set by playbooks/synchronous.yml) against
+asynchronous, in alternating rounds of the same length side by side, as a ratio (median and p95).
+
 Writes bench/results/failover.json. Absolute times on shared machines are noisy; the medians and the targets
 (failover RTO <= 5 s, switchover <= 3 s with 0 lost) are what to compare.
 
@@ -97,6 +101,13 @@ class Traffic:
                              text=True, timeout=300, check=True).stdout
         return json.loads(out)
 
+    def latencies(self) -> list[float]:
+        """Stop the generator; the latency of every write it had acknowledged (ms)."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        return [r["latency_ms"] for r in map(json.loads, self.journal.read_text().splitlines())
+                if r.get("type") == "ack" and "latency_ms" in r]
+
     def longest_gap(self, start: dt.datetime, end: dt.datetime) -> float:
         """The longest time without an acknowledged write between start and end (both included as bounds)."""
         acks = sorted(parse(r["acked_at"]) for r in map(json.loads, self.journal.read_text().splitlines())
@@ -149,10 +160,47 @@ def one_switchover(rate: int, target: str) -> dict:
             "runbook_seconds": round((end - start).total_seconds(), 3)}
 
 
+def synchronous(regions: list[str]) -> None:
+    proc = playbook("-i", str(REPO / "inventories" / "lab"), str(REPO / "playbooks" / "synchronous.yml"),
+                    "-e", json.dumps({"dr_synchronous_regions": regions}))
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:])
+        raise SystemExit(f"synchronous.yml {regions} failed; see the output above")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def sync_latency(rate: int, rounds: int, seconds: int) -> dict:
+    """Alternating asynchronous and synchronous rounds of the same traffic; the lab ends asynchronous."""
+    lat = {"async": [], "sync": []}
+    try:
+        for i in range(rounds * 2):
+            mode = "async" if i % 2 == 0 else "sync"
+            synchronous(REGIONS if mode == "sync" else [])
+            with tempfile.TemporaryDirectory() as tmp:
+                traffic = Traffic(rate, Path(tmp))
+                time.sleep(seconds)
+                lat[mode].extend(traffic.latencies())
+            print(f"[bench] synchronous mode round {i + 1}/{rounds * 2} ({mode}): {len(lat[mode])} writes so far",
+                  flush=True)
+    finally:
+        synchronous([])
+    out = {m: {"writes": len(v), "median_ms": round(statistics.median(v), 3), "p95_ms": round(percentile(v, 0.95), 3)}
+           for m, v in lat.items()}
+    out["ratio_sync_to_async"] = {k: round(out["sync"][k] / out["async"][k], 3) for k in ("median_ms", "p95_ms")}
+    out["setting"] = 'every region synchronous: ANY 1 of the other two regions\' standbys'
+    out["rounds_each"], out["round_seconds"] = rounds, seconds
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rate", type=int, default=100)
+    ap.add_argument("--sync-round-seconds", type=int, default=15)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "failover.json"))
     args = ap.parse_args()
     if not 1 <= args.runs <= 10:
@@ -172,6 +220,8 @@ def main() -> int:
         print(f"[bench]   writes unavailable {switchovers[-1]['write_unavailable_seconds']} s, lost "
               f"{switchovers[-1]['lost_writes']}", flush=True)
     layout()
+    sync = sync_latency(args.rate, args.runs, args.sync_round_seconds)
+    print(f"[bench]   synchronous/asynchronous write latency: {sync['ratio_sync_to_async']}", flush=True)
     med_f = {k: statistics.median(r[k] for r in failovers) for k in ("rto_seconds", "rpo_seconds",
                                                                    "fault_to_promoted_seconds")}
     med_f["phase_seconds"] = {k: statistics.median(r["phase_seconds"][k] for r in failovers)
@@ -194,12 +244,12 @@ def main() -> int:
         "ratio_to_target": {"failover_rto": round(med_f["rto_seconds"] / TARGETS["failover_rto_seconds"], 3),
                             "switchover_unavailable": round(med_s["write_unavailable_seconds"]
                                                             / TARGETS["switchover_unavailable_seconds"], 3)},
-        "synchronous_mode": "not measured: the collection does not manage synchronous_standby_names yet "
-                            "(docs/failover.md, 'Not done yet')",
+        "synchronous_mode_write_latency": sync,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"failover_median": med_f, "switchover_median": med_s,
-                      "ratio_to_target": result["ratio_to_target"]}, indent=2))
+                      "ratio_to_target": result["ratio_to_target"],
+                      "sync_to_async_latency": sync["ratio_sync_to_async"]}, indent=2))
     return 0
 
 

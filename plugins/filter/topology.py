@@ -35,7 +35,9 @@ options:
 notes:
   - The same file gives C(promotion_refusals) (why a host must not be promoted now), C(failover_plan) (who is
     fenced, promoted and follows in an unplanned failover to a region, with the candidate's lag and the refusals),
-    C(switchover_plan), C(rejoin_refusals) and C(lsn_int) (an LSN as an integer, to compare); see docs/failover.md.
+    C(switchover_plan), C(rejoin_refusals), C(lsn_int) (an LSN as an integer, to compare), and for synchronous mode
+    C(synchronous_standbys) (the standby names a primary in a region waits for) and C(synchronous_setting) (the
+    synchronous_standby_names value for them); see docs/failover.md.
 """
 
 EXAMPLES = r"""
@@ -82,7 +84,16 @@ def rejoin_refusals(summary, host):
     return _failover.rejoin_refusals(summary, host)
 
 
+def synchronous_standbys(host_regions, region, sync_regions):
+    return _failover.synchronous_standbys(host_regions, region, sync_regions)
+
+
+def synchronous_setting(names, count=1):
+    return _failover.synchronous_setting(names, count)
+
+
 class FilterModule(object):
     def filters(self):
         return {"topology": topology, "promotion_refusals": promotion_refusals, "failover_plan": failover_plan,
-                "switchover_plan": switchover_plan, "rejoin_refusals": rejoin_refusals, "lsn_int": lsn_int}
+                "switchover_plan": switchover_plan, "rejoin_refusals": rejoin_refusals, "lsn_int": lsn_int,
+                "synchronous_standbys": synchronous_standbys, "synchronous_setting": synchronous_setting}

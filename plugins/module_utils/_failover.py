@@ -33,6 +33,18 @@ def slot_name(host):
     return "standby_" + re.sub(r"[^a-z0-9_]", "_", host)
 
 
+def synchronous_standbys(host_regions, region, sync_regions):
+    """The standbys a primary in ``region`` waits for in synchronous mode: the slot names (= application_name) of
+    the hosts of the synchronous regions other than its own. host_regions: [[host, region], ...] in inventory
+    order (the order the names are listed in)."""
+    return [slot_name(h) for h, r in host_regions if r in (sync_regions or ()) and r != region]
+
+
+def synchronous_setting(names, count=1):
+    """synchronous_standby_names for those standbys: 'ANY <count> ("a", "b")' (a quorum), '' for none (async)."""
+    return "ANY %d (%s)" % (int(count), ", ".join('"%s"' % n for n in names)) if names else ""
+
+
 def position(row):
     """How far a host's WAL reaches: a primary's current LSN, a standby's received or replayed LSN (the larger)."""
     if not row.get("reachable"):
@@ -234,6 +246,17 @@ def failover_plan(summary, target_region, max_lag_bytes=16 << 20, max_lag_second
     return plan
 
 
+def former_primaries(summary):
+    """The hosts this run cannot read that the readable standbys stream (or are told to stream) from: the primary
+    that failed, as opposed to a standby that failed with it. Inventory names, in the summary's order."""
+    told = set()
+    for r in summary.get("hosts", []):
+        if r.get("reachable") and r.get("role") == "standby":
+            told.update(a for a in (r.get("upstream_host"), r.get("sender_host")) if a)
+    return [r["host"] for r in summary.get("hosts", [])
+            if not r.get("reachable") and (r.get("address") or r["host"]) in told]
+
+
 def _sync_rules(summary, plan, candidate, target_region, sync_regions, force):
     """Synchronous mode (ANY 1 over the remote regions): every acknowledged commit is on at least one synchronous
     standby, so only the most advanced of them is sure to hold them all; an unreadable one may hold more."""
@@ -242,9 +265,13 @@ def _sync_rules(summary, plan, candidate, target_region, sync_regions, force):
         why.append("region '%s' is not a synchronous region (dr_synchronous_regions: %s): it may lack acknowledged "
                    "writes" % (target_region, ", ".join(sync_regions)))
     mine = position({r["host"]: r for r in summary["hosts"]}[candidate]) or 0
+    upstream = former_primaries(summary)
+    plan["former_primaries"] = upstream
     for r in summary["hosts"]:
         if r["host"] == candidate or r["region"] not in sync_regions or r.get("role") == "primary":
             continue
+        if not r.get("reachable") and r["host"] in upstream:
+            continue  # the primary that failed: it acknowledged the writes, it is not a standby that holds them
         if not r.get("reachable"):
             why.append("the synchronous standby %s (%s) could not be read: it may hold acknowledged writes %s lacks"
                        % (r["host"], r["region"], candidate))

@@ -121,6 +121,19 @@ def _iso(value):
     return value.isoformat() if value is not None else None
 
 
+_CONNINFO_KEY = re.compile(r"(?:^|\s)(host|port)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def upstream_of(conninfo):
+    """{"host", "port"} of a libpq key/value conninfo (primary_conninfo), or None when it names no host."""
+    found = {}
+    for key, raw in _CONNINFO_KEY.findall(conninfo or ""):
+        found.setdefault(key, re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith("'") else raw)
+    if not found.get("host"):
+        return None
+    return {"host": found["host"], "port": int(found["port"]) if found.get("port", "").isdigit() else 5432}
+
+
 def gather_facts(conn):
     """What the detect phase needs to know about one PostgreSQL instance, as plain JSON-able data."""
     # a server that accepts connections but hangs (a stuck disk) must not hold a failover's detect phase forever
@@ -138,7 +151,10 @@ def gather_facts(conn):
                current_setting('wal_level') AS wal_level,
                current_setting('archive_mode') AS archive_mode,
                current_setting('max_wal_senders')::int AS max_wal_senders,
-               current_setting('default_transaction_read_only') AS default_transaction_read_only
+               current_setting('default_transaction_read_only') AS default_transaction_read_only,
+               current_setting('synchronous_standby_names') AS synchronous_standby_names,
+               CASE WHEN pg_has_role('pg_read_all_settings', 'MEMBER')  -- superuser-only setting
+                    THEN current_setting('primary_conninfo') END AS primary_conninfo
     """)[0]
     facts = {
         "server_version": base["server_version"],
@@ -149,7 +165,11 @@ def gather_facts(conn):
         "started_at": _iso(base["started_at"]),
         "data_directory": base["data_directory"],
         "settings": {k: base[k] for k in ("wal_level", "archive_mode", "max_wal_senders",
-                                          "default_transaction_read_only")},
+                                          "default_transaction_read_only", "synchronous_standby_names")},
+        # Where a standby is told to stream from (primary_conninfo's host and port only: never the whole string,
+        # which may hold a password). Known also while its receiver is down: the failover reads it to tell the
+        # dead primary from a dead standby.
+        "upstream": upstream_of(base["primary_conninfo"]) if base["in_recovery"] else None,
     }
     if base["in_recovery"]:
         rec = query(conn, """

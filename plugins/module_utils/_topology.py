@@ -19,7 +19,8 @@ _FMT = "%-10s %-16s %-9s %-3s %-13s %-8s %s"
 
 
 def summarise(hosts, services=None, preferred_region=None, regions=None):
-    """hosts: [{"host", "region", "facts"}] with facts as pg_facts returned them (or an unreachable result).
+    """hosts: [{"host", "region", "facts", "address"}] with facts as pg_facts returned them (or an unreachable
+    result); address (optional, default the host's name) is how the other hosts reach it.
 
     services: {region: region_health result}. preferred_region breaks a tie between unrelated primaries;
     regions orders the rows.
@@ -57,6 +58,12 @@ def summarise(hosts, services=None, preferred_region=None, regions=None):
             "replication": [{k: r.get(k) for k in _REPLICATION_KEYS}
                             for r in (f.get("replication") or [])] if reachable else [],
             "fence": f.get("fence"),
+            # How the other hosts reach it (its ansible_host), and where a standby is told to stream from: the
+            # failover tells the dead primary (the standbys' upstream) from a dead standby by these two.
+            "address": h.get("address") or h["host"],
+            "upstream_host": ((f.get("upstream") or {}).get("host")) if reachable else None,
+            "synchronous_standby_names": ((f.get("settings") or {}).get("synchronous_standby_names") or None)
+            if reachable else None,
             # The host itself answered (the task ran there); false only when Ansible could not reach it at all.
             "host_reachable": not f.get("unreachable", False),
         })

@@ -52,6 +52,28 @@ def test_primary_and_standby_are_told_apart(pair):
     assert p["timeline"] == s["timeline"] == 1
     assert s["wal_receiver"]["slot_name"] == "facts_standby"
     assert [r["state"] for r in p["replication"]] == ["streaming"]
+    # where the standby is told to stream from: host and port of primary_conninfo, never the string itself
+    assert s["upstream"] == {"host": primary.host, "port": primary.port} and p["upstream"] is None
+    assert "passfile" not in repr(s) and "primary_conninfo" not in repr(s)
+
+
+def test_a_quorum_standby_is_reported_with_the_setting_that_made_it_one(pair):
+    primary, standby = pair
+    name = facts(primary)["replication"][0]["application_name"]
+    primary.psql(f"ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (\"{name}\", \"standby_elsewhere\")'")
+    primary.psql("SELECT pg_reload_conf()")
+    try:
+        def quorum():
+            now = facts(primary)
+            return now if now["replication"][0]["sync_state"] == "quorum" else None
+
+        p = wait_for(quorum)
+        assert p["settings"]["synchronous_standby_names"] == f'ANY 1 ("{name}", "standby_elsewhere")'
+        primary.psql("CREATE TABLE IF NOT EXISTS sync_t (x int); INSERT INTO sync_t VALUES (1)")  # not blocked
+    finally:
+        primary.psql("ALTER SYSTEM RESET synchronous_standby_names")
+        primary.psql("SELECT pg_reload_conf()")
+    assert wait_for(lambda: facts(primary)["replication"][0]["sync_state"] == "async")
 
 
 def test_standby_lsn_follows_the_primary(pair):

@@ -13,12 +13,15 @@ import pytest
 from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
 from ansible_collections.immersiverse.dr.plugins.module_utils._failover import (
     failover_plan,
+    former_primaries,
     lag_of,
     lsn_int,
     position,
     rejoin_refusals,
     slot_name,
     switchover_plan,
+    synchronous_setting,
+    synchronous_standbys,
 )
 from ansible_collections.immersiverse.dr.plugins.module_utils._topology import summarise
 
@@ -78,10 +81,12 @@ def replica_row(standby_host, lsn="0/5000000", lag_bytes=0, lag_seconds=0.0, syn
 
 
 def standby(name, region, receive="0/5000000", replay=None, replayed_at=T0, sender="db-a", status="streaming",
-            timeline=1, sysid=SYSID, fence=None):
+            timeline=1, sysid=SYSID, fence=None, upstream="sender"):
     replay = replay or receive
     facts = _common(sysid, in_recovery=True)
+    upstream = sender if upstream == "sender" else upstream
     facts.update({
+        "upstream": {"host": upstream, "port": 5432} if upstream else None,
         "timeline": timeline,
         "current_lsn": replay,
         "receive_lsn": receive,
@@ -572,6 +577,32 @@ def test_sync_the_dead_primary_outside_the_synchronous_regions_is_not_a_synchron
     assert not any("db-a" in m for m in plan["refusals"] + plan["forced"])
 
 
+def test_sync_the_dead_primary_of_a_synchronous_region_is_told_from_a_dead_synchronous_standby():
+    # every region synchronous (the usual set-up): db-a is dead, and the standbys stream from it - it was the primary
+    every = ("primary", "secondary", "tertiary")
+    plan = failover_plan(_sync_cluster(), "secondary", sync_regions=every)
+    assert plan["state"] == "promote" and plan["refusals"] == [] and plan["former_primaries"] == ["db-a"]
+    # their receivers already gave up: primary_conninfo still names db-a
+    s = summary(unreachable("db-a", "primary"), standby("db-b", "secondary", status=None, upstream="db-a"),
+                standby("db-c", "tertiary", status=None, upstream="db-a"))
+    assert failover_plan(s, "secondary", sync_regions=every)["state"] == "promote"
+    # two dead: the one the standby is not told to stream from may hold what db-b lacks
+    s = summary(unreachable("db-a", "primary"), standby("db-b", "secondary"), unreachable("db-c", "tertiary"))
+    plan = failover_plan(s, "secondary", sync_regions=every)
+    assert plan["state"] == "refused" and plan["former_primaries"] == ["db-a"]
+    assert plan["refusals"] == ["synchronous mode: the synchronous standby db-c (tertiary) could not be read: it "
+                                "may hold acknowledged writes db-b lacks; -e force=true accepts the loss"]
+
+
+def test_former_primaries_match_the_standbys_upstream_by_address():
+    rows = [unreachable("pg-a", "primary"), standby("pg-b", "secondary", sender="10.0.1.5"),
+            pg_down("pg-c", "tertiary")]
+    rows[0]["address"] = "10.0.1.5"
+    assert former_primaries(summarise(rows, regions=REGIONS)) == ["pg-a"]
+    # nobody streams from anyone readable: no former primary is known, so none is assumed
+    assert former_primaries(summary(unreachable("db-a", "primary"), pg_down("db-c", "tertiary"))) == []
+
+
 def test_sync_force_accepts_every_synchronous_refusal():
     s = _sync_cluster(unreachable("db-c", "tertiary"))
     plan = failover_plan(s, "secondary", sync_regions=("tertiary",), force=True)
@@ -785,3 +816,25 @@ def test_lag_in_seconds_is_unknown_not_zero_without_replay_times_and_only_bytes_
     plan = failover_plan(s, "secondary", max_lag_seconds=1)
     assert plan["lag"]["seconds"] is None and plan["state"] == "promote"
     assert any("in seconds is unknown" in w for w in plan["warnings"])
+
+
+# --- synchronous_standby_names --------------------------------------------------------------------------------------
+
+def test_a_primary_waits_for_the_standbys_of_the_other_synchronous_regions():
+    hosts = [["pg-primary-1", "primary"], ["pg-secondary-1", "secondary"], ["pg-tertiary-1", "tertiary"],
+             ["pg-Tertiary.2", "tertiary"]]
+    every = ["primary", "secondary", "tertiary"]
+    assert synchronous_standbys(hosts, "primary", every) == [
+        "standby_pg_secondary_1", "standby_pg_tertiary_1", "standby_pg__ertiary_2"]
+    assert synchronous_standbys(hosts, "secondary", ["secondary", "tertiary"]) == [
+        "standby_pg_tertiary_1", "standby_pg__ertiary_2"]
+    assert synchronous_standbys(hosts, "secondary", ["secondary"]) == []
+    assert synchronous_standbys(hosts, "primary", []) == synchronous_standbys(hosts, "primary", None) == []
+    # the names are the ones the standby role streams with
+    assert synchronous_standbys(hosts, "primary", ["secondary"]) == [slot_name("pg-secondary-1")]
+
+
+def test_the_setting_is_a_quorum_of_the_names_or_empty():
+    assert synchronous_setting(["standby_b", "standby_c"]) == 'ANY 1 ("standby_b", "standby_c")'
+    assert synchronous_setting(["standby_b", "standby_c"], 2) == 'ANY 2 ("standby_b", "standby_c")'
+    assert synchronous_setting([]) == ""

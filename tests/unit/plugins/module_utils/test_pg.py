@@ -161,3 +161,18 @@ def test_set_fence_check_mode_writes_nothing(tmp_path):
 def test_set_fence_refuses_a_missing_directory(tmp_path):
     with pytest.raises(_pg.PgError, match="is not a directory"):
         _pg.set_fence(str(tmp_path / "nope"), True)
+
+
+@pytest.mark.parametrize("conninfo, upstream", [
+    ("host=dr-lab-primary-db port=5432 user=replicator passfile=/var/lib/postgresql/.pgpass application_name=s",
+     {"host": "dr-lab-primary-db", "port": 5432}),
+    ("user=replicator host='10.0.1.5' port = 6432", {"host": "10.0.1.5", "port": 6432}),
+    (r"host='a b\'c' password=secret", {"host": "a b'c", "port": 5432}),
+    ("hostaddr=10.0.0.9 host=db-a", {"host": "db-a", "port": 5432}),
+    ("", None),
+    (None, None),
+    ("port=5432 user=x", None),
+])
+def test_upstream_of_reads_host_and_port_only(conninfo, upstream):
+    assert _pg.upstream_of(conninfo) == upstream
+    assert "secret" not in repr(_pg.upstream_of(conninfo))
