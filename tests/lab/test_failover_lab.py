@@ -110,6 +110,26 @@ def test_check_mode_prints_the_exact_plan_and_changes_nothing(tmp_path):
     assert report(run)["outcome"] == "check" and report(run)["check_mode"] is True
 
 
+def test_synchronous_playbook_refuses_what_would_block_writes_and_check_changes_nothing(tmp_path):
+    sync = str(REPO / "playbooks" / "synchronous.yml")
+    every = json.dumps({"dr_synchronous_regions": REGIONS})
+    # a quorum of 3 out of the 2 standbys that stream: every commit would wait
+    blocked = playbook("-i", INVENTORY, sync, "-e", every, "-e", "synchronous_count=3")
+    msg = " ".join(blocked.out.split())
+    assert blocked.rc != 0 and "only 2 of those standbys" in msg and "the quorum is 3" in msg, msg[-2000:]
+    assert "Nothing was changed" in msg and not blocked.changed()
+    # a region the inventory does not have
+    unknown = playbook("-i", INVENTORY, sync, "-e", json.dumps({"dr_synchronous_regions": ["primary", "mars"]}))
+    assert unknown.rc != 0 and "every entry must be one of dr_regions" in " ".join(unknown.out.split())
+    assert not unknown.changed()
+    # --check says what it would write, and writes nothing
+    check = playbook("-i", INVENTORY, sync, "-e", every, "--check")
+    assert check.rc == 0, check.out[-3000:]
+    assert "CHECK MODE - nothing was changed" in check.out and check.changed()
+    after = detect(tmp_path)
+    assert all(r["synchronous_standby_names"] is None for r in after["hosts"]), after["hosts"]
+
+
 def test_a_lagging_candidate_is_refused_then_accepted_with_force(tmp_path, serving):
     primary, cand, third = serving["primary"], serving["candidate"], serving["third"]
     # the candidate stops streaming; the primary writes ~4 MB more, which the third region receives and it does not
