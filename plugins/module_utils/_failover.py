@@ -241,20 +241,33 @@ def failover_plan(summary, target_region, max_lag_bytes=16 << 20, max_lag_second
                                 % candidate)
     if sync_regions:
         _sync_rules(summary, plan, candidate, target_region, list(sync_regions), force)
+    else:
+        running = ["%s: '%s'" % (r["host"], r["synchronous_standby_names"]) for r in hosts
+                   if r.get("reachable") and r.get("synchronous_standby_names")]
+        if running:
+            msg = ("the hosts run synchronous replication (%s) but this run was not told its regions "
+                   "(dr_synchronous_regions is empty), so it would apply the asynchronous rules and could promote a "
+                   "standby that lacks acknowledged writes. Set dr_synchronous_regions as playbooks/synchronous.yml "
+                   "was run (in the inventory, or -e)" % "; ".join(running))
+            (plan["forced"] if force else plan["refusals"]).append(msg + ("" if force else
+                                                                          ", or accept the risk with -e force=true"))
     if plan["refusals"]:
         plan["state"] = "refused"
     return plan
 
 
 def former_primaries(summary):
-    """The hosts this run cannot read that the readable standbys stream (or are told to stream) from: the primary
-    that failed, as opposed to a standby that failed with it. Inventory names, in the summary's order."""
+    """The host this run cannot read that the readable standbys stream (or are told to stream) from: the primary
+    that failed, as opposed to a standby that failed with it. A list of that one inventory name, or [] when no
+    unreadable host or more than one is named (then none is assumed to be the primary)."""
     told = set()
     for r in summary.get("hosts", []):
         if r.get("reachable") and r.get("role") == "standby":
             told.update(a for a in (r.get("upstream_host"), r.get("sender_host")) if a)
-    return [r["host"] for r in summary.get("hosts", [])
-            if not r.get("reachable") and (r.get("address") or r["host"]) in told]
+    named = [r["host"] for r in summary.get("hosts", [])
+             if not r.get("reachable") and (r.get("address") or r["host"]) in told]
+    # more than one: some standby names a stale upstream, and which of them served cannot be told: none is assumed
+    return named if len(named) == 1 else []
 
 
 def _sync_rules(summary, plan, candidate, target_region, sync_regions, force):

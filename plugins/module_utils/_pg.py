@@ -121,17 +121,20 @@ def _iso(value):
     return value.isoformat() if value is not None else None
 
 
-_CONNINFO_KEY = re.compile(r"(?:^|\s)(host|port)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
-
-
 def upstream_of(conninfo):
-    """{"host", "port"} of a libpq key/value conninfo (primary_conninfo), or None when it names no host."""
-    found = {}
-    for key, raw in _CONNINFO_KEY.findall(conninfo or ""):
-        found.setdefault(key, re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith("'") else raw)
-    if not found.get("host"):
+    """{"host", "port"} of a libpq conninfo (primary_conninfo; key/value or URI), parsed by libpq itself, or None
+    when it names no single host (none, several, or a string libpq does not parse). Never anything else of it: the
+    string may hold a password."""
+    if not conninfo or psycopg2 is None:
         return None
-    return {"host": found["host"], "port": int(found["port"]) if found.get("port", "").isdigit() else 5432}
+    try:
+        parsed = psycopg2.extensions.parse_dsn(conninfo)
+    except (psycopg2.ProgrammingError, TypeError, ValueError):
+        return None
+    host, port = parsed.get("host") or "", parsed.get("port") or ""
+    if not host or "," in host or "," in port:
+        return None
+    return {"host": host, "port": int(port) if port.isdigit() else 5432}
 
 
 def gather_facts(conn):

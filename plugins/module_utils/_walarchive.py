@@ -1119,6 +1119,7 @@ def run_pusher(config):
     idle_since = time.monotonic()
     backfiller = ThreadPoolExecutor(max_workers=1)
     backfilling = None
+    backfill_rounds = 0
     next_backfill = time.monotonic() + 1.0
 
     def log(text):
@@ -1169,9 +1170,13 @@ def run_pusher(config):
                     next_backfill = time.monotonic() + BACKFILL_INTERVAL
                     if any_owed(config):
                         backfilling = backfiller.submit(backfill, config, config.backfill_seconds, True, log)
+                        backfill_rounds += 1
                 if in_flight or todo:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > config.idle_exit:
+                    if backfill_rounds == 0 and backfilling is None and any_owed(config):
+                        next_backfill = 0.0  # owed segments: one round before the pusher exits, however short idle
+                        continue
                     break
                 # ok markers PostgreSQL will never ask for again (it archived them another way) do not pile up
                 if _tick % 500 == 0:

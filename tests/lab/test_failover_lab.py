@@ -122,6 +122,11 @@ def test_synchronous_playbook_refuses_what_would_block_writes_and_check_changes_
     unknown = playbook("-i", INVENTORY, sync, "-e", json.dumps({"dr_synchronous_regions": ["primary", "mars"]}))
     assert unknown.rc != 0 and "every entry must be one of dr_regions" in " ".join(unknown.out.split())
     assert not unknown.changed()
+    # a quorum of 0, or regions as a string
+    for bad in ({"dr_synchronous_regions": REGIONS, "dr_synchronous_count": 0},
+                {"dr_synchronous_regions": "primary,secondary"}):
+        refused = playbook("-i", INVENTORY, sync, "-e", json.dumps(bad))
+        assert refused.rc != 0 and "must be a list" in refused.out and not refused.changed(), refused.out[-2000:]
     # --check says what it would write, and writes nothing
     check = playbook("-i", INVENTORY, sync, "-e", every, "--check")
     assert check.rc == 0, check.out[-3000:]

@@ -594,6 +594,43 @@ def test_sync_the_dead_primary_of_a_synchronous_region_is_told_from_a_dead_synch
                                 "may hold acknowledged writes db-b lacks; -e force=true accepts the loss"]
 
 
+def test_a_stale_upstream_does_not_hide_a_dead_synchronous_standby():
+    # db-a served and died with db-b; db-d still names db-b (a stale primary_conninfo): which one served is unknown
+    every = ("primary", "secondary", "tertiary")
+    s = summary(unreachable("db-a", "primary"), unreachable("db-b", "secondary"),
+                standby("db-c", "tertiary", sender="db-a"),
+                standby("db-d", "tertiary", sender=None, status=None, upstream="db-b"))
+    assert former_primaries(s) == []
+    plan = failover_plan(s, "tertiary", sync_regions=every)
+    assert plan["state"] == "refused"
+    assert [m for m in plan["refusals"] if "db-b (secondary) could not be read" in m]
+    assert [m for m in plan["refusals"] if "db-a (primary) could not be read" in m]
+
+
+def _with_sync_setting(entry, value):
+    entry["facts"]["settings"] = {**entry["facts"]["settings"], "synchronous_standby_names": value}
+    return entry
+
+
+def test_hosts_running_synchronous_replication_with_no_regions_given_are_refused_unless_forced():
+    s = summary(unreachable("db-a", "primary"),
+                _with_sync_setting(standby("db-b", "secondary"), 'ANY 1 ("standby_db_a", "standby_db_c")'),
+                standby("db-c", "tertiary"))
+    plan = failover_plan(s, "secondary")
+    assert plan["state"] == "refused"
+    assert plan["refusals"] == [
+        "the hosts run synchronous replication (db-b: 'ANY 1 (\"standby_db_a\", \"standby_db_c\")') but this run was "
+        "not told its regions (dr_synchronous_regions is empty), so it would apply the asynchronous rules and could "
+        "promote a standby that lacks acknowledged writes. Set dr_synchronous_regions as playbooks/synchronous.yml "
+        "was run (in the inventory, or -e), or accept the risk with -e force=true"]
+    assert failover_plan(s, "secondary", force=True)["state"] == "promote"
+    assert failover_plan(s, "secondary", sync_regions=("primary", "secondary", "tertiary"))["state"] == "promote"
+    # an empty setting is asynchronous: nothing to refuse
+    s = summary(unreachable("db-a", "primary"), _with_sync_setting(standby("db-b", "secondary"), ""),
+                standby("db-c", "tertiary"))
+    assert failover_plan(s, "secondary")["state"] == "promote"
+
+
 def test_former_primaries_match_the_standbys_upstream_by_address():
     rows = [unreachable("pg-a", "primary"), standby("pg-b", "secondary", sender="10.0.1.5"),
             pg_down("pg-c", "tertiary")]

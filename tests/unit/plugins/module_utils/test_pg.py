@@ -172,7 +172,11 @@ def test_set_fence_refuses_a_missing_directory(tmp_path):
     ("", None),
     (None, None),
     ("port=5432 user=x", None),
+    ("password='p host=s3cr3t' host=db-a", {"host": "db-a", "port": 5432}),
+    ("postgresql://replicator:s3cr3t@db-b:6432/postgres?application_name=x", {"host": "db-b", "port": 6432}),
+    ("host=db-a,db-b port=5432", None),
+    ("host='unterminated", None),
 ])
 def test_upstream_of_reads_host_and_port_only(conninfo, upstream):
     assert _pg.upstream_of(conninfo) == upstream
-    assert "secret" not in repr(_pg.upstream_of(conninfo))
+    assert "secret" not in repr(_pg.upstream_of(conninfo)) and "s3cr3t" not in repr(_pg.upstream_of(conninfo))
