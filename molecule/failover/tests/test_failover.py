@@ -74,5 +74,12 @@ def test_the_new_primary_waits_for_the_other_two_regions_and_tertiary_is_its_quo
         ("standby_pg_tertiary_1", "quorum")]
     report = sc.report_of("failover", "failover")
     assert report["synchronous_regions"] == ["primary", "secondary", "tertiary"]
+    # the run checked it: after the repoint, tertiary acknowledges the new primary's commits
+    assert report["synchronous"] == {"setting": 'ANY 1 ("standby_pg_primary_1", "standby_pg_tertiary_1")',
+                                     "quorum_standbys": ["standby_pg_tertiary_1"]}
+    # and it read the synchronous standbys again once the dead primary was fenced
+    out = sc.run("failover")["out"]
+    reread = out.split("read the synchronous standbys again now that the old primary is fenced", 1)[1]
+    assert "ok: [pg-secondary-1 -> pg-tertiary-1(" in reread.split("TASK [", 1)[0], reread[:2000]
     # the engine told the dead primary (the standbys' upstream) from a synchronous standby that could hold more
     assert report["plan"]["former_primaries"] == ["pg-primary-1"]
