@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+from urllib.parse import unquote, urlsplit
 
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
@@ -121,17 +122,62 @@ def _iso(value):
     return value.isoformat() if value is not None else None
 
 
+def _conninfo_pairs(conninfo):
+    """The keyword/value pairs of a libpq key/value conninfo, tokenised as libpq does (values in single quotes,
+    backslash escapes, spaces around '='). None when it is malformed."""
+    pairs, i, n = {}, 0, len(conninfo)
+    while i < n:
+        while i < n and conninfo[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        start = i
+        while i < n and conninfo[i] != "=" and not conninfo[i].isspace():
+            i += 1
+        key = conninfo[start:i]
+        while i < n and conninfo[i].isspace():
+            i += 1
+        if not key or i >= n or conninfo[i] != "=":
+            return None
+        i += 1
+        while i < n and conninfo[i].isspace():
+            i += 1
+        value, quoted = [], i < n and conninfo[i] == "'"
+        i += 1 if quoted else 0
+        while i < n and (quoted or not conninfo[i].isspace()):
+            if conninfo[i] == "\\" and i + 1 < n:
+                value.append(conninfo[i + 1])
+                i += 2
+                continue
+            if quoted and conninfo[i] == "'":
+                break
+            value.append(conninfo[i])
+            i += 1
+        if quoted:
+            if i >= n:
+                return None  # unterminated quote
+            i += 1
+        pairs[key] = "".join(value)
+    return pairs
+
+
 def upstream_of(conninfo):
-    """{"host", "port"} of a libpq conninfo (primary_conninfo; key/value or URI), parsed by libpq itself, or None
-    when it names no single host (none, several, or a string libpq does not parse). Never anything else of it: the
-    string may hold a password."""
-    if not conninfo or psycopg2 is None:
+    """{"host", "port"} of a libpq conninfo (primary_conninfo; key/value or URI), or None when it names no single
+    host (none, several, or a string libpq would not parse). Never anything else of it: the string may hold a
+    password."""
+    if not conninfo:
         return None
-    try:
-        parsed = psycopg2.extensions.parse_dsn(conninfo)
-    except (psycopg2.ProgrammingError, TypeError, ValueError):
-        return None
-    host, port = parsed.get("host") or "", parsed.get("port") or ""
+    if re.match(r"^postgres(?:ql)?://", conninfo):
+        try:
+            parsed = urlsplit(conninfo)
+            host, port = unquote(parsed.hostname or ""), str(parsed.port or "")
+        except ValueError:
+            return None
+    else:
+        pairs = _conninfo_pairs(conninfo)
+        if pairs is None:
+            return None
+        host, port = pairs.get("host", ""), pairs.get("port", "")
     if not host or "," in host or "," in port:
         return None
     return {"host": host, "port": int(port) if port.isdigit() else 5432}

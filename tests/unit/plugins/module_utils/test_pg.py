@@ -180,3 +180,8 @@ def test_set_fence_refuses_a_missing_directory(tmp_path):
 def test_upstream_of_reads_host_and_port_only(conninfo, upstream):
     assert _pg.upstream_of(conninfo) == upstream
     assert "secret" not in repr(_pg.upstream_of(conninfo)) and "s3cr3t" not in repr(_pg.upstream_of(conninfo))
+
+
+@pytest.mark.parametrize("conninfo", ["host", "=x", "host=db-a port", "postgresql://a:1,b:2/x", "postgresql://[::1"])
+def test_upstream_of_a_conninfo_libpq_would_not_take_is_none(conninfo):
+    assert _pg.upstream_of(conninfo) is None
