@@ -1,0 +1,65 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The out-of-band fence runs on the controller, in the process that runs the task: no module is shipped to a
+local Python first (that costs about half a second, and the promotion waits for the fence)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import signal
+import subprocess
+
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+
+ARGUMENT_SPEC = dict(
+    argv=dict(type="list", elements="str", required=True, no_log=False),
+    timeout=dict(type="int", default=120),
+)
+OUTPUT_LIMIT = 65536
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = validation.validated_parameters
+        argv, timeout = params["argv"], max(1, int(params["timeout"]))
+        if not argv or not argv[0]:
+            return dict(result, failed=True, msg="argv: name the fence command and its arguments")
+        if self._task.check_mode:
+            return dict(result, changed=True, would_run=argv[0], msg="check mode: the fence command was not run")
+        try:
+            # its own process group, so that a timeout stops the command and whatever it started
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+        except _errors.ENGINE_ERRORS as exc:
+            return dict(result, failed=True, rc=None, msg="the fence command %s could not be started: %s. Check "
+                        "isolate_fence_command; nothing was fenced." % (argv[0], _errors.message(exc)))
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            out, err = proc.communicate()
+            return dict(result, failed=True, rc=None, stdout=to_text(out[-OUTPUT_LIMIT:]),
+                        stderr=to_text(err[-OUTPUT_LIMIT:]),
+                        msg="the fence command %s did not finish in %d s and was killed: the host is NOT known to "
+                            "be fenced. Fence it by hand, or raise isolate_fence_timeout." % (argv[0], timeout))
+        result.update(rc=proc.returncode, stdout=to_text(out[-OUTPUT_LIMIT:]), stderr=to_text(err[-OUTPUT_LIMIT:]),
+                      changed=True)
+        if proc.returncode != 0:
+            result.update(failed=True, msg="the fence command %s failed (exit %d): %s. The host is NOT known to be "
+                                           "fenced." % (argv[0], proc.returncode,
+                                                        to_text(err[-2000:]).strip() or "no message"))
+        return result

@@ -1,0 +1,54 @@
+"""The out-of-band fence runs on the controller: its exit status, its output and a hung command (killed with what
+it started, the task failing) reach the operator; check mode runs nothing."""
+
+from __future__ import annotations
+
+import time
+from unittest import mock
+
+from ansible.playbook.task import Task
+
+from ansible_collections.immersiverse.dr.plugins.action import fence_command
+
+
+def run(args, check_mode=False):
+    task = Task()
+    task.args = args
+    task.check_mode = check_mode
+    act = fence_command.ActionModule(task, mock.MagicMock(), mock.MagicMock(), loader=None, templar=None,
+                                     shared_loader_obj=None)
+    return act.run(task_vars={})
+
+
+def test_its_output_and_exit_status_are_returned():
+    out = run({"argv": ["/bin/sh", "-c", "echo fenced dr-lab-x-db; echo note >&2", "ignored"]})
+    assert not out.get("failed") and out["rc"] == 0 and out["changed"]
+    assert out["stdout"].strip() == "fenced dr-lab-x-db" and out["stderr"].strip() == "note"
+
+
+def test_a_failing_fence_fails_the_task_saying_the_host_is_not_fenced():
+    out = run({"argv": ["/bin/sh", "-c", "echo 'no container dr-lab-x-db' >&2; exit 3"]})
+    assert out["failed"] and out["rc"] == 3
+    assert "NOT known to be fenced" in out["msg"] and "no container dr-lab-x-db" in out["msg"]
+
+
+def test_a_hung_fence_is_killed_with_what_it_started(tmp_path):
+    marker = tmp_path / "child-still-running"
+    started = time.monotonic()
+    # the command starts a child that would outlive it; both are killed at the timeout
+    out = run({"argv": ["/bin/sh", "-c", f"(sleep 3; touch {marker}) & sleep 30"], "timeout": 1})
+    assert time.monotonic() - started < 10
+    assert out["failed"] and out["rc"] is None and "did not finish in 1 s" in out["msg"]
+    time.sleep(3.5)
+    assert not marker.exists()
+
+
+def test_a_command_that_does_not_exist_fails_clearly():
+    out = run({"argv": ["/nonexistent/dr-fence"]})
+    assert out["failed"] and "could not be started" in out["msg"] and "nothing was fenced" in out["msg"]
+
+
+def test_check_mode_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    out = run({"argv": ["/bin/sh", "-c", f"touch {marker}"]}, check_mode=True)
+    assert out["changed"] and out["would_run"] == "/bin/sh" and not marker.exists()
