@@ -73,6 +73,25 @@ options:
       - How many repositories must take the lock. Default, a majority. Lower it only for regions gone for good
         (two regions, one of them lost, need C(1)).
     type: int
+  background:
+    description:
+      - With O(state=acquired), take the lock in a detached process and return at once with RV(job); a later task
+        with O(join) waits for the answer. A runbook overlaps the lock with what it only reads (the failover's
+        detect phase) and joins before it plans or changes anything.
+      - The answer is the one a task in the foreground would give (check mode included). A run killed in between
+        may leave the lock taken by its dead process; the re-run on this controller takes it over.
+    type: bool
+    default: false
+  join:
+    description:
+      - The RV(job) of an earlier O(background) task of this run. Waits up to O(join_timeout) for its answer and
+        returns it (the other options are not used). Fails, saying so, when the process taking the lock ended
+        without an answer.
+    type: str
+  join_timeout:
+    description: How long O(join) waits, in seconds.
+    type: int
+    default: 120
 notes:
   - The repositories' credentials are used on the controller only and are never returned.
 seealso:
@@ -80,6 +99,19 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: Start taking the lock, and read the regions meanwhile
+  immersiverse.dr.runbook_lock:
+    repositories: "{{ dr_lock_repositories }}"
+    background: true
+  register: lock_job
+  no_log: true
+
+- name: Before anything changes, the lock is held
+  immersiverse.dr.runbook_lock:
+    repositories: "{{ dr_lock_repositories }}"
+    join: "{{ lock_job.job }}"
+  no_log: true
+
 - name: One runbook at a time
   immersiverse.dr.runbook_lock:
     repositories: "{{ dr_lock_repositories }}"
@@ -94,6 +126,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+started:
+  description: The lock is being taken in the background (O(background)).
+  returned: O(background=true)
+  type: bool
+job:
+  description: The job directory to pass to O(join) (on the controller, private to its user).
+  returned: O(background=true)
+  type: str
 acquired:
   description: Whether this run holds the lock now (false in check mode).
   returned: O(state=acquired)

@@ -100,3 +100,96 @@ def test_one_runbook_at_a_time_across_processes_and_a_killed_one_is_taken_over(s
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(30)
+
+
+BACKGROUND_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - immersiverse.dr.runbook_lock:
+        repositories: "{{ repos }}"
+        holder: "{{ who }}"
+        background: true
+      register: job
+      no_log: true
+    - ansible.builtin.debug:
+        msg: "JOB {{ job.job }} STARTED {{ job.started }}"
+    - immersiverse.dr.runbook_lock:
+        repositories: "{{ repos }}"
+        join: "{{ job.job }}"
+      register: taken
+      no_log: true
+      failed_when: false
+    - ansible.builtin.debug:
+        msg: "ANSWER acquired={{ taken.acquired | default(false) }} msg={{ taken.msg | default('-') }}"
+    - ansible.builtin.wait_for:
+        path: "{{ go }}"
+        timeout: 60
+      when: taken.acquired | default(false)
+    - immersiverse.dr.runbook_lock:
+        state: released
+        repositories: "{{ repos }}"
+      no_log: true
+      when: taken.acquired | default(false)
+    - immersiverse.dr.runbook_lock:
+        repositories: "{{ repos }}"
+        join: "{{ bogus }}"
+      register: bogus_join
+      no_log: true
+      failed_when: false
+    - ansible.builtin.debug:
+        msg: "BOGUS {{ bogus_join.msg | default('accepted') }}"
+"""
+
+
+def run_background_play(tmp: Path, repos: list[dict], who: str, go: Path, bogus: Path):
+    extra = tmp / f"vars-bg-{who}.json"
+    extra.write_text(json.dumps({"repos": repos, "who": who, "go": str(go), "bogus": str(bogus)}))
+    extra.chmod(0o600)
+    play = tmp / "lock-bg.yml"
+    play.write_text(BACKGROUND_PLAY)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    argv = [str(PLAYBOOK), "-i", "localhost,", "-c", "local", "-e", f"@{extra}", str(play),
+            "-e", f"ansible_python_interpreter={sys.executable}"]
+    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_a_lock_taken_in_the_background_gives_the_foreground_answer_when_joined(s3_endpoint, tmp_path):
+    """The failover takes the lock while it reads the regions: the join must give the same answer as a task in the
+    foreground (held by this run; refused naming the holder), leave no job behind, and refuse a job that is not one."""
+    buckets = [s3_endpoint.create_bucket() for _region in range(3)]
+    repos = [{"type": "s3", "name": name, "bucket": bucket, "prefix": "auth-db", "region": "us-east-1",
+              "endpoint_url": s3_endpoint.endpoint_url, "access_key": s3_endpoint.access_key,
+              "secret_key": s3_endpoint.secret_key}
+             for name, bucket in zip(("primary", "secondary", "tertiary"), buckets, strict=True)]
+    go = tmp_path / "go"
+    bogus = tmp_path / "immersiverse-dr-lock-not-a-job"  # the right prefix, outside the temp directory
+    bogus.mkdir()
+    first = run_background_play(tmp_path, repos, "failover-by-alice", go, bogus)
+    lines = []
+    try:
+        for line in first.stdout:  # bounded: the play waits at most 60 s for go, then ends
+            lines.append(line)
+            if "ANSWER" in line:
+                break
+        out = "".join(lines)
+        assert "ANSWER acquired=True msg=-" in out, out[-3000:]
+        job = out.split("JOB ", 1)[1].split()[0]
+        assert not Path(job).exists(), "the join left its job directory behind"
+        assert all(lock_objects(s3_endpoint, buckets).values())
+        # a second controller process, in the background too: the join refuses it, naming the holder
+        second = run_background_play(tmp_path, repos, "switchover-by-bob", go, bogus)
+        second_out = second.communicate(timeout=180)[0]
+        assert "ANSWER acquired=False msg=the runbook lock is held by failover-by-alice" in \
+            " ".join(second_out.split()), second_out[-3000:]
+        assert s3_endpoint.secret_key not in out + second_out
+        assert "BOGUS join=" in second_out and "is not a runbook lock job" in second_out, second_out[-3000:]
+        go.touch()
+        rest = first.communicate(timeout=180)[0]
+        assert first.returncode == 0, rest[-3000:]
+        assert not any(lock_objects(s3_endpoint, buckets).values()), "the lock was not given back"
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
