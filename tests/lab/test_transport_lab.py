@@ -87,6 +87,35 @@ def test_isolate_fences_a_reachable_standby_as_the_non_root_user_and_the_standby
     assert standby in mid["unreachable"] or next(h for h in mid["hosts"] if h["host"] == standby)["role"] == "down"
     assert mid["current_primary"] == primary
 
+    # A rebuild whose copy fails (here: the primary's address is the standby's own loopback, where nothing listens,
+    # so pg_basebackup cannot connect) must not leave
+    # the host without its data directory: the same directory (same inode) is back, still fenced and stopped.
+    inode = podman("exec", name, "stat", "-c", "%i", "/var/lib/postgresql/15/main").strip()
+    aside = ["sh", "-c", "ls -d /var/lib/postgresql/15/main.* 2>/dev/null || true"]
+    aside_before = set(podman("exec", name, *aside).split())
+    broken = tmp_path / "broken.yml"
+    broken.write_text(f"""
+- hosts: {standby}
+  gather_facts: false
+  roles:
+    - role: immersiverse.dr.standby
+      vars:
+        standby_primary_host: {primary}
+        standby_primary_address: 127.0.0.1
+        standby_rewind: false
+""")
+    run = playbook("-i", INVENTORY, str(broken))
+    assert run.rc != 0, run.out[-3000:]
+    out = " ".join(run.out.split())
+    assert "pg_basebackup from" in out and "Its previous data directory is back in /var/lib/postgresql/15/main" \
+        in out, run.out[-3000:]
+    assert podman("exec", name, "stat", "-c", "%i", "/var/lib/postgresql/15/main").strip() == inode
+    assert podman("exec", name, "test", "-f", "/var/lib/postgresql/15/main/PG_VERSION") == ""
+    new_aside = set(podman("exec", name, *aside).split()) - aside_before
+    assert not [d for d in new_aside if ".replaced-" in d], new_aside
+    assert "disabled" in podman("exec", name, "grep", "-v", "^#", "/etc/postgresql/15/main/start.conf")
+    assert podman("exec", name, "pg_lsclusters", "--no-header", "15", "main").split()[3].startswith("down")
+
     back = tmp_path / "back.yml"
     back.write_text(f"""
 - hosts: {standby}
