@@ -17,16 +17,22 @@ asynchronous, in alternating rounds of the same length side by side, as a ratio 
 Writes bench/results/failover.json. Absolute times on shared machines are noisy; the medians and the targets
 (failover RTO <= 5 s, switchover <= 3 s with 0 lost) are what to compare.
 
-    python bench/failover.py [--runs 3] [--rate 100]
+    python bench/failover.py [--runs 3] [--rate 100] [--baseline REV]
+
+--baseline REV: the failovers alternate between this checkout and REV (a git worktree beside it, sharing the venv
+and the lab), one run each in turn, so the two are compared side by side on the same machine at the same time:
+failover.baseline holds REV's runs and ratio_to_baseline the median RTO of this checkout over REV's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -45,6 +51,39 @@ PORTS = {"primary": 15432, "secondary": 25432, "tertiary": 35432}
 ENV = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "PYTHONPATH": str(REPO / "lab"),
        "ANSIBLE_NOCOLOR": "1"}
 TARGETS = {"failover_rto_seconds": 5.0, "switchover_unavailable_seconds": 3.0}
+
+
+THIS_TREE = REPO
+
+
+def use_tree(tree: Path) -> None:
+    """Run the runbooks of this checkout or of the baseline's worktree (same venv, same lab)."""
+    global REPO  # noqa: PLW0603 - every helper reads REPO for the playbooks and inventory it runs
+    REPO = tree
+    ENV.update(ANSIBLE_CONFIG=str(tree / "ansible.cfg"), PYTHONPATH=str(tree / "lab"))
+
+
+@contextlib.contextmanager
+def baseline_tree(rev: str):
+    """A worktree of rev that runs with this checkout's venv and lab (its collection path points at itself)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    tree = tmp / "tree"
+    subprocess.run(["git", "-C", str(THIS_TREE), "worktree", "add", "--detach", "-q", str(tree), rev], check=True,
+                   timeout=120)
+    try:
+        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], check=True, timeout=30,
+                                capture_output=True, text=True).stdout.strip()
+        (tree / ".venv").symlink_to(THIS_TREE / ".venv")
+        (tree / ".lab").symlink_to(THIS_TREE / ".lab")
+        coll = tree / ".collections" / "ansible_collections" / "immersiverse"
+        coll.mkdir(parents=True)
+        (coll / "dr").symlink_to(tree)
+        yield tree, commit
+    finally:
+        use_tree(THIS_TREE)
+        subprocess.run(["git", "-C", str(THIS_TREE), "worktree", "remove", "--force", str(tree)], check=False,
+                       timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def parse(ts: str) -> dt.datetime:
@@ -202,16 +241,30 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=100)
     ap.add_argument("--sync-round-seconds", type=int, default=15)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "failover.json"))
+    ap.add_argument("--baseline", help="a git revision whose failovers alternate with this checkout's")
     args = ap.parse_args()
     if not 1 <= args.runs <= 10:
         ap.error("--runs must be 1..10")
     layout()
-    failovers, switchovers = [], []
-    for i in range(args.runs):
-        source, target = REGIONS[i % 3], REGIONS[(i + 1) % 3]
-        print(f"[bench] failover {i + 1}/{args.runs}: {source} killed -> failover.yml -l {target}", flush=True)
-        failovers.append(one_failover(args.rate, source, target))
-        print(f"[bench]   RTO {failovers[-1]['rto_seconds']} s, lost {failovers[-1]['lost_writes']}", flush=True)
+    failovers, switchovers, baseline = [], [], {}
+    with contextlib.ExitStack() as stack:
+        base = stack.enter_context(baseline_tree(args.baseline)) if args.baseline else None
+        order = [(THIS_TREE, failovers)] + ([(base[0], baseline.setdefault("runs", []))] if base else [])
+        for i in range(args.runs * len(order)):
+            tree, runs = order[i % len(order)]
+            use_tree(tree)
+            source, target = REGIONS[i % 3], REGIONS[(i + 1) % 3]
+            which = f"baseline {base[1]}" if base and tree == base[0] else "this checkout"
+            print(f"[bench] failover {i + 1}/{args.runs * len(order)} ({which}): {source} killed -> failover.yml -l "
+                  f"{target}", flush=True)
+            runs.append(one_failover(args.rate, source, target))
+            print(f"[bench]   RTO {runs[-1]['rto_seconds']} s, lost {runs[-1]['lost_writes']}", flush=True)
+        if base:
+            baseline["commit"] = base[1]
+            baseline["median_rto_seconds"] = statistics.median(r["rto_seconds"] for r in baseline["runs"])
+            baseline["median_phase_seconds"] = {k: statistics.median(r["phase_seconds"][k] for r in baseline["runs"])
+                                                for k in baseline["runs"][0]["phase_seconds"]}
+        use_tree(THIS_TREE)
     layout()
     for i in range(args.runs):
         target = REGIONS[(i + 1) % 3]
@@ -237,7 +290,11 @@ def main() -> int:
         "machine": machine(),
         "versions": versions(),
         "rate_writes_per_second": args.rate,
-        "failover": {"runs": failovers, "median": med_f},
+        "failover": {"runs": failovers, "median": med_f, **({"baseline": baseline,
+                                                              "ratio_to_baseline": round(
+                                                                  med_f["rto_seconds"]
+                                                                  / baseline["median_rto_seconds"], 3)}
+                                                           if baseline else {})},
         "switchover": {"runs": switchovers, "median": med_s,
                        "lost_writes_total": sum(r["lost_writes"] for r in switchovers)},
         "targets": TARGETS,
