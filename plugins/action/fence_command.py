@@ -11,6 +11,7 @@ __metaclass__ = type
 import os
 import signal
 import subprocess
+import tempfile
 
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
@@ -24,6 +25,13 @@ ARGUMENT_SPEC = dict(
 OUTPUT_LIMIT = 65536
 
 
+def _tail(fh):
+    """The last OUTPUT_LIMIT bytes written to fh, as text (bytes that are not UTF-8 replaced)."""
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(max(0, size - OUTPUT_LIMIT))
+    return to_text(fh.read(), errors="replace")
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -32,34 +40,43 @@ class ActionModule(ActionBase):
         result = super(ActionModule, self).run(tmp, task_vars)
         validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         params = validation.validated_parameters
-        argv, timeout = params["argv"], max(1, int(params["timeout"]))
+        argv, timeout = params["argv"], int(params["timeout"])
+        timeout = None if timeout <= 0 else timeout  # 0: no limit, as the task keyword
         if not argv or not argv[0]:
             return dict(result, failed=True, msg="argv: name the fence command and its arguments")
         if self._task.check_mode:
             return dict(result, changed=True, would_run=argv[0], msg="check mode: the fence command was not run")
-        try:
-            # its own process group, so that a timeout stops the command and whatever it started
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True)
-        except _errors.ENGINE_ERRORS as exc:
-            return dict(result, failed=True, rc=None, msg="the fence command %s could not be started: %s. Check "
-                        "isolate_fence_command; nothing was fenced." % (argv[0], _errors.message(exc)))
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        # Output goes to files, not pipes: a fence that exits but leaves a daemon holding its stdout (a cloud CLI's
+        # helper, an ssh master) must count as finished when it exits, not when the daemon closes the pipe.
+        with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            out, err = proc.communicate()
-            return dict(result, failed=True, rc=None, stdout=to_text(out[-OUTPUT_LIMIT:]),
-                        stderr=to_text(err[-OUTPUT_LIMIT:]),
+                # its own process group, so that a timeout stops the command and whatever it started
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f,
+                                        start_new_session=True)
+            except _errors.ENGINE_ERRORS as exc:
+                return dict(result, failed=True, rc=None, msg="the fence command %s could not be started: %s. Check "
+                            "isolate_fence_command; nothing was fenced." % (argv[0], _errors.message(exc)))
+            try:
+                proc.wait(timeout=timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass  # it does not die (uninterruptible sleep): the task fails all the same, it never waits
+            out, err = _tail(out_f), _tail(err_f)
+        if timed_out:
+            return dict(result, failed=True, rc=None, stdout=out, stderr=err,
                         msg="the fence command %s did not finish in %d s and was killed: the host is NOT known to "
                             "be fenced. Fence it by hand, or raise isolate_fence_timeout." % (argv[0], timeout))
-        result.update(rc=proc.returncode, stdout=to_text(out[-OUTPUT_LIMIT:]), stderr=to_text(err[-OUTPUT_LIMIT:]),
-                      changed=True)
+        result.update(rc=proc.returncode, stdout=out, stderr=err, changed=True)
         if proc.returncode != 0:
-            result.update(failed=True, msg="the fence command %s failed (exit %d): %s. The host is NOT known to be "
-                                           "fenced." % (argv[0], proc.returncode,
-                                                        to_text(err[-2000:]).strip() or "no message"))
+            how = ("exit %d" % proc.returncode if proc.returncode > 0 else "killed by signal %d" % -proc.returncode)
+            result.update(failed=True, msg="the fence command %s failed (%s): %s. The host is NOT known to be "
+                                           "fenced." % (argv[0], how, err[-2000:].strip() or "no message"))
         return result

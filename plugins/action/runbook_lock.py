@@ -83,6 +83,32 @@ def _job_dir(path):
     return real
 
 
+def _stop(pid):
+    """Kill the background process (it leads its own session) and wait, bounded, until it is gone."""
+    for sig_target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            sig_target()
+            break
+        except OSError:
+            continue
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _take_back(params, check_mode):
+    """Delete this run's lock objects wherever they may be (never another run's); errors are not fatal here."""
+    if params.get("state") != "acquired" or check_mode:
+        return
+    try:
+        _runlock.release([repo_mod.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
+                                                        read_timeout=LOCK_READ_TIMEOUT,
+                                                        max_attempts=LOCK_MAX_ATTEMPTS))
+                          for spec in params["repositories"]], params["name"], params["run_id"])
+    except _errors.ENGINE_ERRORS:
+        pass
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -92,13 +118,13 @@ class ActionModule(ActionBase):
         validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         params = validation.validated_parameters
         result["changed"] = False
-        if params["join"]:
-            result.update(self._join(params["join"], params["join_timeout"]))
-            return result
         process = _runlock.me(os.getppid())  # the ansible-playbook process this task belongs to
         # by default one run is one ansible-playbook process: every task of it, every play, every batch of a
         # serial play holds the same lock
         params["run_id"] = params["run_id"] or "%s-%d-%s" % (process["host"], process["pid"], process["pid_start"])
+        if params["join"]:
+            result.update(self._join(params["join"], params["join_timeout"], params))
+            return result
         if params["background"] and params["state"] == "acquired":
             result.update(self._start(params, process, self._task.check_mode))
             return result
@@ -118,10 +144,17 @@ class ActionModule(ActionBase):
                         fh.write(str(grandchild))
                     os._exit(0)
                 os.setsid()  # not in the operator's process group: a Ctrl-C of the run does not cut a write short
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD):
+                    signal.signal(signum, signal.SIG_DFL)  # not the worker's handlers
+                os.chdir("/")
                 devnull = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
-                os.closerange(3, 4096)  # nothing of the worker (its result queue) is held open
+                try:
+                    max_fd = os.sysconf("SC_OPEN_MAX")
+                except (ValueError, OSError):
+                    max_fd = 65536
+                os.closerange(3, max_fd)  # nothing of the worker (its result queue, its display) is held open
                 signal.alarm(JOB_MAX_SECONDS)
                 try:
                     answer = self._do(params, process, check_mode)
@@ -135,8 +168,10 @@ class ActionModule(ActionBase):
         os.waitpid(child, 0)
         return {"started": True, "job": job}
 
-    def _join(self, job, timeout):
-        """Wait, bounded, for the answer of the background task; the job directory is removed."""
+    def _join(self, job, timeout, params=None):
+        """Wait, bounded, for the answer of the background task; the job directory is removed. A process that has
+        not answered in time is killed, and whatever lock objects of this run it may have written are deleted, so
+        that "not taken" is true."""
         try:
             job = _job_dir(job)
         except _errors.ENGINE_ERRORS as exc:
@@ -151,11 +186,17 @@ class ActionModule(ActionBase):
         while not os.path.exists(answer_path):
             gone = not pid or not _pid_alive(pid)
             if (gone and not os.path.exists(answer_path)) or time.monotonic() > deadline:
+                if not gone:
+                    _stop(pid)
+                if os.path.exists(answer_path):  # it answered as it was stopped: that answer holds
+                    break
+                if params is not None:
+                    _take_back(params, self._task.check_mode)
                 shutil.rmtree(job, ignore_errors=True)
                 why = ("the process taking it ended without an answer" if gone
                        else "no answer after %d s" % int(timeout))
-                return {"failed": True, "msg": "the runbook lock was not taken: %s. Nothing was changed; run again "
-                                               "(a lock this run may hold is taken over by the re-run)." % why}
+                return {"failed": True, "msg": "the runbook lock was not taken: %s. Nothing was changed (and lock "
+                                               "objects of this run, if any, were deleted); run again." % why}
             time.sleep(0.02)
         with open(answer_path) as fh:
             answer = json.load(fh)

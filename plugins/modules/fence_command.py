@@ -18,7 +18,9 @@ description:
   - It runs in the Ansible process that runs the task (an action plugin), because the promotion waits for the fence and
     shipping a module to a local Python first would cost about half a second of the failover.
   - A command that exits non-zero or does not finish in time fails the task, saying the host is not known to be
-    fenced; a command that timed out is killed with everything it started.
+    fenced; a command that timed out is killed with everything it started. The command counts as finished when it
+    exits, even if something it started in the background still holds its output.
+  - The task's C(environment) keyword does not reach the command (it runs in the controller's environment).
 author:
   - immersiverse.dr maintainers (@immersiverse)
 attributes:
@@ -38,7 +40,7 @@ options:
     elements: str
     required: true
   timeout:
-    description: Seconds the command may take before it is killed and the task fails.
+    description: Seconds the command may take before it is killed and the task fails; V(0) for no limit.
     type: int
     default: 120
 notes:

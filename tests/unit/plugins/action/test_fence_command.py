@@ -52,3 +52,16 @@ def test_check_mode_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     out = run({"argv": ["/bin/sh", "-c", f"touch {marker}"]}, check_mode=True)
     assert out["changed"] and out["would_run"] == "/bin/sh" and not marker.exists()
+
+
+def test_a_fence_that_exits_is_done_even_if_its_daemon_keeps_the_output_open(tmp_path):
+    started = time.monotonic()
+    out = run({"argv": ["/bin/sh", "-c", "echo stopped; sleep 20 & exit 0"], "timeout": 10})
+    assert time.monotonic() - started < 5, "it waited for the daemon, not for the command"
+    assert not out.get("failed") and out["rc"] == 0 and out["stdout"].strip() == "stopped"
+
+
+def test_output_that_is_not_utf8_is_kept_readable():
+    out = run({"argv": ["/bin/sh", "-c", "printf 'caf\\351\\n'; exit 4"]})
+    assert out["failed"] and out["rc"] == 4 and out["stdout"].startswith("caf")
+    assert "exit 4" in out["msg"]

@@ -52,14 +52,6 @@ def test_a_zombie_counts_as_ended():
     proc.wait()
 
 
-def test_a_live_process_without_an_answer_is_waited_for_only_until_the_timeout():
-    job = make_job(os.getpid())  # alive, and it never answers
-    started = time.monotonic()
-    out = join(job, timeout=1)
-    assert 0.9 < time.monotonic() - started < 5
-    assert out["failed"] and "no answer after 1 s" in out["msg"]
-
-
 def test_a_job_that_is_not_one_is_refused(tmp_path):
     for path in (str(tmp_path / (action.JOB_PREFIX + "x")), tempfile.gettempdir(), "", "/etc"):
         out = join(path)
@@ -81,3 +73,19 @@ def test_the_answer_file_is_complete_json():
         assert json.load(fh) == {"failed": True, "msg": "held"}
     assert not os.path.exists(os.path.join(job, "answer.json.tmp"))
     join(job)
+
+
+def test_a_process_that_does_not_answer_in_time_is_killed_so_it_cannot_take_the_lock_later():
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        job = make_job(proc.pid)
+        started = time.monotonic()
+        out = join(job, timeout=1)
+        assert 0.9 < time.monotonic() - started < 12
+        assert out["failed"] and "no answer after 1 s" in out["msg"]
+        assert proc.wait(timeout=10) == -9, "the background process was left running"
+        assert not os.path.exists(job)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
