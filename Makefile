@@ -58,7 +58,8 @@ bench-lab: setup
 bench-drill: setup
 	scripts/bench.sh drill $(BENCH_ARGS)
 
-# failover.yml's RTO (fault -> first acknowledged write) and switchover.yml's write unavailability, 3 runs each (~6 min)
+# failover.yml's RTO (fault -> first acknowledged write) and switchover.yml's write unavailability, 3 runs each (~8 min;
+# BENCH_ARGS="--baseline <rev>" alternates the failovers with those of <rev>, side by side, ~12 min)
 bench-failover: setup
 	scripts/bench.sh failover $(BENCH_ARGS)
 
