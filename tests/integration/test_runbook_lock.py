@@ -40,12 +40,15 @@ PLAY = """
 """
 
 
-def run(tmp: Path, repos: list[dict], who: str, go: Path, background: bool = False):
+def run(tmp: Path, repos: list[dict], who: str, go: Path, background: bool = False, play_text: str = PLAY,
+        **more):
+    """ansible-playbook of play_text on localhost with the repositories in an extra-vars file (0600), in the
+    foreground (its CompletedProcess) or in a session of its own (its Popen)."""
     extra = tmp / f"vars-{who}.json"
-    extra.write_text(json.dumps({"repos": repos, "who": who, "go": str(go)}))
+    extra.write_text(json.dumps({"repos": repos, "who": who, "go": str(go), **more}))
     extra.chmod(0o600)
-    play = tmp / "lock.yml"
-    play.write_text(PLAY)
+    play = tmp / f"lock-{abs(hash(play_text))}.yml"
+    play.write_text(play_text)
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     argv = [str(PLAYBOOK), "-i", "localhost,", "-c", "local", "-e", f"@{extra}", str(play),
             "-e", f"ansible_python_interpreter={sys.executable}"]
@@ -53,6 +56,15 @@ def run(tmp: Path, repos: list[dict], who: str, go: Path, background: bool = Fal
         return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def three_repositories(endpoint) -> tuple[list[str], list[dict]]:
+    buckets = [endpoint.create_bucket() for _region in range(3)]
+    repos = [{"type": "s3", "name": name, "bucket": bucket, "prefix": "auth-db", "region": "us-east-1",
+              "endpoint_url": endpoint.endpoint_url, "access_key": endpoint.access_key,
+              "secret_key": endpoint.secret_key}
+             for name, bucket in zip(("primary", "secondary", "tertiary"), buckets, strict=True)]
+    return buckets, repos
 
 
 def lock_objects(endpoint, buckets):
@@ -70,11 +82,7 @@ def wait_until(check, seconds: float, what: str):
 
 
 def test_one_runbook_at_a_time_across_processes_and_a_killed_one_is_taken_over(s3_endpoint, tmp_path):
-    buckets = [s3_endpoint.create_bucket() for _region in range(3)]
-    repos = [{"type": "s3", "name": name, "bucket": bucket, "prefix": "auth-db", "region": "us-east-1",
-              "endpoint_url": s3_endpoint.endpoint_url, "access_key": s3_endpoint.access_key,
-              "secret_key": s3_endpoint.secret_key}
-             for name, bucket in zip(("primary", "secondary", "tertiary"), buckets, strict=True)]
+    buckets, repos = three_repositories(s3_endpoint)
     go = tmp_path / "go"
     first = run(tmp_path, repos, "failover-by-alice", go, background=True)
     try:
@@ -142,31 +150,14 @@ BACKGROUND_PLAY = """
 """
 
 
-def run_background_play(tmp: Path, repos: list[dict], who: str, go: Path, bogus: Path):
-    extra = tmp / f"vars-bg-{who}.json"
-    extra.write_text(json.dumps({"repos": repos, "who": who, "go": str(go), "bogus": str(bogus)}))
-    extra.chmod(0o600)
-    play = tmp / "lock-bg.yml"
-    play.write_text(BACKGROUND_PLAY)
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    argv = [str(PLAYBOOK), "-i", "localhost,", "-c", "local", "-e", f"@{extra}", str(play),
-            "-e", f"ansible_python_interpreter={sys.executable}"]
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
 def test_a_lock_taken_in_the_background_gives_the_foreground_answer_when_joined(s3_endpoint, tmp_path):
     """The failover takes the lock while it reads the regions: the join must give the same answer as a task in the
     foreground (held by this run; refused naming the holder), leave no job behind, and refuse a job that is not one."""
-    buckets = [s3_endpoint.create_bucket() for _region in range(3)]
-    repos = [{"type": "s3", "name": name, "bucket": bucket, "prefix": "auth-db", "region": "us-east-1",
-              "endpoint_url": s3_endpoint.endpoint_url, "access_key": s3_endpoint.access_key,
-              "secret_key": s3_endpoint.secret_key}
-             for name, bucket in zip(("primary", "secondary", "tertiary"), buckets, strict=True)]
+    buckets, repos = three_repositories(s3_endpoint)
     go = tmp_path / "go"
     bogus = tmp_path / "immersiverse-dr-lock-not-a-job"  # the right prefix, outside the temp directory
     bogus.mkdir()
-    first = run_background_play(tmp_path, repos, "failover-by-alice", go, bogus)
+    first = run(tmp_path, repos, "failover-by-alice", go, background=True, play_text=BACKGROUND_PLAY, bogus=str(bogus))
     lines = []
     try:
         for line in first.stdout:  # bounded: the play waits at most 60 s for go, then ends
@@ -179,7 +170,8 @@ def test_a_lock_taken_in_the_background_gives_the_foreground_answer_when_joined(
         assert not Path(job).exists(), "the join left its job directory behind"
         assert all(lock_objects(s3_endpoint, buckets).values())
         # a second controller process, in the background too: the join refuses it, naming the holder
-        second = run_background_play(tmp_path, repos, "switchover-by-bob", go, bogus)
+        second = run(tmp_path, repos, "switchover-by-bob", go, background=True, play_text=BACKGROUND_PLAY,
+                     bogus=str(bogus))
         second_out = second.communicate(timeout=180)[0]
         assert "ANSWER acquired=False msg=the runbook lock is held by failover-by-alice" in \
             " ".join(second_out.split()), second_out[-3000:]

@@ -13,6 +13,20 @@ INVENTORY = str(REPO / "inventories" / "lab")
 SSH_CONFIG = REPO / ".lab" / "ssh" / "config"
 
 
+def standby_role(play, host: str, primary: str, **overrides: str):
+    """The standby role on host, following primary (overrides: more role variables), through the lab's SSH."""
+    extra = "".join(f"\n        {k}: {v}" for k, v in overrides.items())
+    play.write_text(f"""
+- hosts: {host}
+  gather_facts: false
+  roles:
+    - role: immersiverse.dr.standby
+      vars:
+        standby_primary_host: {primary}{extra}
+""")
+    return playbook("-i", INVENTORY, str(play))
+
+
 def test_hosts_are_reached_over_ssh_as_a_non_root_user_and_escalate_with_sudo(tmp_path):
     play = tmp_path / "who.yml"
     play.write_text("""
@@ -88,23 +102,13 @@ def test_isolate_fences_a_reachable_standby_as_the_non_root_user_and_the_standby
     assert mid["current_primary"] == primary
 
     # A rebuild whose copy fails (here: the primary's address is the standby's own loopback, where nothing listens,
-    # so pg_basebackup cannot connect) must not leave
-    # the host without its data directory: the same directory (same inode) is back, still fenced and stopped.
+    # so pg_basebackup cannot connect) must not leave the host without its data directory: the same directory (same
+    # inode) is back, still fenced and stopped.
     inode = podman("exec", name, "stat", "-c", "%i", "/var/lib/postgresql/15/main").strip()
     aside = ["sh", "-c", "ls -d /var/lib/postgresql/15/main.* 2>/dev/null || true"]
     aside_before = set(podman("exec", name, *aside).split())
-    broken = tmp_path / "broken.yml"
-    broken.write_text(f"""
-- hosts: {standby}
-  gather_facts: false
-  roles:
-    - role: immersiverse.dr.standby
-      vars:
-        standby_primary_host: {primary}
-        standby_primary_address: 127.0.0.1
-        standby_rewind: false
-""")
-    run = playbook("-i", INVENTORY, str(broken))
+    run = standby_role(tmp_path / "broken.yml", standby, primary, standby_primary_address="127.0.0.1",
+                       standby_rewind="false")
     assert run.rc != 0, run.out[-3000:]
     out = " ".join(run.out.split())
     assert "pg_basebackup from" in out and "Its previous data directory is back in /var/lib/postgresql/15/main" \
@@ -116,16 +120,7 @@ def test_isolate_fences_a_reachable_standby_as_the_non_root_user_and_the_standby
     assert "disabled" in podman("exec", name, "grep", "-v", "^#", "/etc/postgresql/15/main/start.conf")
     assert podman("exec", name, "pg_lsclusters", "--no-header", "15", "main").split()[3].startswith("down")
 
-    back = tmp_path / "back.yml"
-    back.write_text(f"""
-- hosts: {standby}
-  gather_facts: false
-  roles:
-    - role: immersiverse.dr.standby
-      vars:
-        standby_primary_host: {primary}
-""")
-    run = playbook("-i", INVENTORY, str(back))
+    run = standby_role(tmp_path / "back.yml", standby, primary)
     assert run.rc == 0, run.out[-3000:]
     assert "auto" in podman("exec", name, "grep", "-v", "^#", "/etc/postgresql/15/main/start.conf")
     gone = subprocess.run(["podman", "exec", name, "test", "-e", "/etc/postgresql/15/main/immersiverse-dr-fence.json"],
