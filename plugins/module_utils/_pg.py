@@ -404,3 +404,67 @@ def promote(conn, wait_seconds=60, check_mode=False, replay_lsn=None, catchup_se
     if after["in_recovery"]:
         raise PgError("pg_promote returned but the server is still in recovery; check its log")
     return {"changed": True, "promoted": True, "before": before, "after": after}
+
+
+# The tasks behind the pg_facts and pg_promote modules, as plain functions of (params, check_mode, diff) that return
+# the module's result (``failed`` and ``msg`` when it fails). The modules call them; so do their action plugins, which
+# run them on the target over the task's connection without the module wrapper (plugins/plugin_utils/_remote.py).
+MISSING_PSYCOPG2 = "psycopg2 is required on the host the module runs on (Debian: apt install python3-psycopg2)"
+
+
+def facts_argument_spec():
+    spec = connection_argument_spec()
+    spec.update(fail_on_unreachable=dict(type="bool", default=True), fence_dir=dict(type="path"))
+    return spec
+
+
+def facts_task(params, check_mode=False, diff=False):
+    """pg_facts: the instance's facts and ``reachable``; its fence state (start.conf, marker) when fence_dir is
+    given, read even when the server is down. Unreachable: failed, or ``reachable: false`` and ``error`` when
+    fail_on_unreachable is false."""
+    del check_mode, diff  # reads only
+    if not HAS_PSYCOPG2:
+        return {"failed": True, "msg": MISSING_PSYCOPG2}
+    fence = {"fence": read_fence(params["fence_dir"])} if params.get("fence_dir") else {}
+    try:
+        conn = connect(params)
+        try:
+            facts = gather_facts(conn)
+        finally:
+            conn.close()
+    except _errors.ENGINE_ERRORS as exc:
+        if params.get("fail_on_unreachable", True):
+            return dict(fence, failed=True, msg=_errors.message(exc), reachable=False)
+        return dict(fence, changed=False, reachable=False, error=_errors.message(exc))
+    return dict(facts, changed=False, reachable=True, **fence)
+
+
+def promote_argument_spec():
+    spec = connection_argument_spec()
+    spec.update(wait_seconds=dict(type="int", default=60), replay_lsn=dict(type="str"),
+                catchup_seconds=dict(type="float", default=30))
+    return spec
+
+
+def promote_task(params, check_mode=False, diff=False):
+    """pg_promote: promote when in recovery (after replaying up to replay_lsn, when given) and wait for writes."""
+    if not HAS_PSYCOPG2:
+        return {"failed": True, "msg": MISSING_PSYCOPG2}
+    try:
+        conn = connect(params)
+        try:
+            res = promote(conn, params["wait_seconds"], check_mode, replay_lsn=params.get("replay_lsn"),
+                          catchup_seconds=params["catchup_seconds"])
+        finally:
+            conn.close()
+    except _errors.ENGINE_ERRORS as exc:
+        return {"failed": True, "msg": _errors.message(exc)}
+    after = res["after"] or {}
+    result = {"changed": res["changed"], "promoted": res["promoted"], "timeline_before": res["before"]["timeline"],
+              "timeline": after.get("timeline"), "current_lsn": after.get("current_lsn")}
+    if "would_run" in res:
+        result["would_run"] = res["would_run"]
+    if diff:
+        result["diff"] = {"before": {"role": res["before"]["role"]},
+                          "after": {"role": "primary" if res["changed"] else res["before"]["role"]}}
+    return result

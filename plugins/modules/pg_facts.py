@@ -133,35 +133,19 @@ settings:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
 
 
-def run_module(module):
-    conn = _pg.connect(module.params)
-    try:
-        facts = _pg.gather_facts(conn)
-    finally:
-        conn.close()
-    facts["reachable"] = True
-    return facts
-
-
+# The work is _pg.facts_task, shared with this module's action plugin (plugins/action/pg_facts.py),
+# which runs it on the target without this wrapper. This main() runs when the action plugin cannot
+# (interpreter discovery, async, a become password).
 def main():
-    argument_spec = _pg.connection_argument_spec()
-    argument_spec.update(fail_on_unreachable=dict(type="bool", default=True), fence_dir=dict(type="path"))
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not _pg.HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
-    fence = {"fence": _pg.read_fence(module.params["fence_dir"])} if module.params["fence_dir"] else {}
-    try:
-        result = run_module(module)
-    except _errors.ENGINE_ERRORS as exc:
-        if module.params["fail_on_unreachable"]:
-            module.fail_json(msg=str(exc), reachable=False, **fence)
-        module.exit_json(changed=False, reachable=False, error=str(exc), **fence)
-    module.exit_json(changed=False, **dict(result, **fence))
+    module = AnsibleModule(argument_spec=_pg.facts_argument_spec(), supports_check_mode=True)
+    result = _pg.facts_task(module.params, check_mode=module.check_mode, diff=module._diff)
+    if result.pop("failed", False):
+        module.fail_json(**result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -86,45 +86,18 @@ would_run:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
 
 
-def run_module(module):
-    conn = _pg.connect(module.params)
-    try:
-        res = _pg.promote(conn, module.params["wait_seconds"], module.check_mode,
-                          replay_lsn=module.params["replay_lsn"], catchup_seconds=module.params["catchup_seconds"])
-    finally:
-        conn.close()
-    after = res["after"] or {}
-    result = {
-        "changed": res["changed"],
-        "promoted": res["promoted"],
-        "timeline_before": res["before"]["timeline"],
-        "timeline": after.get("timeline"),
-        "current_lsn": after.get("current_lsn"),
-    }
-    if "would_run" in res:
-        result["would_run"] = res["would_run"]
-    if module._diff:
-        result["diff"] = {"before": {"role": res["before"]["role"]},
-                          "after": {"role": "primary" if res["changed"] else res["before"]["role"]}}
-    return result
-
-
+# The work is _pg.promote_task, shared with this module's action plugin (plugins/action/pg_promote.py),
+# which runs it on the target without this wrapper. This main() runs when the action plugin cannot
+# (interpreter discovery, async, a become password).
 def main():
-    argument_spec = _pg.connection_argument_spec()
-    argument_spec.update(wait_seconds=dict(type="int", default=60), replay_lsn=dict(type="str"),
-                         catchup_seconds=dict(type="float", default=30))
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not _pg.HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
-    try:
-        result = run_module(module)
-    except _errors.ENGINE_ERRORS as exc:
-        module.fail_json(msg=_errors.message(exc))
+    module = AnsibleModule(argument_spec=_pg.promote_argument_spec(), supports_check_mode=True)
+    result = _pg.promote_task(module.params, check_mode=module.check_mode, diff=module._diff)
+    if result.pop("failed", False):
+        module.fail_json(**result)
     module.exit_json(**result)
 
 
