@@ -20,7 +20,9 @@ case $state in exited|stopped|created|configured) running=false ;; *) running=tr
 # worse.
 # halt: stopped for good, whatever its state (podman stop refuses a paused container; podman kill takes it).
 halt() {
-  podman stop -t 1 "$name" >/dev/null 2>&1 || podman kill "$name" >/dev/null 2>&1 || true
+  # podman stop exits 0 only once the container is stopped (or already was): no second look needed then
+  podman stop -t 1 "$name" >/dev/null 2>&1 && return 0
+  podman kill "$name" >/dev/null 2>&1 || true
   case $(podman container inspect --format '{{.State.Status}}' "$name" 2>/dev/null) in
     exited|stopped|created|configured) return 0 ;;
     *) return 1 ;;
@@ -28,7 +30,8 @@ halt() {
 }
 stop_and_fail() { halt || true; echo "lab-fence: $name: $1" >&2; exit 1; }
 root=$(podman mount "$name") && [ -n "$root" ] && [ -d "$root" ] || stop_and_fail "podman mount failed: stopped, not marked"
-trap 'podman umount "$name" >/dev/null 2>&1 || true' EXIT
+# unmounted in the background: the fence is done when the marker is synced and the container is down
+trap '(podman umount "$name" >/dev/null 2>&1 &) || true' EXIT
 dir=$root$confdir
 # the marks must land in the container's own files, not through a link out of it
 case $(realpath -e "$dir" 2>/dev/null) in "$root"/*) ;; *) stop_and_fail "no $confdir of its own: stopped, not marked" ;; esac

@@ -12,9 +12,10 @@ module: pg_promote
 short_description: Promote a PostgreSQL standby and wait until it accepts writes
 version_added: 0.1.0
 description:
-  - Reads the server, promotes it with C(pg_promote(wait => true)) when it is in recovery, waits until it accepts
-    writes, and returns the timeline and LSN before and after. One connection, so a failover spends no time on
-    separate read, promote and verify steps.
+  - Reads the server, promotes it with C(pg_promote(wait => false)) when it is in recovery, waits until it accepts
+    writes (C(pg_is_in_recovery()) every 10 ms, where C(wait => true) looks every 100 ms), and returns the
+    timeline and LSN before and after. One connection, so a failover spends no time on separate read, promote and
+    verify steps.
   - A server that is already a primary is left alone and nothing is changed, so the module is safe to re-run.
   - Fencing the former primary is not this module's job; the M(immersiverse.dr.promote) role refuses to call it
     while the failed side may still accept writes.

@@ -31,7 +31,7 @@ def test_check_mode_reports_and_changes_nothing(standby):
     finally:
         conn.close()
     assert res["changed"] and not res["promoted"]
-    assert res["would_run"] == "SELECT pg_promote(true, 60)"
+    assert res["would_run"] == "SELECT pg_promote(false), then pg_is_in_recovery() until false (60 s at most)"
     assert facts(s)["in_recovery"], "check mode must not promote"
 
 

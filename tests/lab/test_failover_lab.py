@@ -183,7 +183,7 @@ def test_a_run_killed_half_way_resumes_and_a_racing_controller_is_refused_by_the
     deadline = time.monotonic() + 120
     for line in first.stdout:  # killed right after the isolate phase, before it promotes
         seen.append(line)
-        if "TASK [Failover | promote - the candidate" in line or time.monotonic() > deadline:
+        if "TASK [immersiverse.dr.promote : " in line or time.monotonic() > deadline:  # promote's first task
             break
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=30)

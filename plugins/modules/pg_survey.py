@@ -1,0 +1,82 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, immersiverse.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_survey
+short_description: M(immersiverse.dr.pg_facts) on several hosts at once
+version_added: 0.8.0
+description:
+  - Reads PostgreSQL on each host of O(hosts) as a task of M(immersiverse.dr.pg_facts) delegated to that host would
+    (the same connection, become, interpreter and variables), with the reads running at the same time.
+  - A loop of delegated tasks reads one host after the other. The failover's detect phase reads every region on
+    its critical path, outside the play's limit too.
+  - A host that cannot be reached is reported in its result (C(unreachable)); the task itself is not unreachable.
+  - This is an action plugin; it runs on the controller and starts one task per host.
+author:
+  - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.postgres
+attributes:
+  check_mode:
+    support: full
+    description: Reads only, so it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing is changed, so there is nothing to diff.
+options:
+  hosts:
+    description: Inventory names of the hosts to read (each once, in this order in RV(results)).
+    type: list
+    elements: str
+    required: true
+  host_timeout:
+    description: Seconds to wait for all the hosts; a host that has not answered by then is reported unreachable.
+    type: int
+    default: 30
+  fail_on_unreachable:
+    description: As for M(immersiverse.dr.pg_facts), for each host's PostgreSQL.
+    type: bool
+    default: true
+  fence_dir:
+    description: As for M(immersiverse.dr.pg_facts).
+    type: path
+notes:
+  - A become password cannot be typed for the delegated reads; use passwordless become, or pg_facts in a loop.
+seealso:
+  - module: immersiverse.dr.pg_facts
+"""
+
+EXAMPLES = r"""
+- name: Read every region's database host, outside the play's limit too
+  immersiverse.dr.pg_survey:
+    hosts: "{{ groups['databases'] }}"
+    login_unix_socket: /var/run/postgresql
+    fail_on_unreachable: false
+  become: true
+  become_user: postgres
+  register: survey
+"""
+
+RETURN = r"""
+results:
+  description: One result per host, in the order of O(hosts), each what pg_facts returned, with C(host).
+  returned: always
+  type: list
+  elements: dict
+reachable_hosts:
+  description: The hosts whose PostgreSQL answered.
+  returned: always
+  type: list
+  elements: str
+unreachable_hosts:
+  description: The hosts that could not be reached, or whose PostgreSQL did not answer.
+  returned: always
+  type: list
+  elements: str
+"""
