@@ -18,7 +18,7 @@ from ansible.executor.task_executor import TaskExecutor
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors, _pg
 
 ARGUMENT_SPEC = dict(
     hosts=dict(type="list", elements="str", required=True),
@@ -82,7 +82,10 @@ class ActionModule(ActionBase):
         out = {}
 
         def read(host):
-            out[host] = self._one(host, task_vars, args)
+            try:
+                out[host] = self._one(host, task_vars, args)
+            except _errors.ENGINE_ERRORS as exc:  # an OS error starting the host's connection, and the like
+                out[host] = {"host": host, "failed": True, "msg": _errors.message(exc)}
 
         # daemon threads: a host that hangs past host_timeout is reported, and does not keep the worker alive
         threads = [threading.Thread(target=read, args=(h,), name="pg_survey " + h, daemon=True) for h in hosts]

@@ -104,7 +104,7 @@ def _take_back(params, check_mode):
         _runlock.release([repo_mod.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
                                                         read_timeout=LOCK_READ_TIMEOUT,
                                                         max_attempts=LOCK_MAX_ATTEMPTS))
-                          for spec in params["repositories"]], params["name"], params["run_id"])
+                          for spec in params["repositories"]], params["name"], params["run_id"], record=False)
     except _errors.ENGINE_ERRORS:
         pass
 
@@ -236,7 +236,7 @@ class ActionModule(ActionBase):
                                    ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
                                    break_run_id=params["break_run_id"], quorum=params["quorum"], process=process)
             result.update(changed=True, acquired=True, lock=got["lock"], repositories=got["repositories"],
-                          took_over=got["took_over"])
+                          took_over=got["took_over"], last_released=got["last_released"])
         except _errors.ENGINE_ERRORS as exc:
             result.update(failed=True, msg=_errors.message(exc))
         return result

@@ -49,6 +49,52 @@ def key_for(name, generation=1):
     return "%s%08d.json" % (prefix_for(name), int(generation))
 
 
+# A release leaves a small record of its time under released/: a run that read the regions while it waited for the
+# lock (the failover reads while the lock is taken in the background) learns that another run finished in between,
+# and reads again before it plans. Kept: the newest KEEP_RELEASED per repository.
+KEEP_RELEASED = 20
+
+
+def released_prefix(name):
+    return prefix_for(name) + "released/"
+
+
+def _released(repo, name):
+    """[(time text, key)] of the release records, oldest first (the key begins with the UTC time)."""
+    out = []
+    for obj in repo.list(released_prefix(name))[:MAX_GENERATIONS]:
+        base = obj["key"].rsplit("/", 1)[-1]
+        if base.endswith(".json") and "-" in base:
+            out.append((base.split("-", 1)[0], obj["key"]))
+    return sorted(out)
+
+
+def last_released(repositories, name):
+    """The time (ISO, UTC, microseconds) of the newest release record in any repository that answers, or None."""
+    newest = None
+    for repo in repositories:
+        try:
+            records = _released(repo, name)
+        except repo_mod.unavailable_errors():
+            continue
+        if records:
+            moment = _parse_stamp(records[-1][0])
+            if moment is not None and (newest is None or moment > newest):
+                newest = moment
+    return newest.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00") if newest else None
+
+
+def _stamp(moment):
+    return moment.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _parse_stamp(text):
+    try:
+        return datetime.datetime.strptime(text, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return None
+
+
 def process_start(pid):
     """The start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat); None when gone."""
     try:
@@ -209,8 +255,10 @@ def acquire(repositories, name, run_id, holder, ttl_seconds=7200, break_stale=Fa
         except repo_mod.unavailable_errors() as exc:
             errors.append(str(exc) if isinstance(exc, repo_mod.RepositoryError) else "%s: %s" % (repo.describe(), exc))
     if len(got) >= need:
-        return {"acquired": True, "lock": doc, "repositories": [r.name for r in got], "took_over": took_over}
-    release(repositories, name, run_id)  # no quorum: take back what this run made, wherever it may be
+        return {"acquired": True, "lock": doc, "repositories": [r.name for r in got], "took_over": took_over,
+                "last_released": last_released(got, name)}
+    # no quorum: take back what this run made, wherever it may be (it held nothing, so it leaves no release record)
+    release(repositories, name, run_id, record=False)
     if held:
         repo, theirs, expires = held[0]
         stale = expires is None or expires < now
@@ -231,19 +279,33 @@ def _delete_older(repo, name, generation):
         pass
 
 
-def release(repositories, name, run_id):
-    """Delete this run's lock objects (never another run's), in every repository that answers. Returns the names
-    of the repositories released."""
+def release(repositories, name, run_id, record=True, now=None):
+    """Delete this run's lock objects (never another run's), in every repository that answers, and (record) leave a
+    release record there with the time. Returns the names of the repositories released."""
     done = []
+    stamp = _stamp(_utc(now))
     for repo in repositories:
         try:
             mine = [key for _gen, key in _generations(repo, name) if (_read(repo, key) or {}).get("run_id") == run_id]
-            if mine:
-                repo.delete(mine)
-                done.append(repo.name)
+            if not mine:
+                continue
+            if record:
+                body = json.dumps({"run_id": run_id, "released_at": stamp}, sort_keys=True).encode()
+                repo.create("%s%s-%s.json" % (released_prefix(name), stamp, _safe(run_id)), body)
+            repo.delete(mine)
+            done.append(repo.name)
+            if record:
+                old = _released(repo, name)[:-KEEP_RELEASED]
+                if old:
+                    repo.delete([key for _t, key in old])
         except repo_mod.unavailable_errors():
             pass
     return done
+
+
+def _safe(run_id):
+    """A run id as a key's last part (letters, digits, - and _ only; a path trick becomes _)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(run_id))[:64] or "run"
 
 
 def status(repositories, name):

@@ -153,6 +153,15 @@ took_over:
   returned: O(state=acquired)
   type: list
   elements: str
+last_released:
+  description:
+    - When the lock was last released, by any run (ISO 8601, UTC, microseconds), or null. A release leaves a record
+      of its time under C(locks/<name>/released/) in each repository (the newest 20 are kept).
+    - A run that read the regions while it waited for the lock reads them again when a release came after the read
+      began; another runbook may have changed them in between.
+  returned: O(state=acquired), when the lock was taken
+  type: str
+  version_added: 0.8.0
 would_acquire:
   description: In check mode, whether a real run would take the lock now.
   returned: check mode

@@ -69,7 +69,10 @@ def three_repositories(endpoint) -> tuple[list[str], list[dict]]:
 
 def lock_objects(endpoint, buckets):
     client = endpoint.client()
-    return {b: client.list_objects_v2(Bucket=b, Prefix="auth-db/locks/").get("KeyCount", 0) for b in buckets}
+    # the lock objects, not the release records a release leaves under locks/<name>/released/
+    return {b: sum("/released/" not in o["Key"]
+                   for o in client.list_objects_v2(Bucket=b, Prefix="auth-db/locks/").get("Contents", []))
+            for b in buckets}
 
 
 def wait_until(check, seconds: float, what: str):

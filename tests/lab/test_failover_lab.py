@@ -203,3 +203,19 @@ def test_a_run_killed_half_way_resumes_and_a_racing_controller_is_refused_by_the
     after = detect(tmp_path)
     assert after["current_primary"] == f"pg-{cand}-1" and not after["split_brain"]
     assert next(r for r in after["hosts"] if r["region"] == third)["sender_host"] == f"dr-lab-{cand}-db"
+
+
+def test_a_lock_released_after_detect_began_makes_the_failover_read_the_regions_again(tmp_path, serving):
+    region = serving["primary"]  # the serving region: nothing to fail over, each run only checks and leaves it be
+
+    def reads(run: Run) -> int:
+        assert run.rc == 0, run.out[-3000:]
+        return run.out.count("TASK [immersiverse.dr.detect : Read PostgreSQL on every database host (delegated")
+
+    # a release would have to come an hour after detect began: none does, so the regions are read once
+    once = playbook("-i", INVENTORY, FAILOVER, "-l", region, "-e", "failover_lock_clock_skew_seconds=-3600")
+    assert reads(once) == 1 and not once.changed()
+    # any release up to an hour before detect began counts: the one the run above left makes this run read again
+    twice = playbook("-i", INVENTORY, FAILOVER, "-l", region, "-e", "failover_lock_clock_skew_seconds=3600")
+    assert reads(twice) == 2 and not twice.changed()
+    assert detect(tmp_path)["current_primary"] == f"pg-{region}-1"

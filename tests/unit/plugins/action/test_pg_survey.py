@@ -17,7 +17,8 @@ HOSTS = ["pg-primary-1", "pg-secondary-1", "pg-tertiary-1"]
 
 def run(answers, hosts=None, **args):
     task = Task()
-    task.args = {"hosts": hosts or HOSTS, "login_unix_socket": "/var/run/postgresql", "fail_on_unreachable": False, **args}
+    task.args = {"hosts": hosts or HOSTS, "login_unix_socket": "/var/run/postgresql", "fail_on_unreachable": False,
+                 **args}
     act = pg_survey.ActionModule(task, mock.MagicMock(), mock.MagicMock(), loader=None, templar=None,
                                  shared_loader_obj=None)
     seen = []

@@ -73,7 +73,9 @@ def test_a_region_down_does_not_block_it_but_two_down_do_and_leave_nothing(regio
     two_down = [Down(str(tmp_path / "g1"), name="primary"), Down(str(tmp_path / "g2"), name="secondary"), regions[2]]
     with pytest.raises(_runlock.LockHeld, match="only 1 of 3 repositories.*cannot reach it"):
         _runlock.acquire(two_down, "runbook", "run-1", "failover")
-    assert regions[2].list("locks/") == [], "a run without a majority took back its copy"
+    assert lock_keys(regions[2]) == [], "a run without a majority took back its copy"
+    # the release of run-1's earlier lock is recorded; the taken-back copy of the refused attempt is not
+    assert [k.rsplit("/", 1)[-1].split("-", 1)[1] for k in release_keys(regions[2])] == ["run-1.json"]
 
 
 def test_a_killed_run_on_this_controller_is_taken_over_one_elsewhere_only_past_its_ttl_when_told(regions):
@@ -121,7 +123,7 @@ def test_check_mode_says_what_a_run_would_meet_and_writes_nothing(regions, tmp_p
     gone = [Down(str(tmp_path / "g1"), name="aa"), Down(str(tmp_path / "g2"), name="ab"), regions[2]]
     seen = _runlock.would_acquire(gone, "runbook", "run-2")
     assert not seen["acquired"] and len(seen["unreachable"]) == 2
-    assert len(regions[0].list("locks/")) == 1
+    assert len(lock_keys(regions[0])) == 1
 
 
 def test_a_quorum_can_be_said_for_regions_that_are_gone_for_good(regions, tmp_path):
@@ -140,3 +142,36 @@ def test_bad_names_are_refused():
     for name in ("../etc", "Runbook", "", "x" * 65):
         with pytest.raises(_runlock.LockHeld, match="lock name"):
             _runlock.prefix_for(name)
+
+
+def lock_keys(repo):
+    return [o["key"] for o in repo.list("locks/") if "/released/" not in o["key"]]
+
+
+def release_keys(repo):
+    return [o["key"] for o in repo.list("locks/") if "/released/" in o["key"]]
+
+
+def test_a_release_leaves_its_time_and_the_next_holder_is_told_the_newest(regions):
+    before = _runlock.acquire(regions, "runbook", "run-1", "switchover")
+    assert before["last_released"] is None  # nothing was ever released
+    at = datetime.datetime(2026, 12, 2, 10, 0, 0, 250000, tzinfo=datetime.UTC)
+    assert sorted(_runlock.release(regions, "runbook", "run-1", now=at)) == ["primary", "secondary", "tertiary"]
+    got = _runlock.acquire(regions, "runbook", "run-2", "failover")
+    # microseconds kept: the failover compares it with when its detect phase began reading
+    assert got["last_released"] == "2026-12-02T10:00:00.250000+00:00"
+    assert all(len(release_keys(r)) == 1 for r in regions)
+
+
+def test_release_records_are_bounded_and_a_path_trick_in_a_run_id_stays_one_key(regions):
+    start = datetime.datetime(2026, 12, 2, 10, 0, 0, tzinfo=datetime.UTC)
+    for i in range(_runlock.KEEP_RELEASED + 5):
+        _runlock.acquire(regions, "runbook", f"../../wal/{i}", "failover")
+        _runlock.release(regions, "runbook", f"../../wal/{i}", now=start + datetime.timedelta(seconds=i))
+    keys = release_keys(regions[0])
+    assert len(keys) == _runlock.KEEP_RELEASED
+    assert all(k.startswith("locks/runbook/released/") and "/" not in k[len("locks/runbook/released/"):]
+               for k in keys)
+    newest = _runlock.acquire(regions, "runbook", "run-x", "failover")["last_released"]
+    last = start + datetime.timedelta(seconds=_runlock.KEEP_RELEASED + 4)
+    assert newest == last.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
