@@ -10,6 +10,8 @@ import subprocess
 import sys
 from unittest import mock
 
+import pytest
+
 from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
 from ansible_collections.immersiverse.dr.plugins.plugin_utils import _remote
 
@@ -24,6 +26,12 @@ def params(**more):
     out = {k: v.get("default") for k, v in _pg.facts_argument_spec().items()}
     out.update(login_host="127.0.0.1", login_port=free_port(), connect_timeout=2, ssl_mode="disable", **more)
     return out
+
+
+def needs_psycopg2():
+    """The script runs on this interpreter: the tests that connect need psycopg2 here (ansible-test's own
+    interpreter for its units run has none; the project's venv has it)."""
+    pytest.importorskip("psycopg2")
 
 
 def run_script(text: str, *flags: str) -> dict:
@@ -42,6 +50,7 @@ def test_the_bundle_carries_the_module_and_what_it_imports_of_the_collection():
 
 
 def test_the_engine_runs_without_ansible_and_says_an_unreachable_server_is_unreachable(tmp_path):
+    needs_psycopg2()
     (tmp_path / "start.conf").write_text("disabled\n")
     out = run_script(_remote.script("_pg", "facts_task", params(fail_on_unreachable=False, fence_dir=str(tmp_path))))
     assert out["reachable"] is False and out["changed"] is False, out
@@ -51,6 +60,7 @@ def test_the_engine_runs_without_ansible_and_says_an_unreachable_server_is_unrea
 
 
 def test_unreachable_fails_when_asked_to_and_the_message_is_the_engines():
+    needs_psycopg2()
     out = run_script(_remote.script("_pg", "facts_task", params(fail_on_unreachable=True)))
     assert out["failed"] is True and out["reachable"] is False and "cannot connect" in out["msg"], out
 
@@ -68,6 +78,7 @@ def test_an_exception_outside_the_engine_errors_is_a_failed_result_with_its_trac
 
 
 def test_the_environment_and_path_options_are_applied_on_the_target(tmp_path):
+    needs_psycopg2()
     (tmp_path / "start.conf").write_text("manual\n")
     text = _remote.script("_pg", "facts_task", params(fail_on_unreachable=False, fence_dir="$DR_TEST_CONF"),
                           environment={"DR_TEST_CONF": str(tmp_path)}, paths=["fence_dir"])
