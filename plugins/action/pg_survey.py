@@ -53,6 +53,11 @@ class ActionModule(ActionBase):
         task.loop_with = None
         task.register = None
         task.until = None
+        # the outer task's own conditions are about its registered result, not this read's
+        task.when = []
+        task.changed_when = []
+        task.failed_when = []
+        task.notify = []
         task.async_val = 0
         task.timeout = 0  # a task timeout is an alarm signal, main thread only: host_timeout bounds it here
         executor = TaskExecutor(
@@ -94,9 +99,13 @@ class ActionModule(ActionBase):
         deadline = time.monotonic() + max(1, params["host_timeout"])
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        # A host that has not answered is not known to be down: it may be a live primary on a slow link. It fails
+        # the task (as the delegated loop's task timeout did), so no plan takes it for dead and fences it out of
+        # band, or promotes past it on the operator's word that the unreachable are dead.
         for host in hosts:
-            out.setdefault(host, {"host": host, "reachable": False, "unreachable": True,
-                                  "msg": "no answer within %d s (host_timeout)" % params["host_timeout"]})
+            out.setdefault(host, {"host": host, "failed": True, "reachable": False,
+                                  "msg": "no answer within %d s (host_timeout): it may be up and serving; find out "
+                                         "why it is slow, then run again" % params["host_timeout"]})
         results = [out[h] for h in hosts]
         broken = [r for r in results if r.get("failed") and not r.get("unreachable")]
         # failed and unreachable set at the top: ansible-core would otherwise read them from the results, as for a

@@ -399,12 +399,15 @@ def promote(conn, wait_seconds=60, check_mode=False, replay_lsn=None, catchup_se
         before["replayed_to"] = wait_for_replay(conn, replay_lsn, catchup_seconds)
     # pg_promote(wait => true) looks ten times a second; the failover's RTO waits on this, so signal and look
     # every 10 ms here instead (each look a short query of its own)
-    query(conn, "SELECT pg_promote(false) AS signalled")
+    if not query(conn, "SELECT pg_promote(false) AS signalled")[0]["signalled"]:
+        raise PgError("pg_promote could not signal the postmaster; nothing was promoted. Check the server's log.")
     deadline = time.monotonic() + max(1, int(wait_seconds))
     while query(conn, "SELECT pg_is_in_recovery() AS r")[0]["r"]:
         if time.monotonic() >= deadline:
-            raise PgError("pg_promote did not finish within %d s; the server is still in recovery. Check its log "
-                          "for the reason (for example a missing WAL segment) before trying again." % wait_seconds)
+            raise PgError("the promotion was requested and had not finished within %d s: the server is still in "
+                          "recovery but MAY STILL PROMOTE when its replay ends. Treat it as promoting: fence it or "
+                          "watch it (its log says why it waits, for example a missing WAL segment) before failing "
+                          "over to another region." % wait_seconds)
         time.sleep(0.01)
     after = gather_facts(conn)
     if after["in_recovery"]:

@@ -62,20 +62,23 @@ def released_prefix(name):
 def _released(repo, name):
     """[(time text, key)] of the release records, oldest first (the key begins with the UTC time)."""
     out = []
-    for obj in repo.list(released_prefix(name))[:MAX_GENERATIONS]:
+    for obj in repo.list(released_prefix(name)):  # all of them: the newest must not fall past a bound
         base = obj["key"].rsplit("/", 1)[-1]
         if base.endswith(".json") and "-" in base:
             out.append((base.split("-", 1)[0], obj["key"]))
     return sorted(out)
 
 
-def last_released(repositories, name):
-    """The time (ISO, UTC, microseconds) of the newest release record in any repository that answers, or None."""
+def last_released(repositories, name, now=None):
+    """The time (ISO, UTC, microseconds) of the newest release record in these repositories (the ones this run
+    holds the lock in), or None. A repository that cannot be listed may hold the newest: then it is now, so that the
+    caller reads again rather than trust a read that may be stale."""
     newest = None
     for repo in repositories:
         try:
             records = _released(repo, name)
         except repo_mod.unavailable_errors():
+            newest = _utc(now)
             continue
         if records:
             moment = _parse_stamp(records[-1][0])

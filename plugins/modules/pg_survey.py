@@ -16,7 +16,9 @@ description:
     (the same connection, become, interpreter and variables), with the reads running at the same time.
   - A loop of delegated tasks reads one host after the other. The failover's detect phase reads every region on
     its critical path, outside the play's limit too.
-  - A host that cannot be reached is reported in its result (C(unreachable)); the task itself is not unreachable.
+  - A host that cannot be reached (the connection fails) is reported in its result (C(unreachable)); the task
+    itself is not unreachable. A host whose read fails, or that does not answer within O(host_timeout), fails the
+    task.
   - This is an action plugin; it runs on the controller and starts one task per host.
 author:
   - immersiverse.dr maintainers (@immersiverse)
@@ -36,7 +38,9 @@ options:
     elements: str
     required: true
   host_timeout:
-    description: Seconds to wait for all the hosts; a host that has not answered by then is reported unreachable.
+    description:
+      - Seconds to wait for all the hosts. A host that has not answered by then fails the task (it is not known to
+        be down: it may be a live primary on a slow link).
     type: int
     default: 30
   fail_on_unreachable:

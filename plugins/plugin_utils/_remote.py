@@ -33,6 +33,7 @@ import zlib
 
 from ansible.executor import module_common
 from ansible.executor.interpreter_discovery import InterpreterDiscoveryRequiredError
+from ansible.module_utils.common.parameters import remove_values
 
 PACKAGE = "ansible_collections.immersiverse.dr.plugins.module_utils"
 _IMPORTS = re.compile(r"^\s*from ansible_collections\.immersiverse\.dr\.plugins\.module_utils(?:\.(\w+))? import "
@@ -41,7 +42,11 @@ _BUNDLES = {}  # module name -> the compressed sources it needs (one per control
 
 # Runs on the target: serve the collection's module_utils from the bundle, call the function, print one JSON line.
 BOOTSTRAP = r'''
-import base64, importlib, importlib.util, json, os, sys, traceback, zlib
+import sys
+# a script read from stdin has the current directory first on sys.path: nothing may be imported from there (a
+# json.py in the login user's home would run as the become user), as AnsiballZ also makes sure
+sys.path[:] = [_p for _p in sys.path if _p not in ("", ".")]
+import base64, importlib, importlib.util, json, os, traceback, zlib
 _SRC = json.loads(zlib.decompress(base64.b64decode("%(sources)s")).decode("utf-8"))
 _JOB = json.loads(base64.b64decode("%(job)s").decode("utf-8"))
 _PKG = "ansible_collections.immersiverse.dr.plugins.module_utils"
@@ -65,7 +70,7 @@ class _Bundle(object):  # a meta-path finder and loader (importlib.abc costs 30 
 
 
 sys.meta_path.insert(0, _Bundle())
-os.environ.update(_JOB["environment"])
+os.environ.update(dict((str(_k), str(_v)) for _k, _v in _JOB["environment"].items()))
 _params = _JOB["params"]
 for _key in _JOB["paths"]:
     if isinstance(_params.get(_key), str):
@@ -132,6 +137,13 @@ def usable(action):
     conn = action._connection
     if action._task.async_val or not getattr(conn, "has_pipelining", False):
         return False
+    try:
+        # what the module path itself asks: pipelining on for this connection and become (su, KEEP_REMOTE_FILES
+        # and pipelining=false turn it off), so a host whose sudo needs a tty gets the module, as before
+        if not action._is_pipelining_enabled("new", wrap_async=False):
+            return False
+    except (AttributeError, KeyError, TypeError):
+        return False
     become = getattr(conn, "become", None)
     if become is not None:
         try:
@@ -172,7 +184,7 @@ def run(action, task_vars, module, function, argument_spec):
     python = interpreter(action, task_vars)
     if python is None:
         return None
-    _validation, params = action.validate_argument_spec(argument_spec=argument_spec)
+    validation, params = action.validate_argument_spec(argument_spec=argument_spec)
     paths = [k for k, v in argument_spec.items() if v.get("type") == "path"]
     for key in paths:
         if key in action._task.args:
@@ -181,5 +193,9 @@ def run(action, task_vars, module, function, argument_spec):
     action._compute_environment_string(environment)
     text = script(module, function, params, check_mode=action._task.check_mode, diff=action._task.diff,
                   environment=environment, paths=paths)
-    res = action._low_level_execute_command(shlex.quote(python), sudoable=True, in_data=text.encode("utf-8"))
-    return parse(res.get("rc"), res.get("stdout"), res.get("stderr"))
+    # "/usr/bin/env python3" is an interpreter too: each word quoted on its own
+    command = " ".join(shlex.quote(word) for word in shlex.split(python))
+    res = action._low_level_execute_command(command, sudoable=True, in_data=text.encode("utf-8"))
+    # as a module's result: the values of no_log options (a password in an error message) masked
+    return remove_values(parse(res.get("rc"), res.get("stdout"), res.get("stderr")),
+                         getattr(validation, "_no_log_values", set()))

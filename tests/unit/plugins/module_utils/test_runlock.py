@@ -175,3 +175,16 @@ def test_release_records_are_bounded_and_a_path_trick_in_a_run_id_stays_one_key(
     newest = _runlock.acquire(regions, "runbook", "run-x", "failover")["last_released"]
     last = start + datetime.timedelta(seconds=_runlock.KEEP_RELEASED + 4)
     assert newest == last.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def test_a_repository_that_cannot_list_its_release_records_counts_as_just_released(regions, tmp_path):
+    class NoList(type(regions[0])):
+        def list(self, prefix=""):
+            if "/released/" in prefix:
+                raise repo_mod.RepositoryError("listing refused")
+            return super().list(prefix)
+
+    odd = NoList(str(tmp_path / "odd"), name="odd")
+    at = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)
+    assert _runlock.last_released([regions[0], odd], "runbook", now=at) == "2026-12-02T12:00:00.000000+00:00"
+    assert _runlock.last_released([regions[0]], "runbook", now=at) is None

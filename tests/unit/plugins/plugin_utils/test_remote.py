@@ -103,13 +103,14 @@ def test_what_the_script_printed_is_parsed_from_its_last_json_line():
     assert missing["failed"] and "ansible_python_interpreter" in missing["msg"]
 
 
-def fake_action(async_val=0, pipelining=True, become_pass=None):
+def fake_action(async_val=0, pipelining=True, become_pass=None, pipelining_enabled=True):
     action = mock.MagicMock()
     action._task.async_val = async_val
     action._task.args = {"login_password": "s3cr3t-pw"}
     action._task.check_mode = False
     action._task.diff = False
     action._connection.has_pipelining = pipelining
+    action._is_pipelining_enabled.return_value = pipelining_enabled
     action._connection.become.get_option.return_value = become_pass
     action.validate_argument_spec.return_value = (None, params(login_password="s3cr3t-pw"))
     action._low_level_execute_command.return_value = {"rc": 0, "stdout": json.dumps({"changed": False}),
@@ -118,7 +119,8 @@ def fake_action(async_val=0, pipelining=True, become_pass=None):
 
 
 def test_what_the_module_path_handles_differently_goes_to_the_module():
-    for action in (fake_action(async_val=30), fake_action(pipelining=False), fake_action(become_pass="pw")):
+    for action in (fake_action(async_val=30), fake_action(pipelining=False), fake_action(become_pass="pw"),
+                   fake_action(pipelining_enabled=False)):  # pipelining=false, su, a tty sudo needs: the module
         with mock.patch.object(_remote, "interpreter", return_value="/usr/bin/python3"):
             assert _remote.run(action, {}, "_pg", "facts_task", _pg.facts_argument_spec()) is None
         action._low_level_execute_command.assert_not_called()
@@ -126,3 +128,26 @@ def test_what_the_module_path_handles_differently_goes_to_the_module():
     with mock.patch.object(_remote, "interpreter", return_value=None):  # interpreter discovery still to run
         assert _remote.run(action, {}, "_pg", "facts_task", _pg.facts_argument_spec()) is None
     action._low_level_execute_command.assert_not_called()
+
+
+def test_an_interpreter_with_arguments_is_run_as_words_and_no_log_values_are_masked():
+    action = fake_action()
+    action._low_level_execute_command.return_value = {
+        "rc": 0, "stdout": json.dumps({"failed": True, "msg": "auth failed for s3cr3t-pw"}), "stderr": ""}
+    validation = mock.MagicMock()
+    validation._no_log_values = {"s3cr3t-pw"}
+    action.validate_argument_spec.return_value = (validation, params(login_password="s3cr3t-pw"))
+    with mock.patch.object(_remote, "interpreter", return_value="/usr/bin/env python3"):
+        out = _remote.run(action, {}, "_pg", "facts_task", _pg.facts_argument_spec())
+    (cmd,), _kwargs = action._low_level_execute_command.call_args
+    assert cmd == "/usr/bin/env python3"
+    assert out["failed"] and "s3cr3t-pw" not in json.dumps(out) and "auth failed for" in out["msg"]
+
+
+def test_nothing_is_imported_from_the_directory_the_script_runs_in(tmp_path):
+    needs_psycopg2()
+    (tmp_path / "json.py").write_text("raise SystemExit('planted json.py was imported')\n")
+    proc = subprocess.run([sys.executable, "-"], input=_remote.script("_pg", "facts_task", params(
+        fail_on_unreachable=False)), capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    out = _remote.parse(proc.returncode, proc.stdout, proc.stderr)
+    assert out.get("reachable") is False and "planted" not in proc.stderr + proc.stdout, out
