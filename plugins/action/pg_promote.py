@@ -9,22 +9,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
 from ansible_collections.immersiverse.dr.plugins.plugin_utils import _remote
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _supports_check_mode = True
-    _supports_async = True
-
-    def run(self, tmp=None, task_vars=None):
-        result = super(ActionModule, self).run(tmp, task_vars)
-        del tmp
-        out = _remote.run(self, task_vars, "_pg", "promote_task", _pg.promote_argument_spec())
-        if out is None:
-            out = self._execute_module(task_vars=task_vars, wrap_async=self._task.async_val)
-        result.update(out)
-        return result
+class ActionModule(_remote.EngineAction):
+    ENGINE = ("_pg", "promote_task", _pg.promote_argument_spec)

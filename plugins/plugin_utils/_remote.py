@@ -34,6 +34,7 @@ import zlib
 from ansible.executor import module_common
 from ansible.executor.interpreter_discovery import InterpreterDiscoveryRequiredError
 from ansible.module_utils.common.parameters import remove_values
+from ansible.plugins.action import ActionBase
 
 PACKAGE = "ansible_collections.immersiverse.dr.plugins.module_utils"
 _IMPORTS = re.compile(r"^\s*from ansible_collections\.immersiverse\.dr\.plugins\.module_utils(?:\.(\w+))? import "
@@ -199,3 +200,23 @@ def run(action, task_vars, module, function, argument_spec):
     # as a module's result: the values of no_log options (a password in an error message) masked
     return remove_values(parse(res.get("rc"), res.get("stdout"), res.get("stderr")),
                          getattr(validation, "_no_log_values", set()))
+
+
+class EngineAction(ActionBase):
+    """The action plugin of a module whose work is an engine task function: ENGINE = (module_utils name, function
+    name, argument spec function). The short path when it can be taken, the module otherwise."""
+
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+    _supports_async = True
+    ENGINE = None
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(EngineAction, self).run(tmp, task_vars)
+        del tmp
+        module, function, spec = self.ENGINE
+        out = run(self, task_vars, module, function, spec())
+        if out is None:
+            out = self._execute_module(task_vars=task_vars, wrap_async=self._task.async_val)
+        result.update(out)
+        return result
