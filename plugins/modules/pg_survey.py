@@ -40,7 +40,7 @@ options:
   host_timeout:
     description:
       - Seconds to wait for all the hosts. A host that has not answered by then fails the task (it is not known to
-        be down: it may be a live primary on a slow link).
+        be down, since it may be a live primary on a slow link).
     type: int
     default: 30
   fail_on_unreachable:
