@@ -72,6 +72,13 @@ def preload():
                 done += loader.get(name, class_only=True) is not None
             except Exception as exc:  # noqa: BLE001 - a plugin that fails to load fails in its task, as before
                 display.vvvv("immersiverse.dr.preload: %s not preloaded: %s" % (name, exc))
+    # the engine sources the short path sends (plugins/plugin_utils/_remote.py), read and compressed once
+    try:
+        from ansible_collections.immersiverse.dr.plugins.plugin_utils import _remote
+
+        done += _remote.warm()
+    except Exception as exc:  # noqa: BLE001 - an optimisation only; a worker builds its own bundle
+        display.vvvv("immersiverse.dr.preload: the engine bundle not preloaded: %s" % exc)
     # Jinja's lexer is built on the first template a process compiles, and cached: build it here, before the fork
     # (ansible-core's own note in _jinja_bits says the same), not in every worker.
     try:

@@ -39,7 +39,10 @@ from ansible.plugins.action import ActionBase
 PACKAGE = "ansible_collections.immersiverse.dr.plugins.module_utils"
 _IMPORTS = re.compile(r"^\s*from ansible_collections\.immersiverse\.dr\.plugins\.module_utils(?:\.(\w+))? import "
                       r"\(?([\w, ]+)", re.M)
-_BUNDLES = {}  # module name -> the compressed sources it needs (one per controller process)
+# module name -> the compressed sources it needs. Workers fork per task, so a bundle built in a worker is gone with
+# it: the preload callback builds them in the main process (warm()), and every worker inherits them.
+_BUNDLES = {}
+ENGINE_MODULES = ("_pg",)
 
 # Runs on the target: serve the collection's module_utils from the bundle, call the function, print one JSON line.
 BOOTSTRAP = r'''
@@ -107,6 +110,13 @@ def _bundle(module):
         raw = json.dumps(sources(module), sort_keys=True).encode("utf-8")
         _BUNDLES[module] = base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
     return _BUNDLES[module]
+
+
+def warm():
+    """Build the bundles of ENGINE_MODULES now (the preload callback calls it before the workers fork)."""
+    for module in ENGINE_MODULES:
+        _bundle(module)
+    return len(ENGINE_MODULES)
 
 
 def script(module, function, params, check_mode=False, diff=False, environment=None, paths=()):
