@@ -103,6 +103,8 @@ def test_check_mode_prints_the_exact_plan_and_changes_nothing(tmp_path):
     assert f"promote: pg-{target}-1" in run.out
     assert f"fence: {primary} / stop / accepts writes" in run.out
     assert "switchover.yml" in run.out  # a serving primary: the plan says a switchover loses nothing
+    # the regions' table is part of the plan (detect's own table task is not on the failover's critical path)
+    assert re.search(r"REGION\s+HOST\s+ROLE", run.out) and f"pg-{target}-1" in run.out
     assert not run.changed()
     after = detect(tmp_path)
     assert after["current_primary"] == primary
@@ -219,3 +221,37 @@ def test_a_lock_released_after_detect_began_makes_the_failover_read_the_regions_
     twice = playbook("-i", INVENTORY, FAILOVER, "-l", region, "-e", "failover_lock_clock_skew_seconds=3600")
     assert reads(twice) == 2 and not twice.changed()
     assert detect(tmp_path)["current_primary"] == f"pg-{region}-1"
+
+
+SWITCHOVER = str(REPO / "playbooks" / "switchover.yml")
+
+
+def test_a_switchover_that_fails_before_anything_is_promoted_starts_the_old_primary_again(tmp_path, serving):
+    """Both ways a switchover rolls back: a failure before pg_promote is called (the promote role refuses its
+    arguments: promote_result is not defined), and pg_promote giving up on the catch-up before it signals (the
+    candidate's replay paused: "nothing was promoted"). Each time the old primary serves again, unfenced, and the
+    candidate is still a standby."""
+    primary = serving["summary"]["current_primary"]
+    primary_db, candidate_db = f"dr-lab-{serving['primary']}-db", f"dr-lab-{serving['candidate']}-db"
+
+    def old_primary_serves_again(run):
+        assert run.rc != 0 and "Not switched" in run.out, run.out[-3000:]
+        assert "serves again" in run.out, run.out[-3000:]
+        assert psql(primary_db, "SELECT pg_is_in_recovery()", "postgres") == "f"
+        assert psql(candidate_db, "SELECT pg_is_in_recovery()", "postgres") == "t"
+        start_conf = [line.strip() for line in podman("exec", primary_db, "cat", "/etc/postgresql/15/main/start.conf")
+                      .splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        assert start_conf == ["auto"], start_conf  # unfenced: it starts at boot again
+
+    bad = playbook("-i", INVENTORY, SWITCHOVER, "-l", serving["candidate"], "-e", "promote_wait_seconds=soon")
+    assert "promote_wait_seconds" in bad.out, bad.out[-3000:]
+    old_primary_serves_again(bad)
+
+    psql(candidate_db, "SELECT pg_wal_replay_pause()", "postgres")
+    try:
+        paused = playbook("-i", INVENTORY, SWITCHOVER, "-l", serving["candidate"], "-e", "switchover_catchup_seconds=3")
+    finally:
+        psql(candidate_db, "SELECT pg_wal_replay_resume()", "postgres")
+    assert "nothing was promoted" in paused.out, paused.out[-3000:]
+    old_primary_serves_again(paused)
+    assert detect(tmp_path)["current_primary"] == primary

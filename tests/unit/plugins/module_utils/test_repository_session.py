@@ -1,0 +1,61 @@
+"""S3 repositories of one process share one boto3 session (the S3 model is loaded once), yet each keeps its own
+credentials, endpoint and region; a forked process makes a session of its own."""
+
+import threading
+
+import pytest
+
+from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+
+pytest.importorskip("boto3")
+
+
+def s3(n, **kwargs):
+    args = dict(bucket=f"bucket-{n}", endpoint_url=f"http://127.0.0.1:{9000 + n}", region=f"eu-west-{n}",
+                access_key=f"AKIA{n}", secret_key=f"secret-{n}")
+    args.update(kwargs)
+    return repo_mod.S3Repository(**args)
+
+
+def creds(repo):
+    return repo.client._request_signer._credentials  # pylint: disable=protected-access
+
+
+def test_repositories_share_the_session_but_never_credentials_endpoint_or_region():
+    one, two = s3(1), s3(2, session_token="token-2")
+    session = repo_mod._SESSION["session"]  # pylint: disable=protected-access
+    assert session is not None
+    three = s3(3)
+    assert repo_mod._SESSION["session"] is session  # pylint: disable=protected-access
+    assert (creds(one).access_key, creds(one).secret_key, creds(one).token) == ("AKIA1", "secret-1", None)
+    assert (creds(two).access_key, creds(two).secret_key, creds(two).token) == ("AKIA2", "secret-2", "token-2")
+    assert creds(three).access_key == "AKIA3"
+    assert [r.client.meta.endpoint_url for r in (one, two, three)] == [
+        "http://127.0.0.1:9001", "http://127.0.0.1:9002", "http://127.0.0.1:9003"]
+    assert [r.client.meta.region_name for r in (one, two, three)] == ["eu-west-1", "eu-west-2", "eu-west-3"]
+
+
+def test_a_forked_process_makes_a_session_of_its_own(monkeypatch):
+    s3(1)
+    before = repo_mod._SESSION["session"]  # pylint: disable=protected-access
+    monkeypatch.setattr(repo_mod.os, "getpid", lambda: -1)
+    s3(2)
+    assert repo_mod._SESSION["session"] is not before  # pylint: disable=protected-access
+
+
+def test_threads_making_repositories_at_once_each_get_their_own_client():
+    made, errors = {}, []
+
+    def make(n):
+        try:
+            made[n] = s3(n)
+        except Exception as exc:  # pylint: disable=broad-except
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make, args=(n,)) for n in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert sorted(creds(r).access_key for r in made.values()) == [f"AKIA{n}" for n in range(1, 9)]
