@@ -249,6 +249,8 @@ def test_a_switchover_that_fails_before_anything_is_promoted_starts_the_old_prim
 
     psql(candidate_db, "SELECT pg_wal_replay_pause()", "postgres")
     try:
+        # WAL the paused candidate cannot replay: the old primary's shutdown checkpoint lies beyond it
+        psql(primary_db, "SELECT pg_logical_emit_message(false, 'dr-test', 'after the pause')", "postgres")
         paused = playbook("-i", INVENTORY, SWITCHOVER, "-l", serving["candidate"], "-e", "switchover_catchup_seconds=3")
     finally:
         psql(candidate_db, "SELECT pg_wal_replay_resume()", "postgres")
