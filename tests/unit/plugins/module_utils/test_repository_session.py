@@ -59,3 +59,13 @@ def test_threads_making_repositories_at_once_each_get_their_own_client():
         t.join(30)
     assert not errors
     assert sorted(creds(r).access_key for r in made.values()) == [f"AKIA{n}" for n in range(1, 9)]
+
+
+def test_a_repository_without_keys_gets_the_default_chain_not_another_repositorys_keys(monkeypatch):
+    monkeypatch.setattr(repo_mod.os, "getpid", lambda: -2)  # a session made after the environment below
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FROM-THE-ENVIRONMENT")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    with_keys = s3(1)
+    without = s3(2, access_key=None, secret_key=None)
+    assert creds(with_keys).access_key == "AKIA1"
+    assert (creds(without).access_key, creds(without).secret_key) == ("FROM-THE-ENVIRONMENT", "env-secret")
