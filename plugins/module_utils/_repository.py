@@ -57,6 +57,17 @@ _SESSION = {"pid": None, "session": None}
 _SESSION_LOCK = threading.Lock()
 
 
+def _after_fork_in_child():
+    """A forked child starts with a lock of its own: one held by another thread at the fork would never be let go."""
+    global _SESSION_LOCK  # noqa: PLW0603  # pylint: disable=global-statement
+    _SESSION_LOCK = threading.Lock()
+    _SESSION.update(pid=None, session=None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def s3_client(config, verify, endpoint_url=None, region=None, access_key=None, secret_key=None, session_token=None):
     """An S3 client from this process's shared session, with these credentials and region (None: the default
     chain, as a session of its own would resolve them)."""

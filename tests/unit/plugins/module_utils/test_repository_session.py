@@ -69,3 +69,21 @@ def test_a_repository_without_keys_gets_the_default_chain_not_another_repository
     without = s3(2, access_key=None, secret_key=None)
     assert creds(with_keys).access_key == "AKIA1"
     assert (creds(without).access_key, creds(without).secret_key) == ("FROM-THE-ENVIRONMENT", "env-secret")
+
+
+def test_a_child_forked_while_the_session_lock_is_held_still_makes_repositories():
+    import os
+    import signal
+
+    s3(1)
+    with repo_mod._SESSION_LOCK:  # pylint: disable=protected-access  # held, as by another thread, at the fork
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child's side
+            signal.alarm(20)  # a deadlock ends the child, and the test fails on its status
+            try:
+                ok = creds(s3(5)).access_key == "AKIA5" and repo_mod._SESSION["pid"] == os.getpid()  # pylint: disable=protected-access
+            except BaseException:  # pylint: disable=broad-except
+                ok = False
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
