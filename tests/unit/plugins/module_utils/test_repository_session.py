@@ -85,5 +85,5 @@ def test_a_child_forked_while_the_session_lock_is_held_still_makes_repositories(
             except BaseException:  # pylint: disable=broad-except
                 ok = False
             os._exit(0 if ok else 1)
-    _, status = os.waitpid(child, 0)
+    status = os.waitpid(child, 0)[1]
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
