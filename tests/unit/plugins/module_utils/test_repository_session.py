@@ -1,6 +1,8 @@
 """S3 repositories of one process share one boto3 session (the S3 model is loaded once), yet each keeps its own
 credentials, endpoint and region; a forked process makes a session of its own."""
 
+import os
+import signal
 import threading
 
 import pytest
@@ -72,9 +74,6 @@ def test_a_repository_without_keys_gets_the_default_chain_not_another_repository
 
 
 def test_a_child_forked_while_the_session_lock_is_held_still_makes_repositories():
-    import os
-    import signal
-
     s3(1)
     with repo_mod._SESSION_LOCK:  # pylint: disable=protected-access  # held, as by another thread, at the fork
         child = os.fork()
