@@ -72,16 +72,18 @@ class Bench:
         self.pgbr.cmd("check", timeout=300)  # archiving works: a WAL switch reaches both repositories
         shutil.rmtree(self.ours_dir, ignore_errors=True)
         (self.ours_dir / "staging").mkdir(parents=True)
-        from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _pg, _repository
+        from ansible_collections.immersiverse.dr.plugins.module_utils._backup import catalog as backup_catalog
+        from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+        from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
-        conn = _pg.connect(self.cluster.conn)
+        conn = pg_connection.connect(self.cluster.conn)
         try:
-            self.identity = _backup.cluster_identity(conn)
+            self.identity = backup_catalog.cluster_identity(conn)
         finally:
             conn.close()
         self.repos = {
-            "ours_s3": _repository.open_repository(self.s3.repository_spec("ours")),
-            "ours_local": _repository.open_repository({"type": "local", "path": str(self.ours_dir / "repo")}),
+            "ours_s3": repo_spec.open_repository(self.s3.repository_spec("ours")),
+            "ours_local": repo_spec.open_repository({"type": "local", "path": str(self.ours_dir / "repo")}),
         }
         return info
 
@@ -101,15 +103,16 @@ class Bench:
         return self._pgbackrest(config, 1 if config == "pgbackrest_local" else 2)
 
     def _ours(self, config: str) -> dict:
-        from ansible_collections.immersiverse.dr.plugins.module_utils import _backup
+        from ansible_collections.immersiverse.dr.plugins.module_utils._backup import catalog as backup_catalog
+        from ansible_collections.immersiverse.dr.plugins.module_utils._backup import full as backup_full
 
         repo = self.repos[config]
         t0 = time.monotonic()
-        rec = _backup.take_backup(repo, self.cluster.conn, self.identity, pg_bin=str(h.PG_BIN),
+        rec = backup_full.take_backup(repo, self.cluster.conn, self.identity, pg_bin=str(h.PG_BIN),
                                   staging_dir=str(self.ours_dir / "staging"), checkpoint="fast",
                                   compression="lz4", compression_location="server")
         seconds = time.monotonic() - t0
-        _backup.remove_backup(repo, rec["id"])  # untimed
+        backup_catalog.remove_backup(repo, rec["id"])  # untimed
         return {"seconds": round(seconds, 3), "engine_duration_seconds": rec["duration_seconds"],
                 "database_bytes": rec["database_bytes"], "stored_bytes": rec["stored_bytes"],
                 "verification": rec["verification"]["result"], "backup_id": rec["id"]}
@@ -162,8 +165,8 @@ def versions(bench: Bench) -> dict:
         "crc32c": h.package_version("crc32c"),
         "psycopg2": h.package_version("psycopg2-binary"),
         "collection_commit": git("rev-parse", "--short", "HEAD"),
-        "engine_uncommitted": bool(git("status", "--porcelain", "--", "plugins/module_utils/_backup.py",
-                                       "plugins/module_utils/_repository.py")),
+        "engine_uncommitted": bool(git("status", "--porcelain", "--", "plugins/module_utils/_backup",
+                                       "plugins/module_utils/_repo")),
     }
 
 

@@ -4,7 +4,7 @@ The lab reaches its hosts over SSH as production does (pipelining, ControlPersis
 it used the podman connection, which cannot pipeline. With the workload generator writing at --rate writes/s (the
 load a drill runs under), this runs the same playbook over both transports, interleaved round by round:
 
-    become_module   immersiverse.dr.pg_facts with become_user postgres (the detect phase's call)
+    become_module   immersiverse.dr.pg_info with become_user postgres (the detect phase's call)
     module          ansible.builtin.ping, no become (the cheapest module call)
     controller      ansible.builtin.debug (no connection at all: Ansible's own per-task cost)
 
@@ -41,7 +41,7 @@ INVENTORY = REPO / "inventories" / "lab"
 TASKS = {
     "become_module": """
     - name: become_module
-      immersiverse.dr.pg_facts:
+      immersiverse.dr.pg_info:
         login_unix_socket: /var/run/postgresql
         connect_timeout: 3
       become: true
@@ -96,7 +96,7 @@ def roles(work: Path) -> dict[str, dict]:
 - hosts: databases
   gather_facts: false
   tasks:
-    - immersiverse.dr.pg_facts:
+    - immersiverse.dr.pg_info:
         login_unix_socket: /var/run/postgresql
         connect_timeout: 3
         fail_on_unreachable: false
@@ -147,7 +147,7 @@ def dead_host(work: Path, kills: int) -> list[dict]:
   gather_facts: false
   tasks:
     - name: dead_host_pg_facts
-      immersiverse.dr.pg_facts:
+      immersiverse.dr.pg_info:
         login_unix_socket: /var/run/postgresql
         connect_timeout: 3
         fail_on_unreachable: false

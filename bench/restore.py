@@ -133,21 +133,24 @@ class RestoreBench:
         return info
 
     def _take_backups(self) -> None:
-        from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _pg, _repository
+        from ansible_collections.immersiverse.dr.plugins.module_utils._backup import catalog as backup_catalog
+        from ansible_collections.immersiverse.dr.plugins.module_utils._backup import full as backup_full
+        from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+        from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
         (self.ours_dir / "staging").mkdir(parents=True)
-        conn = _pg.connect(self.cluster.conn)
+        conn = pg_connection.connect(self.cluster.conn)
         try:
-            identity = _backup.cluster_identity(conn)
+            identity = backup_catalog.cluster_identity(conn)
         finally:
             conn.close()
         self.repos = {
-            "ours_s3": _repository.open_repository(self.s3.repository_spec("ours")),
-            "ours_local": _repository.open_repository({"type": "local", "path": str(self.ours_dir / "repo")}),
+            "ours_s3": repo_spec.open_repository(self.s3.repository_spec("ours")),
+            "ours_local": repo_spec.open_repository({"type": "local", "path": str(self.ours_dir / "repo")}),
         }
         for config, repo in self.repos.items():
             t0 = time.monotonic()
-            rec = _backup.take_backup(repo, self.cluster.conn, identity, pg_bin=str(h.PG_BIN),
+            rec = backup_full.take_backup(repo, self.cluster.conn, identity, pg_bin=str(h.PG_BIN),
                                       staging_dir=str(self.ours_dir / "staging"), checkpoint="fast",
                                       compression="lz4", compression_location="server")
             self.backups[config] = {"id": rec["id"], "database_bytes": rec["database_bytes"],
@@ -209,18 +212,19 @@ class RestoreBench:
                 **extra}
 
     def _ours(self, config: str, data: Path) -> dict:
-        from ansible_collections.immersiverse.dr.plugins.module_utils import _restore
+        from ansible_collections.immersiverse.dr.plugins.module_utils._restore import datadir as restore_datadir
+        from ansible_collections.immersiverse.dr.plugins.module_utils._restore import plan as restore_plan
 
         repos = [self.repos[config]]
         t0 = time.monotonic()
-        plan = _restore.plan(repos, {"type": "end"})
+        plan = restore_plan.plan(repos, {"type": "end"})
         plan_seconds = time.monotonic() - t0
         if plan["backup"]["id"] != self.backups[config]["id"]:
             raise h.BenchError(f"{config}: the plan chose {plan['backup']['id']}, not {self.backups[config]['id']}")
-        done = _restore.prepare_data_dir(repos, plan, str(data))
+        done = restore_datadir.prepare_data_dir(repos, plan, str(data))
         if not done.get("restored"):
             raise h.BenchError(f"{config}: prepare_data_dir restored nothing: {done}")
-        Path(_restore.state_path(str(data))).unlink(missing_ok=True)  # untimed: the next run starts afresh
+        Path(restore_datadir.state_path(str(data))).unlink(missing_ok=True)  # untimed: the next run starts afresh
         return {"plan_seconds": round(plan_seconds, 3), "engine_seconds": done["summary"]["seconds"]}
 
     def _naive(self, data: Path) -> None:
@@ -341,10 +345,9 @@ def versions() -> dict:
         "tar": out(["tar", "--version"]).splitlines()[0] if out(["tar", "--version"]) else "unknown",
         "wal_commands_python": dict(zip(("python", "boto3", "lz4"), sys_py, strict=False)),
         "collection_commit": out(["git", "rev-parse", "--short", "HEAD"]),
-        "engine_uncommitted": bool(out(["git", "status", "--porcelain", "--", "plugins/module_utils/_restore.py",
-                                        "plugins/module_utils/_repository.py", "plugins/module_utils/_backup.py",
-                                        "plugins/module_utils/_walcli.py",
-                                        "plugins/module_utils/_walarchive.py"])),
+        "engine_uncommitted": bool(out(["git", "status", "--porcelain", "--", "plugins/module_utils/_restore",
+                                        "plugins/module_utils/_repo", "plugins/module_utils/_backup",
+                                        "plugins/module_utils/_wal"])),
     }
 
 

@@ -589,8 +589,8 @@ def versions() -> dict:
         "wal_commands_python": dict(zip(("python", "boto3", "botocore", "lz4"), sys_py, strict=False)),
         "collection_commit": out(["git", "rev-parse", "--short", "HEAD"]),
         "wal_commands_uncommitted": bool(out(["git", "status", "--porcelain", "--",
-                                              "plugins/module_utils/_walarchive.py",
-                                              "plugins/module_utils/_walcli.py", str(TEMPLATE)])),
+                                              "plugins/module_utils/_wal",
+                                              str(TEMPLATE)])),
     }
 
 

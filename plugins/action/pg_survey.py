@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, immersiverse.dr contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pg_facts on several hosts at once: each host is read by a task of its own (pg_facts delegated to it), run by
+"""pg_info on several hosts at once: each host is read by a task of its own (pg_info delegated to it), run by
 ansible-core's TaskExecutor in a thread, so delegation, connection, become and interpreter are exactly those of
 ``delegate_to: <host>``, but the reads overlap. A loop of delegated tasks reads one host after the other; the
 failover's detect phase reads every region on its critical path."""
@@ -18,14 +18,15 @@ from ansible.executor.task_executor import TaskExecutor
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _errors, _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import facts as pg_facts
 
 ARGUMENT_SPEC = dict(
     hosts=dict(type="list", elements="str", required=True),
     host_timeout=dict(type="int", default=30),
-    **_pg.facts_argument_spec()
+    **pg_facts.facts_argument_spec()
 )
-FACTS_ARGS = tuple(_pg.facts_argument_spec())
+FACTS_ARGS = tuple(pg_facts.facts_argument_spec())
 
 
 class _NoQueue:
@@ -35,7 +36,7 @@ class _NoQueue:
         pass
 
     def send_prompt(self, *args, **kwargs):
-        raise AnsibleError("pg_survey cannot ask for a password; use a pgpass file, or pg_facts in a loop")
+        raise AnsibleError("pg_survey cannot ask for a password; use a pgpass file, or pg_info in a loop")
 
 
 class ActionModule(ActionBase):
@@ -44,9 +45,9 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
 
     def _one(self, host, task_vars, args):
-        """The result of pg_facts delegated to host (its TaskExecutor's, unreachable included), with the host."""
+        """The result of pg_info delegated to host (its TaskExecutor's, unreachable included), with the host."""
         task = self._task.copy(exclude_parent=False, exclude_tasks=True)
-        task.action = "immersiverse.dr.pg_facts"
+        task.action = "immersiverse.dr.pg_info"
         task.args = dict(args)
         task.delegate_to = host
         task.loop = None
@@ -78,7 +79,7 @@ class ActionModule(ActionBase):
         del tmp
         validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         params = validation.validated_parameters
-        # only what the task said (module_defaults included), as a delegated pg_facts task would be given
+        # only what the task said (module_defaults included), as a delegated pg_info task would be given
         args = {k: v for k, v in self._task.args.items() if k in FACTS_ARGS}
         hosts = list(dict.fromkeys(params["hosts"]))
         unknown = [h for h in hosts if h not in task_vars.get("hostvars", {})]
@@ -113,5 +114,5 @@ class ActionModule(ActionBase):
         return dict(result, changed=False, results=results, unreachable=False, failed=bool(broken),
                     reachable_hosts=[r["host"] for r in results if r.get("reachable")],
                     unreachable_hosts=[r["host"] for r in results if not r.get("reachable")],
-                    **({"msg": "; ".join("pg_facts failed on %s: %s" % (r["host"], r.get("msg", "?")) for r in broken)}
+                    **({"msg": "; ".join("pg_info failed on %s: %s" % (r["host"], r.get("msg", "?")) for r in broken)}
                        if broken else {}))

@@ -21,12 +21,13 @@ import time
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _errors, _runlock
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+from ansible_collections.immersiverse.dr.plugins.module_utils._runbook import lock as runbook_lock
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", default="acquired", choices=["acquired", "released", "info"]),
-    repositories=dict(type="list", elements="dict", required=True, options=repo_mod.repository_argument_spec()),
+    repositories=dict(type="list", elements="dict", required=True, options=repo_spec.repository_argument_spec()),
     name=dict(type="str", default="runbook"),
     run_id=dict(type="str"),
     holder=dict(type="str", default=""),
@@ -101,7 +102,7 @@ def _take_back(params, check_mode):
     if params.get("state") != "acquired" or check_mode:
         return
     try:
-        _runlock.release([repo_mod.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
+        runbook_lock.release([repo_spec.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
                                                         read_timeout=LOCK_READ_TIMEOUT,
                                                         max_attempts=LOCK_MAX_ATTEMPTS))
                           for spec in params["repositories"]], params["name"], params["run_id"], record=False)
@@ -118,7 +119,7 @@ class ActionModule(ActionBase):
         validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         params = validation.validated_parameters
         result["changed"] = False
-        process = _runlock.me(os.getppid())  # the ansible-playbook process this task belongs to
+        process = runbook_lock.me(os.getppid())  # the ansible-playbook process this task belongs to
         # by default one run is one ansible-playbook process: every task of it, every play, every batch of a
         # serial play holds the same lock
         params["run_id"] = params["run_id"] or "%s-%d-%s" % (process["host"], process["pid"], process["pid_start"])
@@ -208,23 +209,23 @@ class ActionModule(ActionBase):
         try:
             # A lock object is a few hundred bytes: a region whose object store does not answer (a partition
             # accepts the connection and then says nothing) must cost seconds, not botocore's 60 s x 5 attempts.
-            repos = [repo_mod.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
+            repos = [repo_spec.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
                                                    read_timeout=LOCK_READ_TIMEOUT, max_attempts=LOCK_MAX_ATTEMPTS))
                      for spec in params["repositories"]]
             if params["state"] == "info":
-                result["lock"] = _runlock.status(repos, params["name"])
+                result["lock"] = runbook_lock.status(repos, params["name"])
                 return result
             if params["state"] == "released":
                 if check_mode:
-                    mine = [name for name, doc in _runlock.status(repos, params["name"]).items()
+                    mine = [name for name, doc in runbook_lock.status(repos, params["name"]).items()
                             if doc and doc.get("run_id") == params["run_id"]]
                     result.update(changed=bool(mine), released=mine)
                     return result
-                released = _runlock.release(repos, params["name"], params["run_id"])
+                released = runbook_lock.release(repos, params["name"], params["run_id"])
                 result.update(changed=bool(released), released=released)
                 return result
             if check_mode:
-                seen = _runlock.would_acquire(repos, params["name"], params["run_id"],
+                seen = runbook_lock.would_acquire(repos, params["name"], params["run_id"],
                                               ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
                                               break_run_id=params["break_run_id"], quorum=params["quorum"],
                                               process=process)
@@ -232,7 +233,7 @@ class ActionModule(ActionBase):
                 result["acquired"] = False  # nothing is taken in check mode
                 result["would_acquire"] = seen["acquired"]
                 return result
-            got = _runlock.acquire(repos, params["name"], params["run_id"], params["holder"],
+            got = runbook_lock.acquire(repos, params["name"], params["run_id"], params["holder"],
                                    ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
                                    break_run_id=params["break_run_id"], quorum=params["quorum"], process=process)
             result.update(changed=True, acquired=True, lock=got["lock"], repositories=got["repositories"],

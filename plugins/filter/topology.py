@@ -8,10 +8,10 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: topology
-short_description: Who serves - the regions' replication topology from pg_facts results
+short_description: Who serves - the regions' replication topology from pg_info results
 version_added: 0.1.0
 description:
-  - Takes, per database host, its region and its M(immersiverse.dr.pg_facts) result and returns the current primary,
+  - Takes, per database host, its region and its M(immersiverse.dr.pg_info) result and returns the current primary,
     split brain (two writable primaries of the same cluster), foreign primaries (another system identifier),
     unreachable hosts and a printable table.
 author:
@@ -53,8 +53,9 @@ _value:
   type: dict
 """
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _failover
-from ansible_collections.immersiverse.dr.plugins.module_utils._topology import promotion_blockers, summarise
+from ansible_collections.immersiverse.dr.plugins.module_utils._runbook import decisions as runbook_decisions
+from ansible_collections.immersiverse.dr.plugins.module_utils._runbook.topology import promotion_blockers
+from ansible_collections.immersiverse.dr.plugins.module_utils._runbook.topology import summarise
 
 
 def topology(hosts, services=None, preferred_region=None, regions=None):
@@ -67,29 +68,29 @@ def promotion_refusals(summary, candidate, isolated=None, restoring=False):
 
 def failover_plan(summary, target_region, max_lag=None, force=False, sync_regions=None):
     max_lag = max_lag or {}
-    return _failover.failover_plan(summary, target_region, max_lag_bytes=max_lag.get("bytes", 16 << 20),
+    return runbook_decisions.failover_plan(summary, target_region, max_lag_bytes=max_lag.get("bytes", 16 << 20),
                                    max_lag_seconds=max_lag.get("seconds", 30), force=bool(force),
                                    sync_regions=sync_regions or ())
 
 
 def lsn_int(lsn):
-    return _failover.lsn_int(lsn)
+    return runbook_decisions.lsn_int(lsn)
 
 
 def switchover_plan(summary, target_region):
-    return _failover.switchover_plan(summary, target_region)
+    return runbook_decisions.switchover_plan(summary, target_region)
 
 
 def rejoin_refusals(summary, host):
-    return _failover.rejoin_refusals(summary, host)
+    return runbook_decisions.rejoin_refusals(summary, host)
 
 
 def synchronous_standbys(host_regions, region, sync_regions):
-    return _failover.synchronous_standbys(host_regions, region, sync_regions)
+    return runbook_decisions.synchronous_standbys(host_regions, region, sync_regions)
 
 
 def synchronous_setting(names, count=1):
-    return _failover.synchronous_setting(names, count)
+    return runbook_decisions.synchronous_setting(names, count)
 
 
 class FilterModule(object):

@@ -23,16 +23,19 @@ description:
   - The task's C(environment) keyword does not reach the command (it runs in the controller's environment).
 author:
   - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action
 attributes:
   check_mode:
     support: full
-    description: Runs nothing; says it would run the command.
+    details: Runs nothing; says it would run the command (C(changed), RV(would_run)).
   diff_mode:
     support: none
-    description: Nothing to diff.
-  action:
-    support: full
-    description: Runs on the controller.
+    details: Nothing to diff.
+  platform:
+    details: Runs on the controller.
 options:
   argv:
     description: The command and its arguments (no shell).

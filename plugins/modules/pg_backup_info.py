@@ -24,15 +24,16 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.info_module
+  - immersiverse.dr.attributes.platform
   - immersiverse.dr.repository.repositories
 attributes:
   check_mode:
-    support: full
-    description: Lists and verifies (reads only); does not write the verification record. Outside check mode a
-      verification writes C(verified.json) next to the backup's catalog record and reports C(changed).
-  diff_mode:
-    support: none
-    description: A report, nothing to compare.
+    details:
+      - Lists, verifies and measures; never writes (M(immersiverse.dr.pg_backup_verify) records verdicts).
+  platform:
+    details: Runs on the controller or any host that reaches the repositories.
 options:
   verify:
     description: What to verify.
@@ -105,90 +106,23 @@ problems:
   elements: str
 """
 
-import os
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _backup
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
-
-SUMMARY_KEYS = ("id", "label", "kind", "status", "timeline", "start_lsn", "stop_lsn", "start_time", "stop_time",
-                "system_identifier", "pg_version", "database_bytes", "stored_bytes", "region", "databases",
-                "verification", "last_verification", "duration_seconds")
-
-
-def summarise(record):
-    return {k: record[k] for k in SUMMARY_KEYS if k in record}
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
 
 def run_module(module):
     p = module.params
-    if p["backup_id"]:
-        repo_mod.validate_name(p["backup_id"], "backup_id")
-    report = {"changed": False, "repositories": [], "verified": [], "problems": [], "newest_backup": {},
-              "newest_backup_age_seconds": None}
-    newest = None
-    for spec in p["repositories"]:
-        repository = repo_mod.open_repository(spec)
-        full = _backup.list_backups(repository)
-        logical = _backup.list_backups(repository, "logical")
-        segments, histories = _backup.wal_inventory(repository)
-        valid = [b for b in full if b.get("status") == "valid"]
-        entry = {
-            "name": repository.name, "repository": repository.describe(),
-            "backups": [summarise(b) for b in valid],
-            "logical_backups": [summarise(b) for b in logical if b.get("status") == "valid"],
-            "incomplete": [b for b in full + logical if b.get("status") != "valid"],
-            "wal_segments": sum(len(v) for v in segments.values()), "history_files": sorted(histories),
-            "window": _backup.recoverability(valid, segments),
-        }
-        report["repositories"].append(entry)
-        for b in entry["incomplete"]:
-            if b.get("status") == "damaged":
-                report["problems"].append("%s: backup %s: %s" % (repository.name, b["id"], b.get("problem")))
-        if valid and (newest is None or valid[-1]["stop_time"] > newest["stop_time"]):
-            newest = dict(valid[-1], repository=repository.name)
-        if p["verify"] != "none":
-            targets = valid + [b for b in logical if b.get("status") == "valid"]
-            if p["backup_id"]:
-                targets = [b for b in targets if b["id"] == p["backup_id"]]
-            elif p["verify_scope"] == "newest":
-                targets = valid[-1:]
-            for record in targets:
-                report["verified"].append(verify_one(module, repository, record))
-    report["changed"] = bool(report["verified"]) and not module.check_mode  # verification records written
-    for v in report["verified"]:
-        report["problems"] += ["%s: backup %s: %s" % (v["repository"], v["id"], x) for x in v["problems"]]
-    if p["backup_id"] and not report["verified"] and p["verify"] != "none":
-        report["problems"].append("backup %s is in none of the repositories" % p["backup_id"])
-    if newest:
-        report["newest_backup"] = {"id": newest["id"], "repository": newest["repository"],
-                                   "stop_time": newest["stop_time"]}
-        age = _backup.utcnow() - _backup.parse_iso(newest["stop_time"])
-        report["newest_backup_age_seconds"] = round(age.total_seconds(), 1)
-    return report
-
-
-def verify_one(module, repository, record):
-    p = module.params
-    area = "logical" if record.get("kind") == "logical" else "backup"
-    if p["verify"] == "full" and area == "backup":
-        scratch = p["scratch_dir"] or os.path.join(tempfile.gettempdir(), "immersiverse-dr-verify")
-        problems = _backup.verify_full(repository, record, p["pg_bin_dir"], scratch)
-        method = "checksums+pg_verifybackup"
-    else:
-        problems = _backup.verify_checksums(repository, record, area)
-        method = "checksums"
-    result = "ok" if not problems else "failed"
-    if not module.check_mode:
-        _backup.record_verification(repository, record, result, method, problems, area)
-    return {"repository": repository.name, "id": record["id"], "kind": record.get("kind"), "result": result,
-            "method": method, "problems": problems}
+    return backup_operations.backup_info(
+        [repo_spec.open_repository(spec) for spec in p["repositories"]], verify=p["verify"],
+        verify_scope=p["verify_scope"], backup_id=p["backup_id"], pg_bin=p["pg_bin_dir"],
+        scratch_dir=p["scratch_dir"], record_verdicts=False)
 
 
 def main():
-    spec = repo_mod.repository_argument_spec()
+    spec = repo_spec.repository_argument_spec()
     module = AnsibleModule(
         argument_spec=dict(
             repositories=dict(type="list", elements="dict", required=True, options=spec),
@@ -196,7 +130,7 @@ def main():
             verify_scope=dict(type="str", default="newest", choices=["newest", "all"]),
             backup_id=dict(type="str"),
             scratch_dir=dict(type="path"),
-            pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
+            pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
             fail_on_problems=dict(type="bool", default=True),
         ),
         supports_check_mode=True,

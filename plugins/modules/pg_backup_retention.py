@@ -24,14 +24,18 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
   - immersiverse.dr.repository
 attributes:
   check_mode:
-    support: full
-    description: Reports what would be deleted; deletes nothing.
+    support: partial
+    details:
+      - Reports what would be deleted and deletes nothing. Objects under S3 Object Lock or legal hold are found only
+        when a real run tries to delete them, so check mode reports such a backup as deleted (not in C(skipped)).
   diff_mode:
     support: full
-    description: The backup ids before and after.
+    details: The backup ids before and after.
 options:
   keep_full:
     description: How many of the newest valid full backups to keep (at least 1).
@@ -95,14 +99,14 @@ incomplete_removed:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _backup
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            repository=dict(type="dict", required=True, options=repo_mod.repository_argument_spec()),
+            repository=dict(type="dict", required=True, options=repo_spec.repository_argument_spec()),
             keep_full=dict(type="int"),
             keep_days=dict(type="int"),
             area=dict(type="str", default="backup", choices=["backup", "logical"]),
@@ -112,13 +116,12 @@ def main():
     )
     p = module.params
     try:
-        repository = repo_mod.open_repository(p["repository"])
-        report = _backup.apply_retention(repository, keep_full=p["keep_full"], keep_days=p["keep_days"],
-                                         check_mode=module.check_mode, area=p["area"])
+        repository = repo_spec.open_repository(p["repository"])
+        report = backup_operations.retention(repository, keep_full=p["keep_full"], keep_days=p["keep_days"],
+                                             area=p["area"], check_mode=module.check_mode)
     except _errors.ENGINE_ERRORS as exc:
         module.fail_json(msg=_errors.message(exc))
     removed = set(report["would_delete"]) - set(report["skipped"])
-    report["changed"] = bool(removed or report["would_delete_wal"] or report["incomplete_removed"])
     if module._diff:
         before = sorted([k["id"] for k in report["kept"]] + report["would_delete"])
         report["diff"] = {"before": "\n".join(before) + "\n",

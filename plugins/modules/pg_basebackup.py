@@ -24,17 +24,23 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action_group_postgres
   - immersiverse.dr.postgres
   - immersiverse.dr.repository
   - immersiverse.dr.repository.offsite
 attributes:
   check_mode:
-    support: full
-    description: Checks the repository and the server, then returns the command it would run and the incomplete
-      backups it would remove; writes nothing.
+    support: partial
+    details:
+      - Checks the repository and the server, then returns the command it would run and the incomplete backups it
+        would remove; writes nothing.
+      - When O(label) names an existing valid backup, every O(offsite) copy is reported as would copy (C(changed))
+        even where that repository already holds it.
   diff_mode:
     support: none
-    description: Nothing to compare; the result lists what was stored.
+    details: Nothing to compare; the result lists what was stored.
 options:
   label:
     description:
@@ -217,91 +223,27 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _pg
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
-
-RESULT_KEYS = ("timeline", "start_lsn", "stop_lsn", "start_time", "stop_time", "duration_seconds", "database_bytes",
-               "stored_bytes", "throughput_mb_s", "files", "verification")
-
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import full as backup_full
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
 def run_module(module):
     p = module.params
-    repository = repo_mod.open_repository(p["repository"])
-    offsite = [repo_mod.open_repository(spec) for spec in p["offsite"]]
-    if p["label"]:
-        repo_mod.validate_name(p["label"], "label")
-    _backup.check_extra_args(p["extra_args"])
     pg_basebackup = module.get_bin_path("pg_basebackup", required=True, opt_dirs=[p["pg_bin_dir"] or ""])
-    conn = _pg.connect(p)
-    try:
-        identity = _backup.cluster_identity(conn)
-    finally:
-        conn.close()
-    if identity["in_recovery"] and not p["allow_standby"]:
-        module.fail_json(msg="%s is a standby and allow_standby is false" % _pg.describe_target(p))
-    backups = _backup.list_backups(repository)
-    result = {"changed": False, "offsite": [], "incomplete_removed": []}
-    if p["label"]:
-        same = _backup.find_by_label(backups, p["label"])
-        foreign = [b for b in same if b.get("system_identifier") != identity["system_identifier"]]
-        if foreign:
-            module.fail_json(msg="label %s is already used in %s by backup %s of another cluster (system identifier "
-                                 "%s, this one is %s): choose another label"
-                                 % (p["label"], repository.describe(), foreign[0]["id"],
-                                    foreign[0].get("system_identifier"), identity["system_identifier"]))
-        if same:
-            record = same[-1]
-            result.update(_summary(record))
-            result["msg"] = "a valid backup labelled %s exists (%s): nothing to do" % (p["label"], record["id"])
-            result["offsite"] = _copy_offsite(module, repository, offsite, record)
-            result["changed"] = any(o["changed"] for o in result["offsite"])
-            return result
-    result["incomplete_removed"] = _backup.clean_incomplete(repository, check_mode=module.check_mode)
-    if module.check_mode:
-        repository.check()
-        result["changed"] = True
-        result["backup_id"] = None
-        result["label"] = p["label"]
-        result["would_run"] = _backup.basebackup_argv(
-            pg_basebackup, "<staging>/data", p, p["label"] or "immersiverse-dr-<id>", checkpoint=p["checkpoint"],
-            compression=p["compression"], compression_location=p["compression_location"],
-            compression_level=p["compression_level"], compression_workers=p["compression_workers"],
-            max_rate=p["max_rate"], extra_args=p["extra_args"])
-        return result
-    record = _backup.take_backup(
-        repository, p, identity, pg_bin=os.path.dirname(pg_basebackup), label=p["label"],
+    return backup_operations.full_backup(
+        repo_spec.open_repository(p["repository"]), p, os.path.dirname(pg_basebackup),
+        offsite=[repo_spec.open_repository(spec) for spec in p["offsite"]], label=p["label"],
+        on_standby="run" if p["allow_standby"] else "fail", check_mode=module.check_mode,
         staging_dir=p["staging_dir"], checkpoint=p["checkpoint"], compression=p["compression"],
         compression_location=p["compression_location"], compression_level=p["compression_level"],
         compression_workers=p["compression_workers"], max_rate=p["max_rate"], extra_args=p["extra_args"],
         region=p["region"], progress_file=p["progress_file"])
-    result["changed"] = True
-    result.update(_summary(record))
-    result["offsite"] = _copy_offsite(module, repository, offsite, record)
-    return result
-
-
-def _summary(record):
-    out = {"backup_id": record["id"], "label": record["label"]}
-    for key in RESULT_KEYS:
-        if key in record:
-            out[key] = record[key]
-    return out
-
-
-def _copy_offsite(module, repository, offsite, record):
-    results = []
-    for target in offsite:
-        if module.check_mode:
-            results.append({"name": target.name, "repository": target.describe(), "changed": True,
-                            "method": "would copy"})
-            continue
-        results.append(_backup.copy_backup(repository, target, record))
-    return results
 
 
 def main():
-    spec = repo_mod.repository_argument_spec()
-    argument_spec = _pg.connection_argument_spec()
+    spec = repo_spec.repository_argument_spec()
+    argument_spec = pg_connection.connection_argument_spec()
     argument_spec.update(
         repository=dict(type="dict", required=True, options=spec),
         offsite=dict(type="list", elements="dict", default=[], options=spec),
@@ -313,25 +255,25 @@ def main():
         compression_workers=dict(type="int"),
         max_rate=dict(type="str"),
         staging_dir=dict(type="path"),
-        pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
+        pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
         extra_args=dict(type="list", elements="str", default=[]),
         progress_file=dict(type="path"),
         region=dict(type="str", default=""),
         allow_standby=dict(type="bool", default=True),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not _pg.HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
+    if not pg_connection.HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(pg_connection.PSYCOPG2_IMPORT_ERROR))
     progress = module.params["progress_file"]
     try:
         result = run_module(module)
     except _errors.ENGINE_ERRORS as exc:
-        _backup.write_progress(progress, "failed", error=_errors.message(exc))
+        backup_full.write_progress(progress, "failed", error=_errors.message(exc))
         module.fail_json(msg=_errors.message(exc))
     except BaseException:
-        _backup.write_progress(progress, "failed", error="unexpected error, see the task result")
+        backup_full.write_progress(progress, "failed", error="unexpected error, see the task result")
         raise
-    _backup.write_progress(progress, "done", backup_id=result.get("backup_id"))
+    backup_full.write_progress(progress, "done", backup_id=result.get("backup_id"))
     module.exit_json(**result)
 
 

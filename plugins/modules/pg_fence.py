@@ -14,7 +14,7 @@ version_added: 0.6.0
 description:
   - O(state=fenced) makes the Debian cluster's C(start.conf) say C(manual), so the host does not start PostgreSQL at
     boot. It also writes the fence marker C(immersiverse-dr-fence.json) beside it, which says why and when the host
-    was fenced. M(immersiverse.dr.pg_facts) (O(immersiverse.dr.pg_facts#module:fence_dir)) and C(playbooks/rejoin.yml)
+    was fenced. M(immersiverse.dr.pg_info) (O(immersiverse.dr.pg_info#module:fence_dir)) and C(playbooks/rejoin.yml)
     read the marker.
   - O(state=unfenced) makes C(start.conf) say C(auto) again and removes the marker, once the host is a standby of the
     serving primary.
@@ -24,17 +24,18 @@ description:
   - Neither stops nor starts PostgreSQL. The isolate role stops it right after fencing.
 author:
   - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
 attributes:
   check_mode:
     support: full
-    description: Reads the files and returns what it would change (RV(actions)); writes nothing.
+    details: Reads the files and returns what it would change (RV(actions)); writes nothing.
   diff_mode:
     support: full
-    description: The fence state (start.conf, marker) before and after.
+    details: The fence state (start.conf, marker) before and after.
   platform:
-    support: full
-    platforms: posix
-    description: Runs on the database host as root (C(become=true)) or as the owner of the configuration directory.
+    details: Runs on the database host as root (C(become=true)) or as the owner of the configuration directory.
 options:
   conf_dir:
     description: The cluster's configuration directory (Debian C(/etc/postgresql/15/main)).
@@ -84,7 +85,7 @@ fence:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import fence as pg_fence
 
 
 def main():
@@ -93,7 +94,7 @@ def main():
                                               marker=dict(type="dict", default={})),
                            supports_check_mode=True)
     try:
-        res = _pg.set_fence(module.params["conf_dir"], module.params["state"] == "fenced", module.params["marker"],
+        res = pg_fence.set_fence(module.params["conf_dir"], module.params["state"] == "fenced", module.params["marker"],
                             check_mode=module.check_mode)
     except _errors.ENGINE_ERRORS as exc:
         module.fail_json(msg="cannot %s %s: %s" % ("fence" if module.params["state"] == "fenced" else "unfence",

@@ -20,16 +20,22 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action_group_postgres
   - immersiverse.dr.postgres
   - immersiverse.dr.repository
   - immersiverse.dr.repository.offsite
 attributes:
   check_mode:
-    support: full
-    description: Returns the commands it would run; writes nothing.
+    support: partial
+    details:
+      - Returns the commands it would run; takes no dump.
+      - When O(label) names an existing valid logical backup, every O(offsite) copy is reported as would copy
+        (C(changed)) even where that repository already holds it.
   diff_mode:
     support: none
-    description: Nothing to compare; the result lists what was stored.
+    details: Nothing to compare; the result lists what was stored.
 options:
   databases:
     description: The databases to dump.
@@ -135,54 +141,24 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _logical, _pg
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
 
 def run_module(module):
     p = module.params
-    repository = repo_mod.open_repository(p["repository"])
-    offsite = [repo_mod.open_repository(spec) for spec in p["offsite"]]
-    for db in p["databases"]:
-        repo_mod.validate_name(db, "database name")
-    if p["label"]:
-        repo_mod.validate_name(p["label"], "label")
     pg_dump = module.get_bin_path("pg_dump", required=True, opt_dirs=[p["pg_bin_dir"] or ""])
-    conn = _pg.connect(p)
-    try:
-        identity = _backup.cluster_identity(conn)
-    finally:
-        conn.close()
-    result = {"changed": False, "offsite": []}
-    if p["label"]:
-        same = _backup.find_by_label(_backup.list_backups(repository, _logical.AREA), p["label"])
-        if same:
-            record = same[-1]
-            result.update(backup_id=record["id"], label=record["label"], databases=record.get("databases"),
-                          msg="a valid logical backup labelled %s exists: nothing to do" % p["label"])
-            result["offsite"] = [_backup.copy_backup(repository, t, record, _logical.AREA) for t in offsite]
-            result["changed"] = any(o["changed"] for o in result["offsite"])
-            return result
-    if module.check_mode:
-        repository.check()
-        result.update(changed=True, backup_id=None, label=p["label"], would_run=[
-            _logical.dump_argv(pg_dump, p, db, "<staging>/" + db, p["jobs"], p["schemas"], p["tables"],
-                               p["exclude_tables"]) for db in p["databases"]])
-        return result
-    record = _logical.take_logical_backup(
-        repository, p, identity, p["databases"], pg_bin=os.path.dirname(pg_dump), schemas=p["schemas"],
-        tables=p["tables"], exclude_tables=p["exclude_tables"], jobs=p["jobs"],
-        include_globals=p["include_globals"], label=p["label"], staging_dir=p["staging_dir"], region=p["region"])
-    result.update(changed=True, backup_id=record["id"], label=record["label"], databases=record["databases"],
-                  stored_bytes=record["stored_bytes"], files=record["files"],
-                  duration_seconds=record["duration_seconds"])
-    result["offsite"] = [_backup.copy_backup(repository, t, record, _logical.AREA) for t in offsite]
-    return result
+    return backup_operations.logical_backup(
+        repo_spec.open_repository(p["repository"]), p, os.path.dirname(pg_dump), p["databases"],
+        offsite=[repo_spec.open_repository(spec) for spec in p["offsite"]], label=p["label"],
+        check_mode=module.check_mode, schemas=p["schemas"], tables=p["tables"], exclude_tables=p["exclude_tables"],
+        jobs=p["jobs"], include_globals=p["include_globals"], staging_dir=p["staging_dir"], region=p["region"])
 
 
 def main():
-    spec = repo_mod.repository_argument_spec()
-    argument_spec = _pg.connection_argument_spec()
+    spec = repo_spec.repository_argument_spec()
+    argument_spec = pg_connection.connection_argument_spec()
     argument_spec.update(
         repository=dict(type="dict", required=True, options=spec),
         offsite=dict(type="list", elements="dict", default=[], options=spec),
@@ -194,12 +170,12 @@ def main():
         include_globals=dict(type="bool", default=True),
         label=dict(type="str"),
         staging_dir=dict(type="path"),
-        pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
+        pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
         region=dict(type="str", default=""),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not _pg.HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
+    if not pg_connection.HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(pg_connection.PSYCOPG2_IMPORT_ERROR))
     try:
         result = run_module(module)
     except _errors.ENGINE_ERRORS as exc:

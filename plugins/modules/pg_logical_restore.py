@@ -21,15 +21,18 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action_group_postgres
   - immersiverse.dr.postgres
   - immersiverse.dr.repository
 attributes:
   check_mode:
     support: full
-    description: Names the backup it would restore and what; changes nothing.
+    details: Names the backup it would restore and what; changes nothing.
   diff_mode:
     support: none
-    description: Nothing to compare.
+    details: Nothing to compare.
 options:
   database:
     description: The database whose logical backup is restored.
@@ -105,20 +108,22 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _logical, _pg
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import logical as backup_logical
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import logical as restore_logical
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
 
 def run_module(module):
     p = module.params
-    repository = repo_mod.open_repository(p["repository"])
+    repository = repo_spec.open_repository(p["repository"])
     if module.check_mode:
-        record = _logical.choose_logical_backup(repository, p["database"], p["backup_id"])
+        record = backup_logical.choose_logical_backup(repository, p["database"], p["backup_id"])
         for name in p["tables"]:
-            _logical.split_table(name)
+            restore_logical.split_table(name)
         return {"changed": True, "backup_id": record["id"],
                 "would_restore": p["tables"] or p["schemas"] or [p["target_database"] or p["database"]]}
-    result = _logical.restore_logical(
+    result = restore_logical.restore_logical(
         repository, p, p["database"], pg_bin=p["pg_bin_dir"], backup_id=p["backup_id"],
         target_database=p["target_database"], schemas=p["schemas"], tables=p["tables"],
         scratch_schema=p["scratch_schema"], jobs=p["jobs"], staging_dir=p["staging_dir"], clean=p["clean"])
@@ -127,9 +132,9 @@ def run_module(module):
 
 
 def main():
-    argument_spec = _pg.connection_argument_spec()
+    argument_spec = pg_connection.connection_argument_spec()
     argument_spec.update(
-        repository=dict(type="dict", required=True, options=repo_mod.repository_argument_spec()),
+        repository=dict(type="dict", required=True, options=repo_spec.repository_argument_spec()),
         database=dict(type="str", required=True),
         backup_id=dict(type="str"),
         target_database=dict(type="str"),
@@ -139,7 +144,7 @@ def main():
         clean=dict(type="bool", default=False),
         jobs=dict(type="int", default=2),
         staging_dir=dict(type="path"),
-        pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
+        pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("scratch_schema", "clean")])

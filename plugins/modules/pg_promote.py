@@ -22,15 +22,21 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action
+  - immersiverse.dr.attributes.action_group_postgres
   - immersiverse.dr.postgres
 attributes:
   check_mode:
     support: full
-    description: Reports whether it would promote and the SQL it would run; runs nothing (pg_promote is not
+    details: Reports whether it would promote and the SQL it would run; runs nothing (pg_promote is not
       transactional).
   diff_mode:
     support: full
-    description: The role (standby, primary) before and after.
+    details: The role (standby, primary) before and after.
+  platform:
+    details: Runs on the database host; the action plugin runs the promotion there over the task's connection.
 options:
   wait_seconds:
     description: How long pg_promote may wait for the promotion to finish.
@@ -88,15 +94,15 @@ would_run:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import promote as pg_promote
 
 
 # The work is _pg.promote_task, shared with this module's action plugin (plugins/action/pg_promote.py),
 # which runs it on the target without this wrapper. This main() runs when the action plugin cannot
 # (interpreter discovery, async, a become password).
 def main():
-    module = AnsibleModule(argument_spec=_pg.promote_argument_spec(), supports_check_mode=True)
-    result = _pg.promote_task(module.params, check_mode=module.check_mode, diff=module._diff)
+    module = AnsibleModule(argument_spec=pg_promote.promote_argument_spec(), supports_check_mode=True)
+    result = pg_promote.promote_task(module.params, check_mode=module.check_mode, diff=module._diff)
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

@@ -39,19 +39,20 @@ description:
     removes a signal file under a running server.
 author:
   - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
 attributes:
   check_mode:
     support: full
-    description: Reads the files and returns what a real run would change (RV(actions), RV(updated), RV(removed),
+    details: Reads the files and returns what a real run would change (RV(actions), RV(updated), RV(removed),
       RV(settings)); writes and removes nothing.
   diff_mode:
     support: full
-    description: The managed settings in C(postgresql.auto.conf) and the signal files, before and after;
+    details: The managed settings in C(postgresql.auto.conf) and the signal files, before and after;
       C(primary_conninfo) is shown masked.
   platform:
-    support: full
-    platforms: posix
-    description: Runs on the database host, as root (C(become=true)) or as the data directory's owner.
+    details: Runs on the database host, as root (C(become=true)) or as the data directory's owner.
 options:
   data_dir:
     description:
@@ -267,11 +268,11 @@ data_dir:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _recovery
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import recovery as pg_recovery
 
 
 def run_module(module):
-    result = _recovery.run(module.params, check_mode=module.check_mode)
+    result = pg_recovery.run(module.params, check_mode=module.check_mode)
     for warning in result.pop("warnings"):
         module.warn(warning)
     diff = result.pop("diff")
@@ -283,16 +284,16 @@ def run_module(module):
 def main():
     argument_spec = dict(
         data_dir=dict(type="path", required=True),
-        mode=dict(type="str", required=True, choices=list(_recovery.MODES)),
+        mode=dict(type="str", required=True, choices=list(pg_recovery.MODES)),
         restore_command=dict(type="str"),
-        target=dict(type="str", choices=list(_recovery.TARGETS)),
+        target=dict(type="str", choices=list(pg_recovery.TARGETS)),
         target_time=dict(type="str"),
         target_lsn=dict(type="str"),
         target_xid=dict(type="int"),
         target_name=dict(type="str"),
         target_inclusive=dict(type="bool", default=True),
         target_timeline=dict(type="raw"),
-        target_action=dict(type="str", choices=list(_recovery.ACTIONS)),
+        target_action=dict(type="str", choices=list(pg_recovery.ACTIONS)),
         primary_conninfo=dict(type="str", no_log=True),
         primary_slot_name=dict(type="str"),
         allow_running=dict(type="bool", default=False),

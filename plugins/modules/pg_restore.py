@@ -39,16 +39,22 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action_group_postgres
   - immersiverse.dr.repository.repositories
   - immersiverse.dr.postgres
 attributes:
   check_mode:
     support: full
-    description: O(state=planned) and O(state=restored) return the plan and what would be moved; nothing is
-      written. O(state=recovered) only reads.
+    details: O(state=planned) and O(state=restored) return the plan and what would be moved; nothing is
+      written. O(state=recovered) does not wait and returns RV(recovery) null. O(state=pruned) lists what it
+      would delete.
   diff_mode:
     support: none
-    description: A data directory is not a diff.
+    details: A data directory is not a diff.
+  platform:
+    details: Runs on the database host as the data directory's owner.
 options:
   state:
     description: Which step.
@@ -192,9 +198,12 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
-from ansible_collections.immersiverse.dr.plugins.module_utils import _restore
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import datadir as restore_datadir
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import plan as restore_plan
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import target as restore_target
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import watch as restore_watch
 
 
 def _progress_writer(path):
@@ -229,8 +238,9 @@ def run_module(module):
     if state == "pruned":
         if not p["data_dir"]:
             module.fail_json(msg="state=pruned needs data_dir")
-        last = (_restore.read_state(p["data_dir"]) or {}).get("moved_aside")
-        removed = _restore.prune_moved_aside(p["data_dir"], p["keep_replaced_days"], protect={last} if last else (),
+        last = (restore_datadir.read_state(p["data_dir"]) or {}).get("moved_aside")
+        removed = restore_datadir.prune_moved_aside(p["data_dir"], p["keep_replaced_days"],
+                                                    protect={last} if last else (),
                                              check_mode=module.check_mode)
         return {"changed": bool(removed), "removed": removed}
     if state == "recovered":
@@ -238,8 +248,8 @@ def run_module(module):
             module.fail_json(msg="state=recovered needs data_dir")
         if module.check_mode:
             return {"changed": False, "recovery": None}
-        if not _pg.HAS_PSYCOPG2:
-            raise _restore.RestoreError("psycopg2 is required on %s to watch recovery (Debian: apt install "
+        if not pg_connection.HAS_PSYCOPG2:
+            raise restore_target.RestoreError("psycopg2 is required on %s to watch recovery (Debian: apt install "
                                         "python3-psycopg2); PostgreSQL was left recovering" % os.uname()[1])
         t0 = time.monotonic()
 
@@ -249,50 +259,52 @@ def run_module(module):
                                                      seconds=round(time.monotonic() - t0, 1)))
 
         try:
-            reached = _restore.wait_for_recovery(
-                lambda: _pg.connect(p), p["data_dir"], p["log_file"] or "", p["log_offset"], p["timeout"],
-                progress=report, ping=_restore.pg_isready(p["pg_bin_dir"], p["login_unix_socket"] or p["login_host"],
+            reached = restore_watch.wait_for_recovery(
+                lambda: pg_connection.connect(p), p["data_dir"], p["log_file"] or "", p["log_offset"], p["timeout"],
+                progress=report, ping=restore_watch.pg_isready(p["pg_bin_dir"],
+                                                               p["login_unix_socket"] or p["login_host"],
                                                           p["login_port"]))
-        except _restore.RestoreError:
+        except restore_target.RestoreError:
             raise  # main() records it in the progress file
         if p["progress_file"]:
             _write_json(p["progress_file"], dict(reached, phase="reached"))
         try:
-            _restore.set_phase(p["data_dir"], "recovered" if reached["outcome"] == "promoted" else "paused",
+            restore_datadir.set_phase(p["data_dir"], "recovered" if reached["outcome"] == "promoted" else "paused",
                                recovery=reached)
         except OSError:
             pass
         return {"changed": False, "recovery": reached}
-    repositories = [repo_mod.open_repository(spec) for spec in p["repositories"]]
+    repositories = [repo_spec.open_repository(spec) for spec in p["repositories"]]
     system_identifier = p["system_identifier"]
     found_in = None
     if not system_identifier and p["data_dir"]:
-        control = _restore.pg_controldata(p["pg_bin_dir"], p["data_dir"])
+        control = restore_watch.pg_controldata(p["pg_bin_dir"], p["data_dir"])
         system_identifier = control.get("Database system identifier")
         found_in = p["data_dir"] if system_identifier else None
-        state_doc = _restore.read_state(p["data_dir"])
+        state_doc = restore_datadir.read_state(p["data_dir"])
         if not system_identifier and state_doc and state_doc.get("moved_aside"):
-            control = _restore.pg_controldata(p["pg_bin_dir"], state_doc["moved_aside"])
+            control = restore_watch.pg_controldata(p["pg_bin_dir"], state_doc["moved_aside"])
             system_identifier = control.get("Database system identifier")
             found_in = state_doc["moved_aside"] if system_identifier else None
     target = {"type": p["target"], "value": p["target_value"], "inclusive": p["target_inclusive"],
               "timeline": p["target_timeline"]}
     try:
-        plan = _restore.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"],
+        plan = restore_plan.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"],
                              use_partial=p["use_partial"],
-                             commit_times=_restore.pg_waldump_commit_times(p["pg_bin_dir"]))
-    except _restore.RestoreError as exc:
+                             commit_times=restore_plan.pg_waldump_commit_times(p["pg_bin_dir"]))
+    except restore_target.RestoreError as exc:
         if found_in and str(exc).startswith("no backup of cluster"):
-            raise _restore.RestoreError(
+            raise restore_target.RestoreError(
                 "%s holds cluster %s, and %s. Nothing was changed. If this host's data directory is to be replaced "
                 "by another cluster (a fresh host whose package created a cluster of its own), name the cluster to "
                 "restore: system_identifier (the restore role's restore_system_identifier)"
                 % (found_in, system_identifier, exc)) from None
         raise
-    previous = _restore.read_state(p["data_dir"]) if p["data_dir"] else None
-    same = bool(previous and previous.get("request") == _restore.restore_request(plan))
-    if p["data_dir"] and not (same and previous.get("phase") in _restore.STAGED_PHASES + _restore.DONE_PHASES):
-        _restore.check_data_dir(plan, p["data_dir"])
+    previous = restore_datadir.read_state(p["data_dir"]) if p["data_dir"] else None
+    same = bool(previous and previous.get("request") == restore_datadir.restore_request(plan))
+    if p["data_dir"] and not (same and previous.get(
+        "phase") in restore_datadir.STAGED_PHASES + restore_datadir.DONE_PHASES):
+        restore_datadir.check_data_dir(plan, p["data_dir"])
     if state == "planned":
         return {"changed": False, "plan": plan,
                 "previous": {"phase": (previous or {}).get("phase"), "same_request": same,
@@ -300,7 +312,7 @@ def run_module(module):
     if not p["data_dir"]:
         module.fail_json(msg="state=restored needs data_dir")
     progress = _progress_writer(p["progress_file"])
-    done = _restore.prepare_data_dir(repositories, plan, p["data_dir"], check_mode=module.check_mode,
+    done = restore_datadir.prepare_data_dir(repositories, plan, p["data_dir"], check_mode=module.check_mode,
                                      progress=progress[0] if progress else None)
     if progress and not module.check_mode:
         _write_progress(p["progress_file"], "restored", progress[1])
@@ -311,12 +323,12 @@ def run_module(module):
 
 
 def main():
-    argument_spec = _pg.connection_argument_spec()
+    argument_spec = pg_connection.connection_argument_spec()
     argument_spec.update(
         state=dict(type="str", default="planned", choices=["planned", "restored", "recovered", "pruned"]),
-        repositories=dict(type="list", elements="dict", required=True, options=repo_mod.repository_argument_spec()),
+        repositories=dict(type="list", elements="dict", required=True, options=repo_spec.repository_argument_spec()),
         data_dir=dict(type="path"),
-        target=dict(type="str", default="end", choices=list(_restore.TARGET_TYPES)),
+        target=dict(type="str", default="end", choices=list(restore_target.TARGET_TYPES)),
         target_value=dict(type="str"),
         target_inclusive=dict(type="bool", default=True),
         target_timeline=dict(type="str", default="latest"),
@@ -324,7 +336,7 @@ def main():
         use_partial=dict(type="bool", default=True),
         keep_replaced_days=dict(type="int", default=7),
         system_identifier=dict(type="str"),
-        pg_bin_dir=dict(type="path", default="/usr/lib/postgresql/15/bin"),
+        pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
         progress_file=dict(type="path"),
         log_file=dict(type="path"),
         log_offset=dict(type="int", default=0),

@@ -9,10 +9,10 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: pg_survey
-short_description: M(immersiverse.dr.pg_facts) on several hosts at once
+short_description: M(immersiverse.dr.pg_info) on several hosts at once
 version_added: 0.8.0
 description:
-  - Reads PostgreSQL on each host of O(hosts) as a task of M(immersiverse.dr.pg_facts) delegated to that host would
+  - Reads PostgreSQL on each host of O(hosts) as a task of M(immersiverse.dr.pg_info) delegated to that host would
     (the same connection, become, interpreter and variables), with the reads running at the same time.
   - A loop of delegated tasks reads one host after the other. The failover's detect phase reads every region on
     its critical path, outside the play's limit too.
@@ -23,14 +23,14 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.info_module
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action
   - immersiverse.dr.postgres
 attributes:
-  check_mode:
-    support: full
-    description: Reads only, so it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is nothing to diff.
+  platform:
+    details: Runs on the controller; the reads run on each host of O(hosts).
 options:
   hosts:
     description: Inventory names of the hosts to read (each once, in this order in RV(results)).
@@ -44,16 +44,16 @@ options:
     type: int
     default: 30
   fail_on_unreachable:
-    description: As for M(immersiverse.dr.pg_facts), for each host's PostgreSQL.
+    description: As for M(immersiverse.dr.pg_info), for each host's PostgreSQL.
     type: bool
     default: true
   fence_dir:
-    description: As for M(immersiverse.dr.pg_facts).
+    description: As for M(immersiverse.dr.pg_info).
     type: path
 notes:
-  - A become password cannot be typed for the delegated reads; use passwordless become, or pg_facts in a loop.
+  - A become password cannot be typed for the delegated reads; use passwordless become, or pg_info in a loop.
 seealso:
-  - module: immersiverse.dr.pg_facts
+  - module: immersiverse.dr.pg_info
 """
 
 EXAMPLES = r"""
@@ -69,7 +69,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 results:
-  description: One result per host, in the order of O(hosts), each what pg_facts returned, with C(host).
+  description: One result per host, in the order of O(hosts), each what pg_info returned, with C(host).
   returned: always
   type: list
   elements: dict

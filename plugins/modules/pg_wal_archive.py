@@ -33,15 +33,18 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action_group_postgres
   - immersiverse.dr.postgres
 attributes:
   check_mode:
     support: full
-    description: Returns the SQL it would run (RV(would_run)) and what a real run would leave to restart or
+    details: Returns the SQL it would run (RV(would_run)) and what a real run would leave to restart or
       reload; runs no ALTER SYSTEM and no reload.
   diff_mode:
     support: full
-    description: The configured values of the managed settings before and after.
+    details: The configured values of the managed settings before and after.
 options:
   state:
     description:
@@ -298,13 +301,14 @@ status:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _archiving, _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import server as wal_server
 
 
 def run_module(module):
-    conn = _pg.connect(module.params)
+    conn = pg_connection.connect(module.params)
     try:
-        result = _archiving.run(conn, module.params, check_mode=module.check_mode)
+        result = wal_server.run(conn, module.params, check_mode=module.check_mode)
     finally:
         conn.close()
     for warning in result.pop("warnings"):
@@ -316,7 +320,7 @@ def run_module(module):
 
 
 def main():
-    argument_spec = _pg.connection_argument_spec()
+    argument_spec = pg_connection.connection_argument_spec()
     argument_spec.update(
         state=dict(type="str", default="present", choices=["present", "absent"]),
         status_only=dict(type="bool", default=False),
@@ -330,8 +334,8 @@ def main():
         reload=dict(type="bool", default=True),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not _pg.HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(_pg.PSYCOPG2_IMPORT_ERROR))
+    if not pg_connection.HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=str(pg_connection.PSYCOPG2_IMPORT_ERROR))
     try:
         result = run_module(module)
     except _errors.ENGINE_ERRORS as exc:

@@ -18,13 +18,13 @@ description:
   - One dead service never hides the others; the module fails only when O(fail_on_unhealthy=true).
 author:
   - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.info_module
+  - immersiverse.dr.attributes.platform
 attributes:
-  check_mode:
-    support: full
-    description: Reads only, so it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed.
+  platform:
+    details: Runs on the controller or any host with the client libraries.
 options:
   region:
     description: Name of the region, echoed in the result.
@@ -131,7 +131,7 @@ unhealthy:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _services
+from ansible_collections.immersiverse.dr.plugins.module_utils._runbook import services as runbook_services
 
 
 def run_module(module):
@@ -140,15 +140,15 @@ def run_module(module):
     services = {}
     if p["s3"]:
         s3 = p["s3"]
-        services["s3"] = _services.check_s3(s3["endpoint_url"], s3["bucket"], s3["region_name"],
+        services["s3"] = runbook_services.check_s3(s3["endpoint_url"], s3["bucket"], s3["region_name"],
                                             s3["access_key"], s3["secret_key"], timeout=t)
     if p["redis_url"]:
-        services["redis"] = _services.check_redis(p["redis_url"], timeout=t)
+        services["redis"] = runbook_services.check_redis(p["redis_url"], timeout=t)
     if p["kafka_bootstrap"]:
-        services["kafka"] = _services.check_kafka(p["kafka_bootstrap"], timeout=t)
+        services["kafka"] = runbook_services.check_kafka(p["kafka_bootstrap"], timeout=t)
     if p["kubernetes"]:
         k = p["kubernetes"]
-        services["kubernetes"] = _services.check_kubernetes(k["host"], k["namespace"], k["deployment"],
+        services["kubernetes"] = runbook_services.check_kubernetes(k["host"], k["namespace"], k["deployment"],
                                                             k["api_key"] or "", k["validate_certs"], timeout=t)
     unhealthy = sorted(name for name, r in services.items() if not r["ok"])
     return {"region": p["region"], "healthy": not unhealthy, "services": services, "unhealthy": unhealthy}

@@ -25,17 +25,19 @@ description:
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
+  - immersiverse.dr.attributes.action
   - immersiverse.dr.repository.repositories
 attributes:
   check_mode:
     support: full
-    description: Says whether the lock would be taken, who would refuse it and what is unreachable; writes nothing.
+    details: Says whether the lock would be taken, who would refuse it and what is unreachable; writes nothing.
   diff_mode:
     support: none
-    description: Nothing to diff.
-  action:
-    support: full
-    description: Runs on the controller.
+    details: Nothing to diff.
+  platform:
+    details: Runs on the controller.
 options:
   state:
     description: Take the lock (V(acquired)), give it back (V(released)), or show it (V(info)).

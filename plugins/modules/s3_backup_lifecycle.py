@@ -29,13 +29,18 @@ description:
   - Everything is validated and the bucket read before the first change.
 author:
   - immersiverse.dr maintainers (@immersiverse)
+extends_documentation_fragment:
+  - immersiverse.dr.attributes
+  - immersiverse.dr.attributes.platform
 attributes:
   check_mode:
     support: full
-    description: Reads the bucket, reports what would change (C(changes), C(diff)), writes nothing.
+    details: Reads the bucket, reports what would change (C(changes), C(diff)), writes nothing.
   diff_mode:
     support: full
-    description: Before and after of every managed section (only rules and statements this module owns).
+    details: Before and after of every managed section (only rules and statements this module owns).
+  platform:
+    details: Runs on the controller or any host with boto3.
 options:
   bucket:
     description: The bucket that holds the repository.
@@ -271,7 +276,7 @@ foreign_lifecycle_rules:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
-from ansible_collections.immersiverse.dr.plugins.module_utils import _lifecycle
+from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import bucket as s3policy_bucket
 
 try:
     import boto3
@@ -292,7 +297,7 @@ def run_module(module):
     spec = {key: p[key] for key in ("bucket", "prefix", "policy", "versioning", "object_lock", "encryption",
                                     "deny_insecure_transport", "deny_unencrypted_uploads", "replication",
                                     "id_prefix", "endpoint_url")}
-    return _lifecycle.reconcile(client, spec, check_mode=module.check_mode)
+    return s3policy_bucket.reconcile(client, spec, check_mode=module.check_mode)
 
 
 def main():

@@ -24,10 +24,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ast
 import base64
 import importlib.util
 import json
-import re
+import os
 import shlex
 import zlib
 
@@ -37,12 +38,10 @@ from ansible.module_utils.common.parameters import remove_values
 from ansible.plugins.action import ActionBase
 
 PACKAGE = "ansible_collections.immersiverse.dr.plugins.module_utils"
-_IMPORTS = re.compile(r"^\s*from ansible_collections\.immersiverse\.dr\.plugins\.module_utils(?:\.(\w+))? import "
-                      r"\(?([\w, ]+)", re.M)
 # module name -> the compressed sources it needs. Workers fork per task, so a bundle built in a worker is gone with
 # it: the preload callback builds them in the main process (warm()), and every worker inherits them.
 _BUNDLES = {}
-ENGINE_MODULES = ("_pg",)
+ENGINE_MODULES = ("_pg.facts", "_pg.promote")
 
 # Runs on the target: serve the collection's module_utils from the bundle, call the function, print one JSON line.
 BOOTSTRAP = r'''
@@ -60,8 +59,11 @@ _PKGS = ("ansible_collections", "ansible_collections.immersiverse", "ansible_col
 
 class _Bundle(object):  # a meta-path finder and loader (importlib.abc costs 30 ms to import)
     def find_spec(self, name, path=None, target=None):
-        if name in _PKGS or (name.startswith(_PKG + ".") and name[len(_PKG) + 1:] in _SRC):
+        short = name[len(_PKG) + 1:] if name.startswith(_PKG + ".") else None
+        if name in _PKGS or short in _SRC:
             return importlib.util.spec_from_loader(name, self, is_package=name in _PKGS)
+        if short and any(_k.startswith(short + ".") for _k in _SRC):  # an engine sub-package (_pg, _wal, ...)
+            return importlib.util.spec_from_loader(name, self, is_package=True)
         return None
 
     def create_module(self, spec):
@@ -69,7 +71,7 @@ class _Bundle(object):  # a meta-path finder and loader (importlib.abc costs 30 
 
     def exec_module(self, module):
         short = module.__name__[len(_PKG) + 1:]
-        if module.__name__ not in _PKGS:
+        if module.__name__ not in _PKGS and short in _SRC:
             exec(compile(_SRC[short], "<immersiverse.dr %%s>" %% short, "exec"), module.__dict__)
 
 
@@ -88,20 +90,46 @@ sys.stdout.write("\n" + json.dumps(_out, default=str) + "\n")
 '''
 
 
+def _root():
+    return importlib.util.find_spec(PACKAGE).submodule_search_locations[0]
+
+
+def _path(root, name):
+    """The file of an engine module ('_pg.facts' -> <module_utils>/_pg/facts.py), or None."""
+    path = os.path.join(root, *name.split(".")) + ".py"
+    return path if os.path.isfile(path) else None
+
+
+def imported(text, root):
+    """The engine modules (short dotted names) a source imports: ``from PKG import _errors``, ``from PKG._pg import
+    facts as pg_facts``, ``from PKG._pg.facts import gather_facts``."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.ImportFrom) or not node.module:
+            continue
+        if node.module != PACKAGE and not node.module.startswith(PACKAGE + "."):
+            continue
+        base = node.module[len(PACKAGE) + 1:]
+        for alias in node.names:
+            full = base + "." + alias.name if base else alias.name
+            found.append(full if _path(root, full) else base)
+    return [name for name in found if name]
+
+
 def sources(module):
     """{short name: source} of the module_utils module and every collection module_utils it imports."""
+    root = _root()
     todo, out = [module], {}
     while todo:
         name = todo.pop()
         if name in out:
             continue
-        spec = importlib.util.find_spec(PACKAGE + "." + name)
-        if spec is None or not spec.origin:
+        path = _path(root, name)
+        if path is None:
             raise ImportError("module_utils %s of immersiverse.dr not found on the controller" % name)
-        with open(spec.origin, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             out[name] = fh.read()
-        for m in _IMPORTS.finditer(out[name]):
-            todo.extend([m.group(1)] if m.group(1) else [n.strip() for n in m.group(2).split(",") if n.strip()])
+        todo.extend(imported(out[name], root))
     return out
 
 

@@ -25,8 +25,16 @@ sys.path.insert(0, str(REPO / ".collections"))
 from conftest import PG_BIN, PgServer  # noqa: E402
 from test_pg_facts import params  # noqa: E402
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _logical  # noqa: E402
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import catalog as backup_catalog  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import cli as backup_cli  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import full as backup_full  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import logical as backup_logical  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import offsite as backup_offsite  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import retention as backup_retention  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import verify as backup_verify  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import local as repo_local  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming  # noqa: E402
 
 pytestmark = pytest.mark.integration
 ANSIBLE = Path(sys.executable).with_name("ansible")
@@ -46,11 +54,11 @@ def source(pg_server_factory):
 
 
 def identity(server):
-    from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
+    from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 
-    conn = _pg.connect(params(server))
+    conn = pg_connection.connect(params(server))
     try:
-        return _backup.cluster_identity(conn)
+        return backup_catalog.cluster_identity(conn)
     finally:
         conn.close()
 
@@ -127,12 +135,12 @@ def work(tmp_path):
 
 # -- the tests ---------------------------------------------------------------------------------------------------
 def test_local_backup_restores_with_plain_tools_and_passes_pg_verifybackup(source, work):
-    repo = repo_mod.LocalRepository(str(work / "repo"), name="primary")
-    record = _backup.take_backup(repo, params(source), identity(source), label="local-1")
+    repo = repo_local.LocalRepository(str(work / "repo"), name="primary")
+    record = backup_full.take_backup(repo, params(source), identity(source), label="local-1")
     assert record["status"] == "valid" and record["label"] == "local-1"
     assert record["verification"]["result"] == "ok" and record["verification"]["files_checked"] > 900
     assert record["system_identifier"] == identity(source)["system_identifier"]
-    listed = _backup.list_backups(repo)
+    listed = backup_catalog.list_backups(repo)
     assert [(b["id"], b["status"]) for b in listed] == [(record["id"], "valid")]
     backup_dir = work / "repo" / "backup" / record["id"]
     assert sorted(p.name for p in backup_dir.iterdir() if not p.name.startswith(".")) == [
@@ -153,19 +161,19 @@ def test_local_backup_restores_with_plain_tools_and_passes_pg_verifybackup(sourc
 def test_s3_backup_in_two_regions_restores_with_plain_tools(source, s3_endpoint, work):
     home_bucket = s3_endpoint.create_bucket()
     away_bucket = s3_endpoint.create_bucket()
-    home = repo_mod.open_repository(s3_spec(s3_endpoint, home_bucket, "primary"))
-    away = repo_mod.open_repository(s3_spec(s3_endpoint, away_bucket, "secondary"))
-    third = repo_mod.LocalRepository(str(work / "tertiary"), name="tertiary")
-    record = _backup.take_backup(home, params(source), identity(source), staging_dir=str(work / "staging"))
-    copies = [_backup.copy_backup(home, away, record), _backup.copy_backup(home, third, record)]
+    home = repo_spec.open_repository(s3_spec(s3_endpoint, home_bucket, "primary"))
+    away = repo_spec.open_repository(s3_spec(s3_endpoint, away_bucket, "secondary"))
+    third = repo_local.LocalRepository(str(work / "tertiary"), name="tertiary")
+    record = backup_full.take_backup(home, params(source), identity(source), staging_dir=str(work / "staging"))
+    copies = [backup_offsite.copy_backup(home, away, record), backup_offsite.copy_backup(home, third, record)]
     assert [c["method"] for c in copies] == ["server-side", "streamed"]
     assert not os.listdir(work / "staging"), "staging must be emptied after the upload"
-    again = _backup.copy_backup(home, away, record)
+    again = backup_offsite.copy_backup(home, away, record)
     assert not again["changed"], "a copy that is already there is not made twice"
     for repo in (home, away, third):
-        (valid,) = [b for b in _backup.list_backups(repo) if b["status"] == "valid"]
+        (valid,) = [b for b in backup_catalog.list_backups(repo) if b["status"] == "valid"]
         assert valid["id"] == record["id"]
-        assert _backup.verify_checksums(repo, valid) == []
+        assert backup_verify.verify_checksums(repo, valid) == []
     # the away region's copy, fetched with boto3 alone and restored with tar + lz4 + pg_verifybackup
     got = work / "got"
     download(s3_endpoint, away_bucket, f"auth-db/backup/{record['id']}/", got)
@@ -177,38 +185,56 @@ def test_s3_backup_in_two_regions_restores_with_plain_tools(source, s3_endpoint,
 
 
 def test_full_verification_runs_pg_verifybackup(source, work):
-    repo = repo_mod.LocalRepository(str(work / "repo"))
-    record = _backup.take_backup(repo, params(source), identity(source))
+    repo = repo_local.LocalRepository(str(work / "repo"))
+    record = backup_full.take_backup(repo, params(source), identity(source))
     scratch = work / "scratch"
     scratch.mkdir()
-    assert _backup.verify_full(repo, record, str(PG_BIN), str(scratch)) == []
+    assert backup_verify.verify_full(repo, record, str(PG_BIN), str(scratch)) == []
 
 
 def test_one_flipped_byte_is_found(source, s3_endpoint, s3_bucket, work):
-    repo = repo_mod.open_repository(s3_spec(s3_endpoint, s3_bucket, "primary"))
-    record = _backup.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
+    repo = repo_spec.open_repository(s3_spec(s3_endpoint, s3_bucket, "primary"))
+    record = backup_full.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
     client = s3_endpoint.client()
     key = f"auth-db/backup/{record['id']}/base.tar.lz4"
     body = bytearray(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
     body[len(body) // 2] ^= 0x01
     client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(body))
-    problems = _backup.verify_checksums(repo, record)
+    problems = backup_verify.verify_checksums(repo, record)
     assert len(problems) == 1 and "base.tar.lz4" in problems[0] and "damaged" in problems[0]
     # and through the module, as an operator would run it: it fails and says which file
     spec = s3_spec(s3_endpoint, s3_bucket, "primary")
     out = run_module("pg_backup_info", {"repositories": [spec], "verify": "checksums"})
     assert out["failed"] and "base.tar.lz4" in out["msg"]
     assert s3_endpoint.secret_key not in json.dumps(out)
+    out = run_module("pg_backup_verify", {"repositories": [spec]})
+    assert out["failed"] and "base.tar.lz4" in out["msg"] and out["verified"][0]["result"] == "failed"
+    assert s3_endpoint.secret_key not in json.dumps(out)
+
+
+def test_the_info_module_changes_nothing_and_the_verify_module_records_the_verdict(source, work):
+    spec = {"type": "local", "name": "primary", "path": str(work / "repo")}
+    record = backup_full.take_backup(repo_spec.open_repository(spec), params(source), identity(source))
+    verdict = work / "repo" / "backup" / record["id"] / "verified.json"
+    info = run_module("pg_backup_info", {"repositories": [spec], "verify": "checksums"})
+    assert not info["changed"] and info["verified"][0]["result"] == "ok" and not verdict.exists(), info
+    checked = run_module("pg_backup_verify", {"repositories": [spec]}, check=True)
+    assert not checked["changed"] and checked["verified"][0]["result"] == "ok" and not verdict.exists(), checked
+    verified = run_module("pg_backup_verify", {"repositories": [spec]})
+    assert verified["changed"] and verified["verified"][0]["id"] == record["id"] and verdict.exists(), verified
+    listed = run_module("pg_backup_info", {"repositories": [spec]})
+    assert listed["repositories"][0]["backups"][0]["last_verification"]["result"] == "ok", listed
 
 
 INTERRUPTED = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {collections!r})
-    from ansible_collections.immersiverse.dr.plugins.module_utils import _backup, _repository
-    repo = _repository.LocalRepository({repo!r})
+    from ansible_collections.immersiverse.dr.plugins.module_utils._backup import full as backup_full
+    from ansible_collections.immersiverse.dr.plugins.module_utils._repo import local as repo_local
+    repo = repo_local.LocalRepository({repo!r})
     conn = json.loads({conn!r})
     ident = json.loads({ident!r})
-    _backup.take_backup(repo, conn, ident, max_rate="1M", checkpoint="fast")
+    backup_full.take_backup(repo, conn, ident, max_rate="1M", checkpoint="fast")
 """)
 
 
@@ -217,7 +243,7 @@ def test_interrupted_backup_is_never_valid_and_is_cleaned_next_run(source, work)
     code = INTERRUPTED.format(collections=str(REPO / ".collections"), repo=str(repo_dir),
                               conn=json.dumps(params(source)), ident=json.dumps(identity(source)))
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-    repo = repo_mod.LocalRepository(str(repo_dir))
+    repo = repo_local.LocalRepository(str(repo_dir))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # until pg_basebackup has written part of the archive
         if any(o["key"].endswith("base.tar.lz4") for o in repo.list("backup/")) or \
@@ -227,47 +253,47 @@ def test_interrupted_backup_is_never_valid_and_is_cleaned_next_run(source, work)
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: the engine and its pg_basebackup
     proc.wait(10)
-    listed = _backup.list_backups(repo)
+    listed = backup_catalog.list_backups(repo)
     assert listed and all(b["status"] == "incomplete" for b in listed), listed
     assert not [b for b in listed if b["status"] == "valid"]
-    removed = _backup.clean_incomplete(repo)  # the writer's pid is gone: abandoned
+    removed = backup_catalog.clean_incomplete(repo)  # the writer's pid is gone: abandoned
     assert removed == [listed[0]["id"]]
-    assert _backup.list_backups(repo) == []
+    assert backup_catalog.list_backups(repo) == []
 
 
 def test_retention_never_removes_a_backup_or_wal_that_a_kept_backup_needs(source, work):
-    repo = repo_mod.LocalRepository(str(work / "repo"))
+    repo = repo_local.LocalRepository(str(work / "repo"))
     ident = identity(source)
     records = []
     for _backup_no in range(3):
-        records.append(_backup.take_backup(repo, params(source), ident))
+        records.append(backup_full.take_backup(repo, params(source), ident))
         source.psql("SELECT pg_switch_wal()")
         time.sleep(1.1)  # ids are per second
     seg = ident["wal_segment_size"]
     # WAL the archive would hold: every segment from the first backup's start to past the last one's stop
-    first = _backup._wal.segment_number(records[0]["start_lsn"], seg)
-    last = _backup._wal.segment_number(records[-1]["stop_lsn"], seg) + 2
+    first = wal_naming.segment_number(records[0]["start_lsn"], seg)
+    last = wal_naming.segment_number(records[-1]["stop_lsn"], seg) + 2
     for n in range(first - 2, last + 1):
-        name = _backup._wal.segment_name(1, n, seg)
-        repo.put_bytes(_backup._wal.wal_key(name), b"wal " + name.encode())
+        name = wal_naming.segment_name(1, n, seg)
+        repo.put_bytes(wal_naming.wal_key(name), b"wal " + name.encode())
     repo.put_bytes("wal/00000002.history", b"1\t0/3000000\tno recovery target specified\n")
     before = {o["key"] for o in repo.list("wal/")}
-    planned = _backup.apply_retention(repo, keep_full=2, check_mode=True)
+    planned = backup_retention.apply_retention(repo, keep_full=2, check_mode=True)
     assert planned["would_delete"] == [records[0]["id"]] and planned["deleted"] == []
     assert {o["key"] for o in repo.list("wal/")} == before, "check mode deletes nothing"
-    report = _backup.apply_retention(repo, keep_full=2)
+    report = backup_retention.apply_retention(repo, keep_full=2)
     assert report["deleted"] == [records[0]["id"]]
-    kept = [b for b in _backup.list_backups(repo) if b["status"] == "valid"]
+    kept = [b for b in backup_catalog.list_backups(repo) if b["status"] == "valid"]
     assert [b["id"] for b in kept] == [r["id"] for r in records[1:]]
-    needed_from = _backup._wal.segment_number(records[1]["start_lsn"], seg)
+    needed_from = wal_naming.segment_number(records[1]["start_lsn"], seg)
     left = {o["key"] for o in repo.list("wal/")}
     for n in range(needed_from, last + 1):
-        assert _backup._wal.wal_key(_backup._wal.segment_name(1, n, seg)) in left
+        assert wal_naming.wal_key(wal_naming.segment_name(1, n, seg)) in left
     assert "wal/00000002.history" in left
-    assert all(_backup._wal.parse_segment(k.rsplit("/", 1)[1])[1] >= needed_from for k in left if "history" not in k)
+    assert all(wal_naming.parse_segment(k.rsplit("/", 1)[1])[1] >= needed_from for k in left if "history" not in k)
     # the newest valid backup survives any policy
-    _backup.apply_retention(repo, keep_full=1, keep_days=0)
-    assert [b["id"] for b in _backup.list_backups(repo)] == [records[-1]["id"]]
+    backup_retention.apply_retention(repo, keep_full=1, keep_days=0)
+    assert [b["id"] for b in backup_catalog.list_backups(repo)] == [records[-1]["id"]]
 
 
 def test_same_label_is_idempotent_through_the_module(source, s3_endpoint, s3_bucket, work):
@@ -305,14 +331,14 @@ def test_bad_input_fails_clearly_and_counts_nothing(source, s3_endpoint, s3_buck
     assert out["failed"] and "module owns" in out["msg"]
     out = run_module("pg_basebackup", dict(base, repository=dict(spec, prefix="auth-db/../other")))
     assert out["failed"] and "not allowed" in out["msg"]
-    assert _backup.list_backups(repo_mod.open_repository(spec)) == []
+    assert backup_catalog.list_backups(repo_spec.open_repository(spec)) == []
     # an OS error in the engine (a staging directory that cannot be made) is a sentence, not a traceback
     blocker = work / "staging-is-a-file"
     blocker.write_text("x")
     out = run_module("pg_basebackup", dict(base, staging_dir=str(blocker / "st")))
     assert out["failed"] and str(blocker) in out["msg"], out
     assert "Traceback (most recent call last)" not in json.dumps(out), out
-    assert _backup.list_backups(repo_mod.open_repository(spec)) == []
+    assert backup_catalog.list_backups(repo_spec.open_repository(spec)) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
@@ -321,10 +347,10 @@ def test_disk_full_in_staging_fails_clearly_and_counts_nothing(source, s3_endpoi
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
     try:
-        repo = repo_mod.open_repository(s3_spec(s3_endpoint, s3_bucket, "primary"))
-        with pytest.raises(_backup.BackupError, match="No space left on device"):
-            _backup.take_backup(repo, params(source), identity(source), staging_dir=str(small))
-        assert [b for b in _backup.list_backups(repo) if b["status"] == "valid"] == []
+        repo = repo_spec.open_repository(s3_spec(s3_endpoint, s3_bucket, "primary"))
+        with pytest.raises(backup_catalog.BackupError, match="No space left on device"):
+            backup_full.take_backup(repo, params(source), identity(source), staging_dir=str(small))
+        assert [b for b in backup_catalog.list_backups(repo) if b["status"] == "valid"] == []
         assert repo.list("") == [], "a failed backup leaves nothing in the repository"
     finally:
         subprocess.run(["umount", str(small)], check=False)
@@ -334,12 +360,12 @@ def test_logical_backup_restores_with_pg_restore(source, s3_endpoint, s3_bucket,
     source.create_database("logicaldb")
     source.psql("CREATE TABLE tokens (id int PRIMARY KEY, v text); "
                 "INSERT INTO tokens SELECT g, md5(g::text) FROM generate_series(1, 5000) g", dbname="logicaldb")
-    repo = repo_mod.open_repository(s3_spec(s3_endpoint, s3_bucket, "primary"))
-    record = _logical.take_logical_backup(repo, params(source), identity(source), ["logicaldb"], jobs=2,
+    repo = repo_spec.open_repository(s3_spec(s3_endpoint, s3_bucket, "primary"))
+    record = backup_logical.take_logical_backup(repo, params(source), identity(source), ["logicaldb"], jobs=2,
                                           staging_dir=str(work / "st"))
-    (listed,) = _backup.list_backups(repo, "logical")
+    (listed,) = backup_catalog.list_backups(repo, "logical")
     assert listed["status"] == "valid" and listed["databases"] == ["logicaldb"]
-    assert _backup.verify_checksums(repo, listed, "logical") == []
+    assert backup_verify.verify_checksums(repo, listed, "logical") == []
     got = work / "dump"
     download(s3_endpoint, s3_bucket, f"auth-db/logical/{record['id']}/logicaldb/", got)
     source.create_database("restoredb")
@@ -370,12 +396,41 @@ def test_retention_skips_backups_under_object_lock_and_keeps_them_valid(source, 
     bucket = s3_endpoint.create_bucket(ObjectLockEnabledForBucket=True)
     s3_endpoint.client().put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
         "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
-    repo = repo_mod.open_repository(s3_spec(s3_endpoint, bucket, "primary"))
-    first = _backup.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
+    repo = repo_spec.open_repository(s3_spec(s3_endpoint, bucket, "primary"))
+    first = backup_full.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
     time.sleep(1.1)
-    second = _backup.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
-    report = _backup.apply_retention(repo, keep_full=1)
+    second = backup_full.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
+    report = backup_retention.apply_retention(repo, keep_full=1)
     assert report["deleted"] == [] and first["id"] in report["skipped"]
     assert "object lock (GOVERNANCE)" in report["skipped"][first["id"]]
-    valid = [b["id"] for b in _backup.list_backups(repo) if b["status"] == "valid"]
+    valid = [b["id"] for b in backup_catalog.list_backups(repo) if b["status"] == "valid"]
     assert valid == [first["id"], second["id"]], "a locked backup stays whole and listed"
+
+
+def test_the_scheduled_command_runs_the_modules_operations(source, work, capsys):
+    """immersiverse-dr-backup (what the timers run on the database host) calls the same operations as the modules: a
+    full backup and its offsite copy, the catalog, and retention in every repository."""
+    cfg = work / "backup.json"
+    cfg.write_text(json.dumps({
+        "repository": {"type": "local", "name": "primary", "path": str(work / "home")},
+        "offsite": [{"type": "local", "name": "offsite", "path": str(work / "away")}],
+        "connection": params(source), "pg_bin_dir": str(PG_BIN), "retention": {"keep_full": 1, "keep_days": ""}}))
+    cfg.chmod(0o600)
+
+    def command(*argv):
+        assert backup_cli.main([*argv, "--config", str(cfg)]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    first = command("full")
+    assert first["command"] == "full" and first["changed"] and first["backup_id"]
+    assert [(o["name"], o["changed"]) for o in first["offsite"]] == [("offsite", True)]
+    second = command("full")
+    info = command("info")
+    assert info["backups"] == [first["backup_id"], second["backup_id"]]
+    assert [len(r["backups"]) for r in info["repositories"]] == [2, 2]
+    assert info["newest_backup"]["id"] == second["backup_id"]
+    pruned = command("retention")
+    assert pruned["deleted"] == 2 and pruned["changed"], pruned  # the older backup, in both repositories
+    for path in (work / "home", work / "away"):
+        listed = backup_catalog.list_backups(repo_local.LocalRepository(str(path)))
+        assert [b["id"] for b in listed] == [second["backup_id"]]

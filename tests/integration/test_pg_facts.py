@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
-from ansible_collections.immersiverse.dr.plugins.module_utils import _pg  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import facts as pg_facts  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -18,9 +19,9 @@ def params(server):
 
 
 def facts(server):
-    conn = _pg.connect(params(server))
+    conn = pg_connection.connect(params(server))
     try:
-        return _pg.gather_facts(conn)
+        return pg_facts.gather_facts(conn)
     finally:
         conn.close()
 
@@ -79,8 +80,8 @@ def test_a_quorum_standby_is_reported_with_the_setting_that_made_it_one(pair):
 def test_standby_lsn_follows_the_primary(pair):
     primary, standby = pair
     primary.psql("CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
-    target = _pg.lsn_to_int(facts(primary)["current_lsn"])
-    wait_for(lambda: _pg.lsn_to_int(facts(standby)["replay_lsn"]) >= target)
+    target = pg_connection.lsn_to_int(facts(primary)["current_lsn"])
+    wait_for(lambda: pg_connection.lsn_to_int(facts(standby)["replay_lsn"]) >= target)
     lag = wait_for(lambda: [r for r in facts(primary)["replication"] if r["replay_lag_bytes"] == 0])
     assert lag[0]["state"] == "streaming"
 
@@ -88,15 +89,15 @@ def test_standby_lsn_follows_the_primary(pair):
 def test_unreachable_server_gives_an_error_that_says_what_to_do(pg_server_factory):
     bad = {"login_host": "127.0.0.1", "login_port": 1, "login_user": "postgres", "login_password": "x",
            "login_db": "postgres", "connect_timeout": 2, "ssl_mode": "disable"}
-    with pytest.raises(_pg.PgError) as err:
-        _pg.connect(bad)
+    with pytest.raises(pg_connection.PgError) as err:
+        pg_connection.connect(bad)
     assert "unreachable" in str(err.value) or "down" in str(err.value)
     assert "x" not in str(err.value).split(":", 1)[0]
 
 
 def test_wrong_password_is_named(pg_server):
-    with pytest.raises(_pg.PgError) as err:
-        _pg.connect({**params(pg_server), "login_password": "definitely-wrong"})
+    with pytest.raises(pg_connection.PgError) as err:
+        pg_connection.connect({**params(pg_server), "login_password": "definitely-wrong"})
     assert "password" in str(err.value)
     assert "definitely-wrong" not in str(err.value)
 

@@ -8,7 +8,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
 from test_pg_facts import facts, params, wait_for  # noqa: E402
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _pg  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import promote as pg_promote  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +26,9 @@ def standby(pg_server_factory):
 
 def test_check_mode_reports_and_changes_nothing(standby):
     s = standby[1]
-    conn = _pg.connect(params(s))
+    conn = pg_connection.connect(params(s))
     try:
-        res = _pg.promote(conn, check_mode=True)
+        res = pg_promote.promote(conn, check_mode=True)
     finally:
         conn.close()
     assert res["changed"] and not res["promoted"]
@@ -38,10 +39,10 @@ def test_check_mode_reports_and_changes_nothing(standby):
 def test_promote_then_rerun_is_a_no_op(standby):
     p, s = standby
     p.stop("immediate")
-    conn = _pg.connect(params(s))
+    conn = pg_connection.connect(params(s))
     try:
-        first = _pg.promote(conn)
-        second = _pg.promote(conn)
+        first = pg_promote.promote(conn)
+        second = pg_promote.promote(conn)
     finally:
         conn.close()
     assert first["changed"] and first["promoted"]

@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO / ".collections"))
 from conftest import PG_BIN, PgServer  # noqa: E402
 from test_pg_facts import wait_for  # noqa: E402
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _recovery  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import recovery as pg_recovery  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import recovery_conf as pg_recovery_conf  # noqa: E402
 
 pytestmark = pytest.mark.integration
 ANSIBLE = Path(sys.executable).with_name("ansible")
@@ -45,7 +46,7 @@ def recover(data_dir: Path, check_mode: bool = False, **kw) -> dict:
               "target_lsn": None, "target_xid": None, "target_name": None, "target_inclusive": True,
               "target_timeline": None, "target_action": None, "primary_conninfo": None, "primary_slot_name": None,
               "allow_running": False, **kw}
-    return _recovery.run(params, check_mode=check_mode)
+    return pg_recovery.run(params, check_mode=check_mode)
 
 
 def files(data_dir: Path) -> dict:
@@ -141,7 +142,7 @@ def test_postgresql_reads_what_the_module_writes(primary, copies):
                 assert read.returncode == 0, (spelling, read.stderr)  # PostgreSQL's check_hook accepts it
                 assert read.stdout.rstrip("\n") == written
                 cur.execute("SELECT %s::timestamptz", (written,))
-                assert cur.fetchone()[0] == _recovery.parse_time(spelling), spelling
+                assert cur.fetchone()[0] == pg_recovery_conf.parse_time(spelling), spelling
     finally:
         conn.close()
     lsn = recover(copy.data_dir, mode="recovery", restore_command="cp %f %p", target="lsn", target_lsn="0/5a0001c8")
@@ -185,11 +186,11 @@ def test_a_base_backup_becomes_a_streaming_standby(primary, copies):
     wait_for(lambda: standby.psql("SELECT to_regclass('streamed') IS NOT NULL")[0][0]
              and standby.psql("SELECT x FROM streamed") == [(42,)])
 
-    with pytest.raises(_recovery.RecoveryError, match="PostgreSQL is running"):
+    with pytest.raises(pg_recovery_conf.RecoveryError, match="PostgreSQL is running"):
         recover(standby.data_dir, **request)
     running = recover(standby.data_dir, allow_running=True, **request)
     assert running["server_running"] and not running["changed"]
-    with pytest.raises(_recovery.RecoveryError, match="will not remove standby.signal under a running server"):
+    with pytest.raises(pg_recovery_conf.RecoveryError, match="will not remove standby.signal under a running server"):
         recover(standby.data_dir, mode="none", allow_running=True)
     standby.stop()
     primary.psql("SELECT pg_drop_replication_slot('rec_standby')")
@@ -234,7 +235,7 @@ def test_recovery_to_a_restore_point_promotes_with_the_rows_of_that_point(pitr, 
     assert not (server.data_dir / "recovery.signal").exists(), "PostgreSQL removes it when it promotes"
 
     # Clean up on the promoted, running server: the target goes, restore_command (omitted) and work_mem stay.
-    with pytest.raises(_recovery.RecoveryError, match="allow_running"):
+    with pytest.raises(pg_recovery_conf.RecoveryError, match="allow_running"):
         recover(server.data_dir, mode="none")
     cleanup = recover(server.data_dir, mode="none", allow_running=True)
     assert cleanup["changed"] and cleanup["signal_file"] is None

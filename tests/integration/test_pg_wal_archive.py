@@ -14,7 +14,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))
 from test_pg_facts import params, wait_for  # noqa: E402
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _archiving, _pg  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import settings as pg_settings  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import server as wal_server  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +28,9 @@ DEFAULTS = {"state": "present", "status_only": False, "archive_command": None, "
 
 
 def run(server, check_mode=False, **kw):
-    conn = _pg.connect(params(server))
+    conn = pg_connection.connect(params(server))
     try:
-        return _archiving.run(conn, {**params(server), **DEFAULTS, **kw}, check_mode=check_mode)
+        return wal_server.run(conn, {**params(server), **DEFAULTS, **kw}, check_mode=check_mode)
     finally:
         conn.close()
 
@@ -125,7 +127,7 @@ def test_reload_only_change_is_applied_without_a_restart_and_spellings_compare_e
     run(srv, archive_command="/bin/true", archive_timeout="60s")
     srv.restart()
     check = run(srv, check_mode=True, archive_command=copy_command(archive_dir), archive_timeout="60s")
-    quoted = _archiving.quote_literal(copy_command(archive_dir))
+    quoted = pg_settings.quote_literal(copy_command(archive_dir))
     assert check["would_run"] == [f"ALTER SYSTEM SET archive_command = {quoted}", "SELECT pg_reload_conf()"]
     assert show(srv, "archive_command") == "/bin/true"
     res = run(srv, archive_command=copy_command(archive_dir), archive_timeout="60s")
@@ -223,18 +225,18 @@ def test_privileges_are_checked_with_a_clear_message(server):
     conn_params = {**params(srv), "login_user": "watcher", "login_password": srv.password_for("watcher")}
 
     def as_watcher(**kw):
-        conn = _pg.connect(conn_params)
+        conn = pg_connection.connect(conn_params)
         try:
-            return _archiving.run(conn, {**conn_params, **DEFAULTS, **kw})
+            return wal_server.run(conn, {**conn_params, **DEFAULTS, **kw})
         finally:
             conn.close()
 
-    with pytest.raises(_pg.PgError) as err:
+    with pytest.raises(pg_connection.PgError) as err:
         as_watcher(status_only=True)
     assert "GRANT pg_monitor TO watcher" in str(err.value)
     srv.psql("GRANT pg_monitor TO watcher")
     st = as_watcher(status_only=True)["status"]
     assert st["archive_mode"] == "off" and st["ready_count"] == 0
-    with pytest.raises(_pg.PgError) as err:
+    with pytest.raises(pg_connection.PgError) as err:
         as_watcher(archive_command="/bin/true")
     assert "not a superuser" in str(err.value)

@@ -28,13 +28,16 @@ from test_wal_push_fetch import Archive
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / ".collections"))
-from ansible_collections.immersiverse.dr.plugins.module_utils import (  # noqa: E402
-    _backup,
-    _pg,  # noqa: E402
-    _restore,
-    _wal,
-)
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import catalog as backup_catalog  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import full as backup_full  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import local as repo_local  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import datadir as restore_datadir  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import plan as restore_plan  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import target as restore_target  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import watch as restore_watch  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming  # noqa: E402
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs the archive command as postgres")]
@@ -62,21 +65,21 @@ class Source:
             "wal_level": "replica", "archive_mode": "on", "max_wal_senders": "5", "track_commit_timestamp": "on",
             "archive_command": f"'{self.archive.wrapper} push %p'"})
         self.db = create_service_database(self.server)
-        self.repo = repo_mod.LocalRepository(str(self.repo_dir), name="primary")
+        self.repo = repo_local.LocalRepository(str(self.repo_dir), name="primary")
 
     def backup(self) -> dict:
-        conn = _pg.connect({"login_host": self.server.host, "login_port": self.server.port,
+        conn = pg_connection.connect({"login_host": self.server.host, "login_port": self.server.port,
                             "login_user": "postgres", "login_password": self.server.password,
                             "login_db": "postgres", "login_unix_socket": "", "connect_timeout": 5,
                             "ssl_mode": "disable"})
         try:
-            ident = _backup.cluster_identity(conn)
+            ident = backup_catalog.cluster_identity(conn)
         finally:
             conn.close()
         params = {"login_host": self.server.host, "login_port": self.server.port, "login_user": "postgres",
                   "login_password": self.server.password, "login_db": "postgres", "login_unix_socket": "",
                   "connect_timeout": 5, "ssl_mode": "disable"}
-        record = _backup.take_backup(self.repo, params, ident)
+        record = backup_full.take_backup(self.repo, params, ident)
         chown_tree(self.repo_dir)
         return record
 
@@ -169,14 +172,14 @@ def recover(src: Source, server: PgServer, settings: dict, plan: dict | None = N
     def connect():
         return psycopg2.connect(server.dsn("postgres"), connect_timeout=2)
 
-    return _restore.wait_for_recovery(connect, str(server.data_dir), str(server.log_file), timeout=timeout,
+    return restore_watch.wait_for_recovery(connect, str(server.data_dir), str(server.log_file), timeout=timeout,
                                       poll=0.3)
 
 
 def restore_to(src: Source, name: str, target: dict) -> tuple[PgServer, dict, dict]:
-    plan = _restore.plan([src.repo], target)
+    plan = restore_plan.plan([src.repo], target)
     server = restored_server(src, name)
-    _restore.prepare_data_dir([src.repo], plan, str(server.data_dir))
+    restore_datadir.prepare_data_dir([src.repo], plan, str(server.data_dir))
     settings = {"recovery_target_inclusive": "on" if target.get("inclusive", True) else "off"}
     key = {"time": "recovery_target_time", "lsn": "recovery_target_lsn", "name": "recovery_target_name",
            "xid": "recovery_target_xid"}.get(target["type"])
@@ -238,8 +241,9 @@ def test_pitr_to_a_commit_time_keeps_exactly_the_writes_up_to_it(source, inclusi
 
 def test_pitr_to_an_lsn_under_load(source):
     m = source.moments
-    before = {a["request_id"] for a in source.acks if _backup.parse_iso(a["acked_at"]).timestamp() < m["lsn_read_at"]}
-    after = {a["request_id"] for a in source.acks if _wal.lsn_to_int(a["lsn"]) > _wal.lsn_to_int(m["lsn"])}
+    before = {a["request_id"] for a in source.acks if backup_catalog.parse_iso(a["acked_at"]).timestamp() < m[
+        "lsn_read_at"]}
+    after = {a["request_id"] for a in source.acks if wal_naming.lsn_to_int(a["lsn"]) > wal_naming.lsn_to_int(m["lsn"])}
     assert len(before) > 50 and len(after) > 50
     server, plan, reached = restore_to(source, "pitr-lsn", {"type": "lsn", "value": m["lsn"], "inclusive": False})
     try:
@@ -253,8 +257,9 @@ def test_pitr_to_an_lsn_under_load(source):
 
 def test_pitr_to_a_named_restore_point_under_load(source):
     m = source.moments
-    before = {a["request_id"] for a in source.acks if _backup.parse_iso(a["acked_at"]).timestamp() < m["rp_at"]}
-    after = {a["request_id"] for a in source.acks if _wal.lsn_to_int(a["lsn"]) > _wal.lsn_to_int(m["rp_lsn"])}
+    before = {a["request_id"] for a in source.acks if backup_catalog.parse_iso(a["acked_at"]).timestamp() < m["rp_at"]}
+    after = {a["request_id"] for a in source.acks if wal_naming.lsn_to_int(a["lsn"]) > wal_naming.lsn_to_int(m[
+        "rp_lsn"])}
     assert len(before) > 50 and len(after) > 20
     server, _plan, reached = restore_to(source, "pitr-name", {"type": "name", "value": "before-cleanup"})
     try:
@@ -269,8 +274,8 @@ def test_pitr_to_a_named_restore_point_under_load(source):
 def test_full_restore_after_the_data_directory_was_deleted_keeps_every_archived_write(source):
     server = restored_server(source, "full-after-rm")
     assert not server.data_dir.exists()  # the disaster: nothing left of the data directory
-    plan = _restore.plan([source.repo], {"type": "end"})
-    done = _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
+    plan = restore_plan.plan([source.repo], {"type": "end"})
+    done = restore_datadir.prepare_data_dir([source.repo], plan, str(server.data_dir))
     assert done["moved_aside"] is None and done["restored"]
     auto = server.data_dir / "postgresql.auto.conf"
     with open(auto, "a", encoding="utf-8") as fh:  # the end of the archive: no target; PostgreSQL opens there
@@ -280,7 +285,7 @@ def test_full_restore_after_the_data_directory_was_deleted_keeps_every_archived_
     chown_tree(server.data_dir)
     server._run(str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l", str(server.log_file), "-w", "-t", "5",
                 "start", check=False)
-    reached = _restore.wait_for_recovery(lambda: psycopg2.connect(server.dsn("postgres"), connect_timeout=2),
+    reached = restore_watch.wait_for_recovery(lambda: psycopg2.connect(server.dsn("postgres"), connect_timeout=2),
                                          str(server.data_dir), str(server.log_file), timeout=120, poll=0.3)
     try:
         assert reached["outcome"] == "promoted" and reached["timeline"] == 2, reached
@@ -293,36 +298,36 @@ def test_full_restore_after_the_data_directory_was_deleted_keeps_every_archived_
 
 # -- targets that cannot be reached ----------------------------------------------------------------------------------
 def test_target_before_the_oldest_backup_is_refused(source):
-    with pytest.raises(_restore.RestoreError, match="before the oldest backup"):
-        _restore.plan([source.repo], {"type": "time", "value": "2001-01-01 00:00:00+00"})
-    with pytest.raises(_restore.RestoreError, match="before the oldest backup"):
-        _restore.plan([source.repo], {"type": "lsn", "value": "0/10"})
-    with pytest.raises(_restore.RestoreError, match="no time zone"):
-        _restore.plan([source.repo], {"type": "time", "value": "2026-11-27 10:00:00"})
+    with pytest.raises(restore_target.RestoreError, match="before the oldest backup"):
+        restore_plan.plan([source.repo], {"type": "time", "value": "2001-01-01 00:00:00+00"})
+    with pytest.raises(restore_target.RestoreError, match="before the oldest backup"):
+        restore_plan.plan([source.repo], {"type": "lsn", "value": "0/10"})
+    with pytest.raises(restore_target.RestoreError, match="no time zone"):
+        restore_plan.plan([source.repo], {"type": "time", "value": "2026-11-27 10:00:00"})
 
 
 def test_target_after_the_archive_is_refused_and_postgres_never_opens_early(source):
     late = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() + 3600))
-    with pytest.raises(_restore.RestoreError, match="after the end of the WAL"):
-        _restore.plan([source.repo], {"type": "time", "value": late})
+    with pytest.raises(restore_target.RestoreError, match="after the end of the WAL"):
+        restore_plan.plan([source.repo], {"type": "time", "value": late})
     # bypass the plan: PostgreSQL's own check stops recovery, it does not open at the end of the archive
-    plan = _restore.plan([source.repo], {"type": "end"})
+    plan = restore_plan.plan([source.repo], {"type": "end"})
     server = restored_server(source, "pitr-late")
-    _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
-    with pytest.raises(_restore.RestoreError, match="recovery ended before configured recovery target"):
+    restore_datadir.prepare_data_dir([source.repo], plan, str(server.data_dir))
+    with pytest.raises(restore_target.RestoreError, match="recovery ended before configured recovery target"):
         recover(source, server, {"recovery_target_time": late})
-    assert _restore.postmaster_running(str(server.data_dir)) is None
+    assert restore_datadir.postmaster_running(str(server.data_dir)) is None
 
 
 def test_a_time_target_is_bounded_by_the_last_commit_in_the_wal_even_when_archiving_ran_late(source):
     """pg_waldump reads the real last segments: the bound is the last transaction's own time. The segments are
     then dated an hour later (archiving that ran late): a target inside that hour still passes an upload-time
     bound, but the plan refuses it, as PostgreSQL would only after the data directory was replaced."""
-    reader = _restore.pg_waldump_commit_times(str(PG_BIN))
-    plan = _restore.plan([source.repo], {"type": "time", "value": source.commits[source.acks[10]["request_id"]][0]},
+    reader = restore_plan.pg_waldump_commit_times(str(PG_BIN))
+    plan = restore_plan.plan([source.repo], {"type": "time", "value": source.commits[source.acks[10]["request_id"]][0]},
                          commit_times=reader)
     assert plan["wal"]["archive_ends_from"] == "the last commit in the WAL", plan["warnings"]
-    bound = _backup.parse_iso(plan["wal"]["archive_ends"])
+    bound = backup_catalog.parse_iso(plan["wal"]["archive_ends"])
     newest_ack = max(float(epoch) for _text, epoch in source.commits.values())
     assert newest_ack - 0.001 <= bound.timestamp() < time.time()
     inside = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(bound.timestamp() + 60))
@@ -331,18 +336,18 @@ def test_a_time_target_is_bounded_by_the_last_commit_in_the_wal_even_when_archiv
     try:
         for p in wal_files:
             os.utime(p, (stamps[p] + 3600, stamps[p] + 3600))
-        assert _restore.plan([source.repo], {"type": "time", "value": inside})  # upload times: passes
-        with pytest.raises(_restore.RestoreError, match="after the last transaction in the WAL"):
-            _restore.plan([source.repo], {"type": "time", "value": inside}, commit_times=reader)
+        assert restore_plan.plan([source.repo], {"type": "time", "value": inside})  # upload times: passes
+        with pytest.raises(restore_target.RestoreError, match="after the last transaction in the WAL"):
+            restore_plan.plan([source.repo], {"type": "time", "value": inside}, commit_times=reader)
     finally:
         for p, stamp in stamps.items():
             os.utime(p, (stamp, stamp))
 
 
 def test_missing_segment_is_refused_before_anything_moves(source, tmp_path):
-    tl, lo = _wal.parse_segment(source.record["stop_wal"])
-    victim = _wal.segment_name(tl, lo + 1)
-    key_path = source.repo_dir / _wal.wal_key(victim)
+    tl, lo = wal_naming.parse_segment(source.record["stop_wal"])
+    victim = wal_naming.segment_name(tl, lo + 1)
+    key_path = source.repo_dir / wal_naming.wal_key(victim)
     assert key_path.exists()
     hidden = tmp_path / victim
     shutil.move(key_path, hidden)
@@ -352,8 +357,8 @@ def test_missing_segment_is_refused_before_anything_moves(source, tmp_path):
     try:
         for target in ({"type": "end"}, {"type": "time", "value": source.commits[max(source.commits,
                        key=lambda r: source.commits[r][1])][0]}):
-            with pytest.raises(_restore.RestoreError, match=f"{victim} is missing"):
-                _restore.plan([source.repo], target)
+            with pytest.raises(restore_target.RestoreError, match=f"{victim} is missing"):
+                restore_plan.plan([source.repo], target)
         result = run_module("pg_restore", {"state": "restored", "repositories": [source.spec],
                                            "data_dir": str(data), "target": "end"})
         assert result.get("failed") and victim in result["msg"], result
@@ -364,8 +369,8 @@ def test_missing_segment_is_refused_before_anything_moves(source, tmp_path):
 
 
 def test_corrupted_segment_stops_recovery_and_the_old_directory_is_intact(source):
-    tl, lo = _wal.parse_segment(source.record["stop_wal"])
-    victim = source.repo_dir / _wal.wal_key(_wal.segment_name(tl, lo + 1))
+    tl, lo = wal_naming.parse_segment(source.record["stop_wal"])
+    victim = source.repo_dir / wal_naming.wal_key(wal_naming.segment_name(tl, lo + 1))
     original = victim.read_bytes()
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0xFF
@@ -377,10 +382,10 @@ def test_corrupted_segment_stops_recovery_and_the_old_directory_is_intact(source
     chown_tree(server.base_dir)
     try:
         victim.write_bytes(bytes(damaged))
-        plan = _restore.plan([source.repo], {"type": "end"})
-        done = _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
+        plan = restore_plan.plan([source.repo], {"type": "end"})
+        done = restore_datadir.prepare_data_dir([source.repo], plan, str(server.data_dir))
         aside = Path(done["moved_aside"])
-        with pytest.raises(_restore.RestoreError, match="stopped during recovery"):
+        with pytest.raises(restore_target.RestoreError, match="stopped during recovery"):
             recover(source, server, {})
         assert (aside / "damaged-but-precious").read_text() == "keep me"
         log = server.log_file.read_text()
@@ -399,8 +404,8 @@ def test_a_damaged_copy_in_one_region_is_passed_over_and_recovery_completes_from
         chown_tree(region_b)
     spec_b = {"type": "local", "name": "secondary", "path": str(region_b)}
     both = Archive(source.work / "wal-two-regions", [source.spec, spec_b], prefetch=4)
-    tl, lo = _wal.parse_segment(source.record["stop_wal"])
-    victim = source.repo_dir / _wal.wal_key(_wal.segment_name(tl, lo + 1))
+    tl, lo = wal_naming.parse_segment(source.record["stop_wal"])
+    victim = source.repo_dir / wal_naming.wal_key(wal_naming.segment_name(tl, lo + 1))
     original = victim.read_bytes()
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0xFF
@@ -408,8 +413,8 @@ def test_a_damaged_copy_in_one_region_is_passed_over_and_recovery_completes_from
     server = restored_server(source, "two-regions")
     try:
         victim.write_bytes(bytes(damaged))
-        plan = _restore.plan([source.repo], {"type": "end"})
-        _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
+        plan = restore_plan.plan([source.repo], {"type": "end"})
+        restore_datadir.prepare_data_dir([source.repo], plan, str(server.data_dir))
         with open(server.data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as fh:
             fh.write(f"port = {server.port}\nunix_socket_directories = '{server.run_dir}'\narchive_mode = off\n"
                      f"restore_command = '{both.wrapper} fetch %f %p --unreachable abort'\n")
@@ -417,7 +422,7 @@ def test_a_damaged_copy_in_one_region_is_passed_over_and_recovery_completes_from
         chown_tree(server.data_dir)
         server._run(str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l", str(server.log_file), "-w", "-t",
                     "5", "start", check=False)
-        reached = _restore.wait_for_recovery(lambda: psycopg2.connect(server.dsn("postgres"), connect_timeout=2),
+        reached = restore_watch.wait_for_recovery(lambda: psycopg2.connect(server.dsn("postgres"), connect_timeout=2),
                                              str(server.data_dir), str(server.log_file), timeout=120, poll=0.3)
         assert reached["outcome"] == "promoted", reached
         acked = {a["request_id"] for a in source.acks}
@@ -463,10 +468,10 @@ def test_a_damaged_backup_object_fails_the_restore_and_the_old_data_directory_st
     damaged[len(damaged) // 3] ^= 0xFF
     try:
         victim.write_bytes(bytes(damaged))
-        plan = _restore.plan([source.repo], {"type": "end"})
-        with pytest.raises(_restore.RestoreError, match=r"(sha256|damaged|checksum).*was not touched"):
-            _restore.prepare_data_dir([source.repo], plan, str(server.data_dir))
-        assert _restore.read_state(str(server.data_dir))["phase"] == "failed"
+        plan = restore_plan.plan([source.repo], {"type": "end"})
+        with pytest.raises(restore_target.RestoreError, match=r"(sha256|damaged|checksum).*was not touched"):
+            restore_datadir.prepare_data_dir([source.repo], plan, str(server.data_dir))
+        assert restore_datadir.read_state(str(server.data_dir))["phase"] == "failed"
         assert_untouched_and_startable(server)
     finally:
         victim.write_bytes(original)
@@ -483,10 +488,10 @@ def test_s3_going_away_mid_restore_leaves_the_old_data_directory_startable(sourc
         spec = {"type": "s3", "name": "primary", "bucket": bucket, "prefix": "auth-db", "region": "us-east-1",
                 "endpoint_url": endpoint.endpoint_url, "access_key": endpoint.access_key,
                 "secret_key": endpoint.secret_key, "part_size_mb": 5, "max_attempts": 2}
-        s3 = repo_mod.open_repository(spec)
+        s3 = repo_spec.open_repository(spec)
         for obj in source.repo.list(f"backup/{source.record['id']}/"):
             s3.put_bytes(obj["key"], source.repo.get_bytes(obj["key"]))
-        plan = _restore.plan([s3], {"type": "immediate"})
+        plan = restore_plan.plan([s3], {"type": "immediate"})
         server = old_cluster(source, "s3-gone")
         seen = [0]
 
@@ -496,8 +501,8 @@ def test_s3_going_away_mid_restore_leaves_the_old_data_directory_startable(sourc
                 stop_process(endpoint.process)
 
         started = time.monotonic()
-        with pytest.raises(_restore.RestoreError, match="was not touched"):
-            _restore.prepare_data_dir([s3], plan, str(server.data_dir), progress=pull_the_plug)
+        with pytest.raises(restore_target.RestoreError, match="was not touched"):
+            restore_datadir.prepare_data_dir([s3], plan, str(server.data_dir), progress=pull_the_plug)
         assert endpoint.process.poll() is not None, "the endpoint was never stopped: the test proved nothing"
         assert time.monotonic() - started < 120
         assert_untouched_and_startable(server)
@@ -512,23 +517,23 @@ def test_a_backup_object_in_glacier_is_refused_by_the_plan_saying_which_and_how(
     spec = {"type": "s3", "name": "primary", "bucket": bucket, "prefix": "auth-db", "region": "us-east-1",
             "endpoint_url": s3_endpoint.endpoint_url, "access_key": s3_endpoint.access_key,
             "secret_key": s3_endpoint.secret_key, "part_size_mb": 5}
-    s3 = repo_mod.open_repository(spec)
+    s3 = repo_spec.open_repository(spec)
     for obj in source.repo.list(f"backup/{source.record['id']}/"):
         s3.put_bytes(obj["key"], source.repo.get_bytes(obj["key"]))
-    assert _restore.plan([s3], {"type": "immediate"})["backup"]["id"] == source.record["id"]
+    assert restore_plan.plan([s3], {"type": "immediate"})["backup"]["id"] == source.record["id"]
     base = next(f["name"] for f in source.record["files"] if f["name"].startswith("base.tar"))
     key = f"auth-db/backup/{source.record['id']}/{base}"
     client = s3_endpoint.client()
     client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key}, StorageClass="GLACIER",
                        MetadataDirective="COPY")
-    with pytest.raises(_restore.RestoreError) as refused:
-        _restore.plan([s3], {"type": "immediate"})
+    with pytest.raises(restore_target.RestoreError) as refused:
+        restore_plan.plan([s3], {"type": "immediate"})
     assert base in str(refused.value) and "GLACIER" in str(refused.value) and "restore-object" in str(refused.value)
 
 
 # -- interruption, re-run, check mode, the module --------------------------------------------------------------------
 def test_interrupted_restore_starts_over_and_a_rerun_changes_nothing(source):
-    plan = _restore.plan([source.repo], {"type": "end"})
+    plan = restore_plan.plan([source.repo], {"type": "end"})
     data = source.work / "rerun" / "data"
     data.parent.mkdir()
     data.mkdir()
@@ -542,18 +547,18 @@ def test_interrupted_restore_starts_over_and_a_rerun_changes_nothing(source):
             raise KeyboardInterrupt("operator pressed ctrl-c")
 
     with pytest.raises(KeyboardInterrupt):
-        _restore.prepare_data_dir([source.repo], plan, str(data), progress=boom)
-    state = _restore.read_state(str(data))
+        restore_datadir.prepare_data_dir([source.repo], plan, str(data), progress=boom)
+    state = restore_datadir.read_state(str(data))
     assert state["phase"] == "failed" and state["moved_aside"] is None
     # the new copy is built beside the old one: interrupted, the old one is where it was, nothing half-made left
     assert (data / "old-file").read_text() == "old"
     assert not Path(str(data) + ".restoring").exists() and not list(data.parent.glob("data.replaced-*"))
-    again = _restore.prepare_data_dir([source.repo], plan, str(data))
+    again = restore_datadir.prepare_data_dir([source.repo], plan, str(data))
     assert again["changed"] and again["moved_aside"]
     assert (Path(again["moved_aside"]) / "old-file").read_text() == "old"
     assert (data / "PG_VERSION").exists() and (data / "backup_label").exists()
     assert len(list(data.parent.glob("data.replaced-*"))) == 1
-    third = _restore.prepare_data_dir([source.repo], plan, str(data))
+    third = restore_datadir.prepare_data_dir([source.repo], plan, str(data))
     assert not third["changed"]
 
 
@@ -573,17 +578,17 @@ def test_module_check_mode_shows_the_plan_and_changes_nothing(source, tmp_path):
 
 
 def test_logical_restore_of_one_table_into_a_scratch_schema_while_serving(source):
-    from ansible_collections.immersiverse.dr.plugins.module_utils import _logical
+    from ansible_collections.immersiverse.dr.plugins.module_utils._backup import logical as backup_logical
 
     params = {"login_host": source.server.host, "login_port": source.server.port, "login_user": "postgres",
               "login_password": source.server.password, "login_db": "postgres", "login_unix_socket": "",
               "connect_timeout": 5, "ssl_mode": "disable"}
-    conn = _pg.connect(params)
+    conn = pg_connection.connect(params)
     try:
-        ident = _backup.cluster_identity(conn)
+        ident = backup_catalog.cluster_identity(conn)
     finally:
         conn.close()
-    record = _logical.take_logical_backup(source.repo, params, ident, [source.db])
+    record = backup_logical.take_logical_backup(source.repo, params, ident, [source.db])
     chown_tree(source.repo_dir)
     before = source.server.psql("SELECT count(*), sum(hashtext(email)) FROM users", dbname=source.db)[0]
     assert before[0] > 100
@@ -616,10 +621,10 @@ def test_logical_restore_of_one_table_into_a_scratch_schema_while_serving(source
 
 def test_prefetch_warms_the_spool_from_the_plans_first_segment(source):
     quiet_prefetch_spool(source)
-    plan = _restore.plan([source.repo], {"type": "end"})
+    plan = restore_plan.plan([source.repo], {"type": "end"})
     first = plan["backup"]["start_wal"]
-    tl, segno = _wal.parse_segment(first)
-    wanted = [_wal.segment_name(tl, segno + i) for i in range(2)]  # two ahead until recovery takes one
+    tl, segno = wal_naming.parse_segment(first)
+    wanted = [wal_naming.segment_name(tl, segno + i) for i in range(2)]  # two ahead until recovery takes one
     assert plan["absent_history"] == "00000002.history"
     run = source.archive.run("prefetch", first, "--depth", "3", "--absent-history", plan["absent_history"])
     assert run.returncode == 0 and run.stdout.strip() == "started", run.stderr
@@ -633,7 +638,7 @@ def test_prefetch_warms_the_spool_from_the_plans_first_segment(source):
     assert got.returncode == 0, got.stderr
     raw = dest.read_bytes()
     assert len(raw) == 16 * 1024 * 1024 and not (spool / first).exists()  # served from the spool, moved
-    later = [_wal.segment_name(tl, segno + i) for i in (2, 3)]  # recovery took one: the window opens to --depth
+    later = [wal_naming.segment_name(tl, segno + i) for i in (2, 3)]  # recovery took one: the window opens to --depth
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all((spool / n).exists() for n in later):
         time.sleep(0.1)

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / ".collections"))
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _lifecycle  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import bucket as s3policy_bucket  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import objects as s3policy_objects  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.modules import s3_backup_lifecycle  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def base_args(s3_endpoint):
 
 
 def bucket_state(client, bucket):
-    return _lifecycle.read_state(client, bucket)
+    return s3policy_bucket.read_state(client, bucket)
 
 
 def test_check_then_apply_then_nothing_to_do(s3_endpoint, base_args):
@@ -75,7 +76,7 @@ def test_check_then_apply_then_nothing_to_do(s3_endpoint, base_args):
     read_back = {r["ID"]: r for r in after["lifecycle_rules"]}
     assert read_back["tmp-cleanup"] == foreign, "a rule it does not own was changed"
     for rule in applied["lifecycle_rules"]:
-        assert _lifecycle.normalise_rule(read_back[rule["ID"]]) == _lifecycle.normalise_rule(rule)
+        assert s3policy_bucket.normalise_rule(read_back[rule["ID"]]) == s3policy_bucket.normalise_rule(rule)
     assert read_back["immersiverse-dr-auth-db-wal"]["Transitions"] == [{"Days": 22, "StorageClass": "GLACIER"}]
     assert read_back["immersiverse-dr-auth-db-backup"]["Expiration"] == {"Days": 128}
 
@@ -144,13 +145,13 @@ def test_object_lock_default_retention_and_a_locked_version_survives(s3_endpoint
 
     key = PREFIX + "/backup/20260101T013000F/backup.json"
     version = client.put_object(Bucket=bucket, Key=key, Body=b'{"id": 1}')["VersionId"]
-    lock = _lifecycle.object_lock_state(client, bucket, key, version)
+    lock = s3policy_objects.object_lock_state(client, bucket, key, version)
     assert lock["locked"] and lock["mode"] == "GOVERNANCE"
     with pytest.raises(Exception) as err:  # the API refuses: retention cannot delete it
         client.delete_object(Bucket=bucket, Key=key, VersionId=version)
-    assert _lifecycle.is_locked_error(err.value)
+    assert s3policy_objects.is_locked_error(err.value)
     # ... the helper retention uses reports and skips it
-    skipped = _lifecycle.delete_unless_locked(client, bucket, key, version)
+    skipped = s3policy_objects.delete_unless_locked(client, bucket, key, version)
     assert skipped["deleted"] is False and skipped["lock"]["locked"]
     # an overwrite is a new version: the locked one is still there, unchanged
     client.put_object(Bucket=bucket, Key=key, Body=b"ransom")
@@ -165,13 +166,13 @@ def test_compliance_lock_cannot_be_bypassed(s3_endpoint, base_args):
     version = client.put_object(Bucket=bucket, Key=key, Body=b"wal")["VersionId"]
     with pytest.raises(Exception) as err:
         client.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
-    assert _lifecycle.is_locked_error(err.value)
-    assert _lifecycle.object_lock_state(client, bucket, key, version)["mode"] == "COMPLIANCE"
+    assert s3policy_objects.is_locked_error(err.value)
+    assert s3policy_objects.object_lock_state(client, bucket, key, version)["mode"] == "COMPLIANCE"
     # an unlocked version in a bucket without a default retention is deleted as usual
     plain = s3_endpoint.create_bucket()
     client.put_bucket_versioning(Bucket=plain, VersioningConfiguration={"Status": "Enabled"})
     v = client.put_object(Bucket=plain, Key=key, Body=b"wal")["VersionId"]
-    assert _lifecycle.delete_unless_locked(client, plain, key, v)["deleted"] is True
+    assert s3policy_objects.delete_unless_locked(client, plain, key, v)["deleted"] is True
 
 
 def test_bucket_policy_merges_by_sid(s3_endpoint, base_args):
@@ -230,16 +231,16 @@ def test_an_archived_object_is_named_and_its_restore_requested(s3_endpoint):
     key = PREFIX + "/wal/000000010000000000000002"
     client.put_object(Bucket=bucket, Key=key, Body=b"wal", StorageClass="GLACIER")
     head = client.head_object(Bucket=bucket, Key=key)
-    with pytest.raises(_lifecycle.ArchivedObjectError, match="archived in GLACIER"):
-        _lifecycle.require_readable(head, bucket, key)
+    with pytest.raises(s3policy_objects.ArchivedObjectError, match="archived in GLACIER"):
+        s3policy_objects.require_readable(head, bucket, key)
     with pytest.raises(Exception, match="InvalidObjectState"):
         client.get_object(Bucket=bucket, Key=key)
-    assert _lifecycle.request_restore(client, bucket, key) in ("requested", "done")
-    state = _lifecycle.archive_state(client.head_object(Bucket=bucket, Key=key))
+    assert s3policy_objects.request_restore(client, bucket, key) in ("requested", "done")
+    state = s3policy_objects.archive_state(client.head_object(Bucket=bucket, Key=key))
     assert state["restore"] in ("in-progress", "done")
     if state["restore"] == "done":  # moto finishes at once; S3 takes hours
         assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"wal"
-    assert _lifecycle.request_restore(client, bucket, key) in ("requested", "in-progress", "done")
+    assert s3policy_objects.request_restore(client, bucket, key) in ("requested", "in-progress", "done")
 
 
 def test_playbook_applies_every_regions_bucket(s3_endpoint, tmp_path):

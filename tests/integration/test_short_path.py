@@ -26,10 +26,10 @@ PLAY = """
     group/immersiverse.dr.postgres: "{{ conn }}"
   tasks:
     - name: short path
-      immersiverse.dr.pg_facts: {}
+      immersiverse.dr.pg_info: {}
       register: short
     - name: the module (async runs the module)
-      immersiverse.dr.pg_facts: {}
+      immersiverse.dr.pg_info: {}
       async: 60
       poll: 1
       register: module

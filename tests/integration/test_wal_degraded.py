@@ -39,7 +39,7 @@ from test_wal_push_fetch import (  # noqa: E402
     wait_for,
 )
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _wal  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming  # noqa: E402
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs the command as the postgres user")]
@@ -80,9 +80,9 @@ def status(archive: Archive) -> dict:
 
 
 def segments_between(first: str, last: str) -> set[str]:
-    tl, lo = _wal.parse_segment(first)
-    hi = _wal.parse_segment(last)[1]
-    return {_wal.segment_name(tl, n) for n in range(lo, hi + 1)}
+    tl, lo = wal_naming.parse_segment(first)
+    hi = wal_naming.parse_segment(last)[1]
+    return {wal_naming.segment_name(tl, n) for n in range(lo, hi + 1)}
 
 
 @pytest.mark.parametrize("down_at", [1, 0], ids=["offsite-down", "home-down"])
@@ -121,7 +121,7 @@ def test_a_region_down_never_stops_archiving_and_the_backfill_completes_it(
         done = archive.run("backfill")
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.endswith("nothing owed\n")
-        first = min(n for n in stored_names(by_name["up1"]) if _wal.SEGMENT_RE.match(n))
+        first = min(n for n in stored_names(by_name["up1"]) if wal_naming.SEGMENT_RE.match(n))
         expected = segments_between(first, during[-1])
         for repo in config.repositories():
             got = stored_names(repo)
@@ -227,7 +227,8 @@ def test_a_standby_restarts_and_streams_through_an_s3_pause(pg_server_factory, w
             "the standby's restore_command never met the paused endpoint"
         one = time.monotonic()
         probe = subprocess.run(["runuser", "-u", "postgres", "--", str(archive.wrapper), "fetch",
-                                _wal.segment_name(1, 0x99), str(work / "a" / "probe"), "--unreachable", "missing"],
+                                wal_naming.segment_name(1, 0x99), str(work / "a" / "probe"), "--unreachable",
+                                "missing"],
                                capture_output=True, text=True, timeout=30, check=False)
         assert probe.returncode == 1 and "answered 'not archived'" in probe.stderr, probe
         assert time.monotonic() - one < 10, "one fetch against the paused endpoint took too long"

@@ -23,9 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / ".collections"))
 from conftest import S3Endpoint, _start_moto, free_port  # noqa: E402
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod  # noqa: E402
-from ansible_collections.immersiverse.dr.plugins.module_utils import _wal  # noqa: E402
-from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive as wa  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import config as wal_config  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import objects as wal_objects  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import push as wal_push  # noqa: E402
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs the command as the postgres user")]
@@ -60,8 +62,8 @@ class Archive:
         self.wrapper.chmod(0o755)
         self.doc = doc
 
-    def engine_config(self) -> wa.Config:
-        return wa.Config(dict(self.doc))
+    def engine_config(self) -> wal_config.Config:
+        return wal_config.Config(dict(self.doc))
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["runuser", "-u", "postgres", "--", str(self.wrapper), *args], capture_output=True,
@@ -133,15 +135,15 @@ def test_every_segment_reaches_every_region_with_checksums(pg_server_factory, s3
                  "archiving of 12 segments")
         assert archiver(server)["failed"] == 0
         config = archive.engine_config()
-        first = min(n for n in stored_names(config.repositories()[0]) if _wal.SEGMENT_RE.match(n))
-        tl, lo = _wal.parse_segment(first)
-        hi = _wal.parse_segment(names[-1])[1]
-        expected = {_wal.segment_name(tl, n) for n in range(lo, hi + 1)}
+        first = min(n for n in stored_names(config.repositories()[0]) if wal_naming.SEGMENT_RE.match(n))
+        tl, lo = wal_naming.parse_segment(first)
+        hi = wal_naming.parse_segment(names[-1])[1]
+        expected = {wal_naming.segment_name(tl, n) for n in range(lo, hi + 1)}
         for repo in config.repositories():
             got = stored_names(repo)
             assert expected <= got, f"{repo.name} lacks {sorted(expected - got)[:3]}"
             for name in sorted(expected)[-3:]:
-                raw = wa.unpack(repo.get_bytes(_wal.wal_key(name)), name)  # checksum verified inside
+                raw = wal_objects.unpack(repo.get_bytes(wal_naming.wal_key(name)), name)  # checksum verified inside
                 assert len(raw) == 16 * 1024 * 1024
     finally:
         server.destroy()
@@ -187,20 +189,20 @@ def test_a_push_of_different_content_under_an_existing_name_is_refused(s3_endpoi
     refused = archive.run("push", str(seg))
     assert refused.returncode == 1 and "refusing to overwrite" in refused.stderr
     repo = archive.engine_config().repositories()[0]
-    assert wa.unpack(repo.get_bytes(_wal.wal_key(seg.name))) == b"A" * 16384
+    assert wal_objects.unpack(repo.get_bytes(wal_naming.wal_key(seg.name))) == b"A" * 16384
 
 
 def test_fetch_verifies_prefetches_and_says_when_a_segment_is_missing_or_damaged(s3_endpoint, s3_bucket, work):
     archive = Archive(work / "a", [s3_repo(s3_endpoint, s3_bucket, "primary")], **{"async": False, "prefetch": 4})
     config = archive.engine_config()
     src = as_postgres(work / "src")
-    names = [_wal.segment_name(1, n) for n in range(0x10, 0x16)]
+    names = [wal_naming.segment_name(1, n) for n in range(0x10, 0x16)]
     for i, name in enumerate(names):
         (src / name).write_bytes(bytes([i]) * 65536)
-        wa.push_file(config, str(src / name), name)
+        wal_push.push_file(config, str(src / name), name)
     # one flipped byte in the last object (before anything fetches it): recovery must stop there, not end early
     client = s3_endpoint.client()
-    key = "auth-db/" + _wal.wal_key(names[5])
+    key = "auth-db/" + wal_naming.wal_key(names[5])
     body = bytearray(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
     body[-10] ^= 0xFF
     client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(body))
@@ -211,11 +213,11 @@ def test_fetch_verifies_prefetches_and_says_when_a_segment_is_missing_or_damaged
     wait_for(lambda: all((archive.spool / "fetch" / n).exists() for n in names[1:5]), 20, "prefetch of 4 segments")
     fast = archive.run("fetch", names[1], str(dest / "RECOVERYXLOG"))  # from the spool, no Python
     assert fast.returncode == 0 and (dest / "RECOVERYXLOG").read_bytes() == bytes([1]) * 65536
-    missing = archive.run("fetch", _wal.segment_name(1, 0x99), str(dest / "RECOVERYXLOG"))
+    missing = archive.run("fetch", wal_naming.segment_name(1, 0x99), str(dest / "RECOVERYXLOG"))
     assert (missing.returncode, missing.stderr) == (1, ""), "the end of the archive is not an error"
     shutil.rmtree(archive.spool / "fetch")
     damaged = archive.run("fetch", names[5], str(dest / "RECOVERYXLOG"))
-    assert damaged.returncode == wa.EXIT_ABORT and "damaged" in damaged.stderr
+    assert damaged.returncode == wal_config.EXIT_ABORT and "damaged" in damaged.stderr
 
 
 def test_bad_targets_fail_clearly(s3_endpoint, work):
@@ -226,9 +228,9 @@ def test_bad_targets_fail_clearly(s3_endpoint, work):
     out = missing_bucket.run("push", str(seg))
     assert out.returncode == 1 and "does not exist" in out.stderr and "secret" not in out.stderr
     bad_name = missing_bucket.run("fetch", "../../etc/passwd", str(seg_dir / "x"))
-    assert bad_name.returncode == wa.EXIT_ABORT and "not a WAL file name" in bad_name.stderr
+    assert bad_name.returncode == wal_config.EXIT_ABORT and "not a WAL file name" in bad_name.stderr
     no_config = subprocess.run(["runuser", "-u", "postgres", "--", "/usr/bin/python3", "-m",
-                                "ansible_collections.immersiverse.dr.plugins.module_utils._walcli", "push",
+                                "ansible_collections.immersiverse.dr.plugins.module_utils._wal.cli", "push",
                                 str(seg), "--config", str(work / "nope.json")],
                                env={**os.environ, "PYTHONPATH": str(REPO / ".collections")},
                                capture_output=True, text=True, check=False)
@@ -253,7 +255,7 @@ def test_an_engine_that_cannot_start_stops_recovery_and_never_reads_as_not_archi
                               text=True, timeout=60, check=False)
 
     crashed = run_broken("fetch", seg, str(dest), "--unreachable", "abort")
-    assert crashed.returncode == wa.EXIT_ABORT, (crashed.returncode, crashed.stderr)
+    assert crashed.returncode == wal_config.EXIT_ABORT, (crashed.returncode, crashed.stderr)
     assert "stopping recovery rather than ending it early" in crashed.stderr
     assert run_broken("fetch", seg, str(dest), "--unreachable", "missing").returncode == 1
 
@@ -294,13 +296,13 @@ def test_the_roles_restore_command_streams_on_when_the_engine_cannot_start(work)
     assert run([str(broken), "fetch", seg, str(dest)]).returncode == 1, "the wrapper's default is the role's mode"
     assert run([str(broken), "fetch", seg, str(dest), "--unreachable=missing"]).returncode == 1
     aborted = run([str(broken), "fetch", seg, str(dest), "--unreachable=abort"])
-    assert aborted.returncode == wa.EXIT_ABORT and "stopping recovery" in aborted.stderr
+    assert aborted.returncode == wal_config.EXIT_ABORT and "stopping recovery" in aborted.stderr
     # the working engine is told the wrapper's default too: a repository it cannot read is "not archived (yet)"
     repo_dir.chmod(0)
     try:
         unreadable = archive.run("fetch", seg, str(dest))
         assert unreadable.returncode == 1 and "answered 'not archived'" in unreadable.stderr, unreadable
-        assert archive.run("fetch", seg, str(dest), "--unreachable", "abort").returncode == wa.EXIT_ABORT
+        assert archive.run("fetch", seg, str(dest), "--unreachable", "abort").returncode == wal_config.EXIT_ABORT
     finally:
         repo_dir.chmod(0o700)
 
@@ -322,8 +324,8 @@ def test_a_full_spool_degrades_to_direct_pushes(s3_endpoint, s3_bucket, work):
     out = archive.run("push", str(seg))
     assert out.returncode == 0, out.stderr
     assert "unusable" in out.stderr
-    repo = repo_mod.open_repository(s3_repo(s3_endpoint, s3_bucket, "primary"))
-    assert wa.unpack(repo.get_bytes(_wal.wal_key(seg.name))) == b"z" * 4096
+    repo = repo_spec.open_repository(s3_repo(s3_endpoint, s3_bucket, "primary"))
+    assert wal_objects.unpack(repo.get_bytes(wal_naming.wal_key(seg.name))) == b"z" * 4096
 
 
 def test_stale_spool_files_are_never_trusted(s3_endpoint, s3_bucket, work):
@@ -337,7 +339,8 @@ def test_stale_spool_files_are_never_trusted(s3_endpoint, s3_bucket, work):
     (archive.spool / "ok" / seg.name).write_text("1 2 3\n")
     pushed = archive.run("push", str(seg))
     assert pushed.returncode == 0, pushed.stderr
-    assert wa.unpack(repo.get_bytes(_wal.wal_key(seg.name))) == b"q" * 8192, "the segment was really stored"
+    assert wal_objects.unpack(repo.get_bytes(wal_naming.wal_key(seg.name))) == b"q" * 8192, \
+        "the segment was really stored"
     # a prefetched file from a run under another configuration (other repositories) is not replayed
     as_postgres(archive.spool / "fetch")
     (archive.spool / "fetch" / ".source").write_text("0" * 40 + "\n")
@@ -354,14 +357,16 @@ def test_stale_spool_files_are_never_trusted(s3_endpoint, s3_bucket, work):
 RACER = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive as wa
-config = wa.Config(json.loads(sys.argv[2]))
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import config as wal_config
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import objects as wal_objects
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import push as wal_push
+config = wal_config.Config(json.loads(sys.argv[2]))
 names = [r.name for r in config.repositories()]
 try:
     # absent_from: as if a listing made a moment ago showed no such segment (the pusher's batch listing), so
     # nothing is read first and only the write itself can keep the two writers apart
-    print(json.dumps(wa.push_file(config, sys.argv[3], absent_from=names)))
-except wa.WalArchiveError as exc:
+    print(json.dumps(wal_push.push_file(config, sys.argv[3], absent_from=names)))
+except wal_objects.WalArchiveError as exc:
     print(exc, file=sys.stderr)
     sys.exit(1)
 """
@@ -376,9 +381,9 @@ def test_two_writers_racing_for_one_name_store_exactly_one_and_the_other_is_refu
     else:
         spec = {"type": "local", "name": "primary", "path": str(work / "repo")}
     doc = {"repository": spec, "offsite": [], "spool_dir": str(work / "spool")}
-    repo = wa.Config(dict(doc)).repositories()[0]
+    repo = wal_config.Config(dict(doc)).repositories()[0]
     for i in range(10):
-        name = _wal.segment_name(1, 0x100 + i)
+        name = wal_naming.segment_name(1, 0x100 + i)
         segs = []
         for who in ("a", "b"):
             seg = work / who / name
@@ -393,7 +398,7 @@ def test_two_writers_racing_for_one_name_store_exactly_one_and_the_other_is_refu
         winner = next(seg for seg, out in zip(segs, outs, strict=True) if out[0] == 0)
         loser_err = next(out[2] for out in outs if out[0] == 1)
         assert "another writer stored" in loser_err and "different content" in loser_err, loser_err
-        assert wa.unpack(repo.get_bytes(_wal.wal_key(name))) == winner.read_bytes()
+        assert wal_objects.unpack(repo.get_bytes(wal_naming.wal_key(name))) == winner.read_bytes()
 
 
 def test_segments_of_another_cluster_are_refused_and_the_right_clusters_are_stored(pg_server_factory, work):
@@ -406,7 +411,8 @@ def test_segments_of_another_cluster_are_refused_and_the_right_clusters_are_stor
         sysid = server.psql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
         names = segment_names(server, 2)
         wait_for(lambda: archiver(server)["failed"] > 0, 60, "the archiver's refusals")
-        assert not {n for n in stored_names(archive.engine_config().repositories()[0]) if _wal.SEGMENT_RE.match(n)}
+        assert not {n for n in stored_names(archive.engine_config().repositories()[
+            0]) if wal_naming.SEGMENT_RE.match(n)}
         assert f"belongs to the cluster with system identifier {sysid}" in server.log_file.read_text()
         doc = json.loads(archive.config.read_text())
         doc["system_identifier"] = sysid  # what the wal_archive role writes: the serving primary's

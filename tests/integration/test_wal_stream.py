@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / ".collections"))
 from conftest import PG_BIN, PgServer, _server_base_dir  # noqa: E402
 from test_wal_push_fetch import Archive, as_postgres, s3_repo, wait_for  # noqa: E402
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _wal  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming  # noqa: E402
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the streamer and PostgreSQL run as the postgres user")]
@@ -126,10 +126,11 @@ def test_streamed_segments_and_partial_end_a_recovery_at_the_last_commit(pg_serv
 
         config = archive.engine_config()
         here = config.repositories()[0]
-        completed = {k.rsplit("/", 1)[1] for k in keys(here, "stream/") if _wal.SEGMENT_RE.match(k.rsplit("/", 1)[1])}
+        completed = {k.rsplit("/", 1)[1] for k in keys(here, "stream/") if wal_naming.SEGMENT_RE.match(k.rsplit("/",
+                                                                                                                1)[1])}
         assert len(completed) >= 3, completed
         assert current not in completed and not keys(here, "wal/"), "the last segment exists only as pieces"
-        pieces = keys(here, _wal.partial_prefix(current))
+        pieces = keys(here, wal_naming.partial_prefix(current))
         assert pieces, "the partial of the current segment was not uploaded"
         for repo in config.repositories()[1:]:  # offsite too
             assert completed <= {k.rsplit("/", 1)[1] for k in keys(repo, "stream/")}
@@ -183,7 +184,7 @@ def test_the_streamer_follows_a_restart_of_the_primary_and_stops_cleanly(pg_serv
         (name,) = primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0]
         primary.psql("SELECT pg_switch_wal()")
         config = archive.engine_config()
-        wait_for(lambda: config.repositories()[0].head(_wal.stream_key(name)), 60,
+        wait_for(lambda: config.repositories()[0].head(wal_naming.stream_key(name)), 60,
                  "the segment after the restart in stream/")
         assert status(archive)["running"]
     finally:

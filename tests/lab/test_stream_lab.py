@@ -23,8 +23,8 @@ from conftest import REPO, playbook
 from test_wal_lab import INVENTORY, REGIONS, newest_backup, serving_region, superuser_sql
 
 sys.path.insert(0, str(REPO / ".collections"))
-from ansible_collections.immersiverse.dr.plugins.module_utils import _backup  # noqa: E402
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import tar as backup_tar  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SITE = str(REPO / "playbooks" / "site.yml")
@@ -86,7 +86,7 @@ class ScratchRecovery:
         self.region = region
 
     def prepare(self, record: dict) -> None:
-        repo = repo_mod.open_repository(lab_repository(self.region))
+        repo = repo_spec.open_repository(lab_repository(self.region))
         (self.data / "pg_wal").mkdir(parents=True)
         self.data.chmod(0o700)
         self.run_dir.mkdir()
@@ -94,7 +94,7 @@ class ScratchRecovery:
             name = entry["name"]
             if name.startswith(("base.tar", "pg_wal.tar")):
                 dest = self.data / "pg_wal" if name.startswith("pg_wal.tar") else self.data
-                _backup.extract_tar_stream(repo.open(f"backup/{record['id']}/{name}"), name, str(dest))
+                backup_tar.extract_tar_stream(repo.open(f"backup/{record['id']}/{name}"), name, str(dest))
         spool = self.root / "spool"
         spool.mkdir()
         config = self.root / "wal.json"

@@ -14,8 +14,8 @@ import psycopg2
 from conftest import REPO, assert_no_secret, playbook
 
 sys.path.insert(0, str(REPO / ".collections"))
-from ansible_collections.immersiverse.dr.plugins.module_utils import _wal  # noqa: E402
-from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive as wa  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import objects as wal_objects  # noqa: E402
 
 INVENTORY = str(REPO / "inventories" / "lab")
 REGIONS = {"primary": 1, "secondary": 2, "tertiary": 3}
@@ -103,13 +103,13 @@ def test_site_archives_every_segment_between_two_backups_into_every_region(tmp_p
     assert last >= backup2["stop_wal"], f"archiving stalled at {last!r}"
     assert int(superuser_sql(region, "SELECT failed_count FROM pg_stat_archiver")) == 0
 
-    tl, lo = _wal.parse_segment(backup1["start_wal"])
-    hi = _wal.parse_segment(backup2["stop_wal"])[1]
+    tl, lo = wal_naming.parse_segment(backup1["start_wal"])
+    hi = wal_naming.parse_segment(backup2["stop_wal"])[1]
     assert hi - lo >= 4, "the generator and the switches made too few segments to prove anything"
     for target in REGIONS:
         client = s3(target)
         for segno in range(lo, hi + 1):
-            name = _wal.segment_name(tl, segno)
+            name = wal_naming.segment_name(tl, segno)
             body = client.get_object(Bucket=f"immersiverse-dr-{target}",
-                                     Key="auth-db/" + _wal.wal_key(name))["Body"].read()
-            assert len(wa.unpack(body, name)) == 16 * 1024 * 1024  # checksums and size verified
+                                     Key="auth-db/" + wal_naming.wal_key(name))["Body"].read()
+            assert len(wal_objects.unpack(body, name)) == 16 * 1024 * 1024  # checksums and size verified

@@ -40,7 +40,7 @@ def test_an_unreachable_host_is_a_result_and_the_task_is_not_unreachable():
     assert out["unreachable"] is False and out["failed"] is False and not out["changed"]
     assert [r["host"] for r in out["results"]] == HOSTS  # the order asked for
     assert out["unreachable_hosts"] == ["pg-primary-1"] and out["reachable_hosts"] == HOSTS[1:]
-    # each host read in a thread of its own, with only pg_facts' own arguments
+    # each host read in a thread of its own, with only pg_info's own arguments
     assert len({name for _h, name, _a in seen}) == 3
     assert all("hosts" not in a and a["login_unix_socket"] == "/var/run/postgresql" for _h, _n, a in seen)
 

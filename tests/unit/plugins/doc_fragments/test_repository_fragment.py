@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from ansible_collections.immersiverse.dr.plugins.doc_fragments.repository import ModuleDocFragment
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
 
 @pytest.mark.parametrize("attr, option", [("DOCUMENTATION", "repository"), ("OFFSITE", "offsite"),
@@ -10,7 +10,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils import _repository
 def test_each_copy_documents_exactly_the_argument_spec(attr, option):
     doc = yaml.safe_load(getattr(ModuleDocFragment, attr))
     sub = doc["options"][option]["suboptions"]
-    spec = _repository.repository_argument_spec()
+    spec = repo_spec.repository_argument_spec()
     assert set(sub) == set(spec)
     for key, value in spec.items():
         assert sub[key]["type"] == value["type"], key

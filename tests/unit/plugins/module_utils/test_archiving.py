@@ -2,7 +2,8 @@ import datetime
 
 import pytest
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _archiving
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import settings as pg_settings
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import server as wal_server
 
 # pg_settings rows as PostgreSQL 15 reports them (the columns plan() reads).
 ROWS = {
@@ -57,7 +58,7 @@ REAL = {"vartype": "real", "unit": None, "name": "checkpoint_completion_target"}
     (ROWS["archive_command"], [None, ""], ""),
 ])
 def test_normalise_equal_spellings(row, values, expected):
-    assert [_archiving.normalise(v, row) for v in values] == [expected] * len(values)
+    assert [pg_settings.normalise(v, row) for v in values] == [expected] * len(values)
 
 
 @pytest.mark.parametrize("row, value, words", [
@@ -72,7 +73,7 @@ def test_normalise_equal_spellings(row, values, expected):
 ])
 def test_normalise_rejects_with_a_reason(row, value, words):
     with pytest.raises(ValueError) as err:
-        _archiving.normalise(value, row)
+        pg_settings.normalise(value, row)
     assert words in str(err.value)
     assert row["name"] in str(err.value)
 
@@ -82,8 +83,8 @@ def test_normalise_rejects_with_a_reason(row, value, words):
     ("always", ROWS["archive_mode"], "always"), ("cp %p x", ROWS["archive_command"], "cp %p x"),
 ])
 def test_render(value, row, text):
-    assert _archiving.render(value, row) == text
-    assert _archiving.normalise(text, row) == value
+    assert pg_settings.render(value, row) == text
+    assert pg_settings.normalise(text, row) == value
 
 
 @pytest.mark.parametrize("name, text, sql", [
@@ -94,23 +95,23 @@ def test_render(value, row, text):
     ("archive_command", "", "ALTER SYSTEM SET archive_command = ''"),
 ])
 def test_alter_system_sql_quotes(name, text, sql):
-    assert _archiving.alter_system_sql(name, text) == sql
+    assert pg_settings.alter_system_sql(name, text) == sql
 
 
 def test_alter_system_sql_refuses_odd_names():
     with pytest.raises(ValueError):
-        _archiving.alter_system_sql("archive_command; DROP TABLE x", "x")
+        pg_settings.alter_system_sql("archive_command; DROP TABLE x", "x")
 
 
 @pytest.mark.parametrize("rpo, timeout", [(60, 30), (61, 30), (90, 45), (300, 150), (600, 300), (3601, 1800)])
 def test_archive_timeout_is_half_the_rpo_with_a_floor(rpo, timeout):
-    assert _archiving.derive_archive_timeout(rpo) == timeout
+    assert wal_server.derive_archive_timeout(rpo) == timeout
 
 
 @pytest.mark.parametrize("rpo", [0, 10, 59, None])
 def test_rpo_targets_archiving_cannot_meet_are_refused(rpo):
-    with pytest.raises(_archiving.ArchivingError) as err:
-        _archiving.derive_archive_timeout(rpo)
+    with pytest.raises(pg_settings.SettingError) as err:
+        wal_server.derive_archive_timeout(rpo)
     assert "synchronous replication" in str(err.value)
 
 
@@ -122,16 +123,16 @@ def present(**kw):
 
 
 def test_desired_settings_present_and_absent():
-    desired, notes = _archiving.desired_settings(present())
+    desired, notes = wal_server.desired_settings(present())
     assert desired == {"wal_level": "replica", "max_wal_senders": 10, "archive_mode": "on", "archive_library": "",
                        "archive_command": "cp %p /a/%f", "archive_timeout": 150}
     assert notes == ["archive_timeout=150s derived from rpo_seconds=300"]
-    desired, notes = _archiving.desired_settings(present(archive_timeout="1min", restore_command="cp /a/%f %p",
+    desired, notes = wal_server.desired_settings(present(archive_timeout="1min", restore_command="cp /a/%f %p",
                                                          archive_mode=True))
     assert (desired["archive_timeout"], desired["restore_command"], desired["archive_mode"]) == \
         ("1min", "cp /a/%f %p", "on")
     assert notes == []
-    assert _archiving.desired_settings({"state": "absent"})[0] == \
+    assert wal_server.desired_settings({"state": "absent"})[0] == \
         {"archive_mode": "off", "archive_command": "", "archive_timeout": 0}
 
 
@@ -142,8 +143,8 @@ def test_desired_settings_present_and_absent():
     ({"rpo_seconds": 30}, "rpo_seconds=30"),
 ])
 def test_desired_settings_refuses(kw, words):
-    with pytest.raises(_archiving.ArchivingError) as err:
-        _archiving.desired_settings(present(**kw))
+    with pytest.raises(pg_settings.SettingError) as err:
+        wal_server.desired_settings(present(**kw))
     assert words in str(err.value)
 
 
@@ -156,8 +157,8 @@ def rows(**running):
 
 
 def test_plan_fresh_server_needs_a_restart_and_changes_only_what_differs():
-    desired, _notes = _archiving.desired_settings(present())
-    steps = _archiving.plan(desired, rows(), {})
+    desired, _notes = wal_server.desired_settings(present())
+    steps = wal_server.plan(desired, rows(), {})
     assert [c["name"] for c in steps["changes"]] == ["archive_mode", "archive_command", "archive_timeout"]
     assert [c["sql"] for c in steps["changes"]] == [
         "ALTER SYSTEM SET archive_mode = 'on'",
@@ -172,25 +173,25 @@ def test_plan_fresh_server_needs_a_restart_and_changes_only_what_differs():
 
 
 def test_plan_after_alter_system_but_before_the_restart_changes_nothing_and_still_asks_for_it():
-    desired, _notes = _archiving.desired_settings(present())
+    desired, _notes = wal_server.desired_settings(present())
     files = {"archive_mode": "on", "archive_command": "cp %p /a/%f", "archive_timeout": "150"}
-    steps = _archiving.plan(desired, rows(archive_command="cp %p /a/%f", archive_timeout="150"), files)
+    steps = wal_server.plan(desired, rows(archive_command="cp %p /a/%f", archive_timeout="150"), files)
     assert steps["changes"] == []
     assert steps["restart"] == ["archive_mode"] and steps["reload"] == []
 
 
 def test_plan_everything_in_place_is_no_change():
-    desired, _notes = _archiving.desired_settings(present(archive_timeout="150s"))
+    desired, _notes = wal_server.desired_settings(present(archive_timeout="150s"))
     files = {"archive_mode": "on", "archive_command": "cp %p /a/%f", "archive_timeout": "2.5min"}
-    steps = _archiving.plan(desired, rows(archive_mode="on", archive_command="cp %p /a/%f",
+    steps = wal_server.plan(desired, rows(archive_mode="on", archive_command="cp %p /a/%f",
                                           archive_timeout="150"), files)
     assert steps == {"changes": [], "before": steps["after"], "after": steps["after"], "restart": [], "reload": []}
 
 
 def test_plan_reload_only_change():
-    desired, _notes = _archiving.desired_settings(present(archive_command="cp %p /b/%f"))
+    desired, _notes = wal_server.desired_settings(present(archive_command="cp %p /b/%f"))
     files = {"archive_mode": "on", "archive_command": "cp %p /a/%f", "archive_timeout": "150"}
-    steps = _archiving.plan(desired, rows(archive_mode="on", archive_command="cp %p /a/%f",
+    steps = wal_server.plan(desired, rows(archive_mode="on", archive_command="cp %p /a/%f",
                                           archive_timeout="150"), files)
     assert [c["name"] for c in steps["changes"]] == ["archive_command"]
     assert steps["changes"][0]["context"] == "sighup"
@@ -198,36 +199,36 @@ def test_plan_reload_only_change():
 
 
 def test_plan_minimums_are_not_lowered():
-    desired, _notes = _archiving.desired_settings(present(max_wal_senders=5))
+    desired, _notes = wal_server.desired_settings(present(max_wal_senders=5))
     files = {"wal_level": "logical", "max_wal_senders": "20", "archive_mode": "on", "archive_command": "cp %p /a/%f",
              "archive_timeout": "150"}
-    steps = _archiving.plan(desired, rows(wal_level="logical", max_wal_senders="20", archive_mode="on",
+    steps = wal_server.plan(desired, rows(wal_level="logical", max_wal_senders="20", archive_mode="on",
                                           archive_command="cp %p /a/%f", archive_timeout="150"), files)
     assert steps["changes"] == []
     assert steps["after"]["wal_level"] == "logical" and steps["after"]["max_wal_senders"] == "20"
 
 
 def test_plan_raises_minimums_from_minimal():
-    desired, _notes = _archiving.desired_settings(present(wal_level="replica", max_wal_senders=10))
+    desired, _notes = wal_server.desired_settings(present(wal_level="replica", max_wal_senders=10))
     files = {"wal_level": "minimal", "max_wal_senders": "0"}
-    steps = _archiving.plan(desired, rows(wal_level="minimal", max_wal_senders="0"), files)
+    steps = wal_server.plan(desired, rows(wal_level="minimal", max_wal_senders="0"), files)
     assert [c["name"] for c in steps["changes"]][:2] == ["wal_level", "max_wal_senders"]
     assert steps["restart"] == ["wal_level", "max_wal_senders", "archive_mode"]
 
 
 def test_plan_pending_restart_counts_even_when_values_match():
-    desired, _notes = _archiving.desired_settings(present())
+    desired, _notes = wal_server.desired_settings(present())
     running = rows(archive_mode="on", archive_command="cp %p /a/%f", archive_timeout="150")
     running["wal_level"]["pending_restart"] = True
-    steps = _archiving.plan(desired, running, {"archive_mode": "on", "archive_command": "cp %p /a/%f",
+    steps = wal_server.plan(desired, running, {"archive_mode": "on", "archive_command": "cp %p /a/%f",
                                                "archive_timeout": "150"})
     assert steps["changes"] == [] and steps["restart"] == ["wal_level"]
 
 
 def test_plan_absent():
-    desired, _notes = _archiving.desired_settings({"state": "absent"})
+    desired, _notes = wal_server.desired_settings({"state": "absent"})
     files = {"archive_mode": "on", "archive_command": "cp %p /a/%f", "archive_timeout": "150"}
-    steps = _archiving.plan(desired, rows(archive_mode="on", archive_command="cp %p /a/%f",
+    steps = wal_server.plan(desired, rows(archive_mode="on", archive_command="cp %p /a/%f",
                                           archive_timeout="150"), files)
     assert [c["sql"] for c in steps["changes"]] == [
         "ALTER SYSTEM SET archive_mode = 'off'", "ALTER SYSTEM SET archive_command = ''",
@@ -236,18 +237,18 @@ def test_plan_absent():
 
 
 def test_plan_refuses_settings_from_the_command_line():
-    desired, _notes = _archiving.desired_settings(present())
+    desired, _notes = wal_server.desired_settings(present())
     running = rows(archive_mode="off")
     running["archive_mode"]["source"] = "command line"
-    with pytest.raises(_archiving.ArchivingError) as err:
-        _archiving.plan(desired, running, {"archive_mode": "on"})
+    with pytest.raises(pg_settings.SettingError) as err:
+        wal_server.plan(desired, running, {"archive_mode": "on"})
     assert "command line" in str(err.value)
 
 
 def test_configured_value_falls_back_to_the_default_when_removed_from_the_files():
     row = dict(ROWS["archive_timeout"], setting="60", source="configuration file")
-    assert _archiving.configured_value(row, None) == "0"
-    assert _archiving.configured_value(row, "1min") == "1min"
+    assert pg_settings.configured_value(row, None) == "0"
+    assert pg_settings.configured_value(row, "1min") == "1min"
 
 
 # -- status ---------------------------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def archiver(last=None, last_time=None, failed=0, count=0):
 
 
 def status(arch, ready, lsn, now, mode="on", timeout=150, in_recovery=False, timeline=1):
-    return _archiving.archive_status(arch, ready, {"lsn": lsn, "timeline": timeline}, now, mode, timeout,
+    return wal_server.archive_status(arch, ready, {"lsn": lsn, "timeline": timeline}, now, mode, timeout,
                                      in_recovery=in_recovery, segment_size=SEG)
 
 
@@ -324,7 +325,7 @@ def test_status_lag_never_negative_at_a_segment_boundary():
 
 
 def test_plan_hidden_archive_command_waits_for_the_restart_not_a_reload():
-    desired, _notes = _archiving.desired_settings({"state": "absent"})
+    desired, _notes = wal_server.desired_settings({"state": "absent"})
     files = {"archive_mode": "off", "archive_command": "", "archive_timeout": "0"}
-    steps = _archiving.plan(desired, rows(archive_command="(disabled)"), files)
+    steps = wal_server.plan(desired, rows(archive_command="(disabled)"), files)
     assert steps == {"changes": [], "before": steps["after"], "after": steps["after"], "restart": [], "reload": []}

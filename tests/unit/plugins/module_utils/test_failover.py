@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
-from ansible_collections.immersiverse.dr.plugins.module_utils._failover import (
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import fence as pg_fence
+from ansible_collections.immersiverse.dr.plugins.module_utils._runbook.decisions import (
     failover_plan,
     former_primaries,
     lag_of,
@@ -23,7 +24,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._failover import (
     synchronous_setting,
     synchronous_standbys,
 )
-from ansible_collections.immersiverse.dr.plugins.module_utils._topology import summarise
+from ansible_collections.immersiverse.dr.plugins.module_utils._runbook.topology import summarise
 
 REGIONS = ["primary", "secondary", "tertiary"]
 SYSID = "7441234567890123456"
@@ -140,7 +141,7 @@ def healthy(a_lsn="0/5000000", b_lsn="0/5000000", c_lsn="0/5000000", b_lag=0.2, 
 ])
 def test_lsn_int_parses_and_agrees_with_pg(lsn, value):
     assert lsn_int(lsn) == value
-    assert lsn_int(lsn) == _pg.lsn_to_int(lsn)
+    assert lsn_int(lsn) == pg_connection.lsn_to_int(lsn)
 
 
 @pytest.mark.parametrize("bad", [None, "", "16", "16/", "/1", "G/1", "1/2/3", "123456789/0", " 0/1", "0/1 "])
@@ -326,13 +327,13 @@ def test_a_down_host_with_the_fence_marker_is_already_fenced(fence, already):
 
 def test_read_fence_output_through_summarise_marks_the_host_already_fenced(tmp_path):
     (tmp_path / "start.conf").write_text("# fenced\nmanual\n", encoding="utf-8")
-    (tmp_path / _pg.FENCE_MARKER).write_text('{"fenced_at": "2026-12-02T03:00:00Z"}', encoding="utf-8")
-    s = summary(pg_down("db-a", "primary", fence=_pg.read_fence(str(tmp_path))), standby("db-b", "secondary"),
+    (tmp_path / pg_fence.FENCE_MARKER).write_text('{"fenced_at": "2026-12-02T03:00:00Z"}', encoding="utf-8")
+    s = summary(pg_down("db-a", "primary", fence=pg_fence.read_fence(str(tmp_path))), standby("db-b", "secondary"),
                 standby("db-c", "tertiary"))
     assert s["hosts"][0]["fence"]["start_conf"] == "manual"
     a = fences(failover_plan(s, "secondary"))["db-a"]
     assert (a["how"], a["already_fenced"]) == ("stop", True)
-    assert rejoin_refusals(_after_failover(pg_down("db-a", "primary", fence=_pg.read_fence(str(tmp_path)))),
+    assert rejoin_refusals(_after_failover(pg_down("db-a", "primary", fence=pg_fence.read_fence(str(tmp_path)))),
                            "db-a") == []
 
 

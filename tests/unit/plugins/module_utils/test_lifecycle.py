@@ -11,7 +11,10 @@ import datetime
 
 import pytest
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _lifecycle as L
+from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import bucket as s3policy_bucket
+from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import derive as s3policy_derive
+from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import objects as s3policy_objects
+from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import simulate as s3policy_simulate
 
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
@@ -98,14 +101,14 @@ def check_year(rules, policy, every_days):
     """Every violation of the guarantee over the year, as readable strings (empty = the guarantee holds)."""
     backups, objects, wal = year_of_backups(every_days)
     wal = WalList(wal)
-    timelines = {key: L.object_timeline(rules, key, created) for key, created in objects}
+    timelines = {key: s3policy_simulate.object_timeline(rules, key, created) for key, created in objects}
     created_at = dict(objects)
 
     never = datetime.datetime.max.replace(tzinfo=UTC)
     gone_at, slow_at = {}, {}
     for key, timeline in timelines.items():
         gone_at[key] = min([event[0] for event in timeline if event[1] == "expire"] or [never])
-        slow_at[key] = min([event[0] for event in timeline if event[2] in L.SLOW_CLASSES] or [never])
+        slow_at[key] = min([event[0] for event in timeline if event[2] in s3policy_derive.SLOW_CLASSES] or [never])
 
     problems = []
     for day in range(365):
@@ -125,17 +128,18 @@ def check_year(rules, policy, every_days):
 
 @pytest.mark.parametrize("name,policy,every_days", POLICIES, ids=[p[0] for p in POLICIES])
 def test_a_year_of_backups_never_meets_a_slow_or_missing_object_inside_the_window(name, policy, every_days):
-    plan = L.derive(policy)
-    rules = L.build_rules(plan, PREFIX)
-    assert L.validate_rules(rules) == []
+    plan = s3policy_derive.derive(policy)
+    rules = s3policy_derive.build_rules(plan, PREFIX)
+    assert s3policy_derive.validate_rules(rules) == []
     assert check_year(rules, policy, every_days) == []
     # ... and the rules are not vacuous: by the end of the year old objects are gone, and archived in between.
     backups, wal = year_of_backups(every_days)[::2]
     first_wal, first_created = wal[0]
-    assert not L.simulate(rules, first_wal, first_created, at(365))["present"] or plan["wal"]["expire_days"] > 364
+    assert not s3policy_simulate.simulate(rules, first_wal, first_created,
+                                          at(365))["present"] or plan["wal"]["expire_days"] > 364
     if plan["storage_class"] and plan["backup"]["archive_after_days"]:
         mid = first_created + (plan["backup"]["archive_after_days"] + 1) * DAY
-        state = L.simulate(rules, backups[0]["files"][0][0], backups[0]["files"][0][1], mid)
+        state = s3policy_simulate.simulate(rules, backups[0]["files"][0][0], backups[0]["files"][0][1], mid)
         assert state["present"] and state["storage_class"] == plan["storage_class"]
 
 
@@ -151,17 +155,17 @@ def test_the_year_check_catches_unsafe_rules(name, break_it):
     """The checker is not vacuous: hand-made rules that cut a corner are caught, by the year and by the probe the
     module runs before applying anything."""
     policy = {"pitr_window_days": 14, "full_interval_days": 7, "retention_days": 120}
-    plan = L.derive(policy)
-    rules = L.build_rules(plan, PREFIX)
+    plan = s3policy_derive.derive(policy)
+    rules = s3policy_derive.build_rules(plan, PREFIX)
     break_it(rules)
     assert check_year(rules, policy, 7)
-    assert L.guarantee_problems(rules, plan, PREFIX)
+    assert s3policy_simulate.guarantee_problems(rules, plan, PREFIX)
 
 
 def test_a_foreign_rule_that_would_expire_backups_is_caught():
-    plan = L.derive({"pitr_window_days": 7, "full_interval_days": 1, "retention_days": 30})
+    plan = s3policy_derive.derive({"pitr_window_days": 7, "full_interval_days": 1, "retention_days": 30})
     foreign = {"ID": "cleanup-everything", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 10}}
-    problems = L.guarantee_problems([foreign] + L.build_rules(plan, PREFIX), plan, PREFIX)
+    problems = s3policy_simulate.guarantee_problems([foreign] + s3policy_derive.build_rules(plan, PREFIX), plan, PREFIX)
     assert any("cleanup-everything" in p for p in problems)
 
 
@@ -175,14 +179,14 @@ def test_a_foreign_rule_that_would_expire_backups_is_caught():
      (15, 68), (15, 80), (7, 60)),
 ])
 def test_derived_ages(policy, backup, wal, logical):
-    plan = L.derive(policy)
+    plan = s3policy_derive.derive(policy)
     got = [(plan[k]["archive_after_days"], plan[k]["expire_days"]) for k in ("backup", "wal", "logical")]
     assert got == [backup, wal, logical]
 
 
 def test_rules_target_the_repository_layout():
-    plan = L.derive({"pitr_window_days": 14, "full_interval_days": 7, "retention_days": 120})
-    rules = L.build_rules(plan, "auth-db/")
+    plan = s3policy_derive.derive({"pitr_window_days": 14, "full_interval_days": 7, "retention_days": 120})
+    rules = s3policy_derive.build_rules(plan, "auth-db/")
     assert [(r["ID"], r["Filter"]["Prefix"]) for r in rules] == [
         ("immersiverse-dr-auth-db-backup", "auth-db/backup/"),
         ("immersiverse-dr-auth-db-wal", "auth-db/wal/"),
@@ -194,14 +198,14 @@ def test_rules_target_the_repository_layout():
         "NoncurrentVersionExpiration": {"NoncurrentDays": 7},
         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 2},
     }
-    assert [r["Filter"]["Prefix"] for r in L.build_rules(L.derive(
+    assert [r["Filter"]["Prefix"] for r in s3policy_derive.build_rules(s3policy_derive.derive(
         {"pitr_window_days": 1, "full_interval_days": 1, "retention_days": 1}), "")] == ["backup/", "wal/", "logical/"]
 
 
 def test_no_transition_when_objects_expire_first():
-    plan = L.derive({"pitr_window_days": 10, "full_interval_days": 2, "retention_days": 10})
+    plan = s3policy_derive.derive({"pitr_window_days": 10, "full_interval_days": 2, "retention_days": 10})
     assert plan["backup"]["archive_after_days"] is None
-    assert "Transitions" not in L.build_rules(plan, PREFIX)[0]
+    assert "Transitions" not in s3policy_derive.build_rules(plan, PREFIX)[0]
     assert any("no transition" in w for w in plan["warnings"])
 
 
@@ -232,15 +236,15 @@ def test_refused_policies_name_the_numbers(change, expected):
             policy.pop(key)
         else:
             policy[key] = value
-    with pytest.raises(L.PolicyError) as err:
-        L.derive(policy)
+    with pytest.raises(s3policy_derive.PolicyError) as err:
+        s3policy_derive.derive(policy)
     assert expected in str(err.value)
     assert "nothing was changed" in str(err.value)
 
 
 def test_every_conflict_is_reported_at_once():
-    with pytest.raises(L.PolicyError) as err:
-        L.derive({"pitr_window_days": 30, "full_interval_days": 7, "retention_days": 14,
+    with pytest.raises(s3policy_derive.PolicyError) as err:
+        s3policy_derive.derive({"pitr_window_days": 30, "full_interval_days": 7, "retention_days": 14,
                   "archive_storage_class": "COLD", "wal_expire_days": 3})
     text = str(err.value)
     assert "COLD" in text and "pitr_window_days (30)" in text and "wal_expire_days (3)" in text
@@ -264,8 +268,8 @@ def test_bucket_options_are_refused_before_reading_the_bucket(spec, expected):
         def __getattr__(self, name):
             raise AssertionError(f"S3 was called ({name}) before the spec was validated")
 
-    with pytest.raises(L.PolicyError) as err:
-        L.reconcile(NoClient(), full)
+    with pytest.raises(s3policy_derive.PolicyError) as err:
+        s3policy_bucket.reconcile(NoClient(), full)
     assert expected in str(err.value)
 
 
@@ -274,7 +278,7 @@ def test_validate_rules_catches_what_test_endpoints_accept():
             "Transitions": [{"Days": 5, "StorageClass": "FOO"}]},
            {"ID": "a", "Status": "On", "Filter": {"Prefix": ""}, "Expiration": {"Days": 10},
             "Transitions": [{"Days": 10, "StorageClass": "STANDARD_IA"}]}]
-    problems = L.validate_rules(bad)
+    problems = s3policy_derive.validate_rules(bad)
     assert "rule ID a is used twice" in problems
     assert any("unknown storage class 'FOO'" in p for p in problems)
     assert any("Status must be" in p for p in problems)
@@ -286,11 +290,14 @@ def test_validate_rules_catches_what_test_endpoints_accept():
 def test_actions_happen_at_the_next_midnight_utc():
     # AWS's own example: an object created 2014-01-15 10:30 UTC with Days: 3 expires 2014-01-19 00:00 UTC.
     created = datetime.datetime(2014, 1, 15, 10, 30, tzinfo=UTC)
-    assert L.action_time(created, 3) == datetime.datetime(2014, 1, 19, tzinfo=UTC)
-    assert L.action_time(datetime.datetime(2014, 1, 15, tzinfo=UTC), 3) == datetime.datetime(2014, 1, 18, tzinfo=UTC)
+    assert s3policy_simulate.action_time(created, 3) == datetime.datetime(2014, 1, 19, tzinfo=UTC)
+    assert s3policy_simulate.action_time(datetime.datetime(2014, 1, 15, tzinfo=UTC), 3) == datetime.datetime(2014, 1,
+                                                                                                             18,
+    tzinfo=UTC)
     rule = {"ID": "r", "Status": "Enabled", "Filter": {"Prefix": "x/"}, "Expiration": {"Days": 3}}
-    assert L.simulate([rule], "x/a", created, datetime.datetime(2014, 1, 18, 23, 59, tzinfo=UTC))["present"]
-    assert not L.simulate([rule], "x/a", created, datetime.datetime(2014, 1, 19, tzinfo=UTC))["present"]
+    assert s3policy_simulate.simulate([rule], "x/a", created, datetime.datetime(2014, 1, 18, 23, 59,
+                                                                                tzinfo=UTC))["present"]
+    assert not s3policy_simulate.simulate([rule], "x/a", created, datetime.datetime(2014, 1, 19, tzinfo=UTC))["present"]
 
 
 def test_expiration_wins_and_the_cheapest_transition_wins():
@@ -303,26 +310,28 @@ def test_expiration_wins_and_the_cheapest_transition_wins():
               "Expiration": {"Days": 2}},
              {"ID": "off", "Status": "Disabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]
     created = at(0)
-    assert L.simulate(rules, "key", created, at(11)) == {"present": True, "storage_class": "GLACIER", "slow": True,
+    assert s3policy_simulate.simulate(rules, "key", created, at(11)) == {"present": True, "storage_class": "GLACIER",
+                                                                         "slow": True,
                                                          "rule": "a"}
-    assert L.simulate(rules, "key", created, at(30))["present"] is False
-    assert L.simulate(rules, "key", created, at(2), tags={"t": "1"})["present"] is False
-    assert L.simulate(rules, "key", created, at(2))["present"] is True
-    assert L.simulate(rules, "key", created, at(11), size=1000)["storage_class"] == "STANDARD"  # < 128 KiB
+    assert s3policy_simulate.simulate(rules, "key", created, at(30))["present"] is False
+    assert s3policy_simulate.simulate(rules, "key", created, at(2), tags={"t": "1"})["present"] is False
+    assert s3policy_simulate.simulate(rules, "key", created, at(2))["present"] is True
+    assert s3policy_simulate.simulate(rules, "key", created, at(11),
+                                      size=1000)["storage_class"] == "STANDARD"  # < 128 KiB
 
 
 def test_noncurrent_versions_follow_their_own_clock():
-    rules = L.build_rules(L.derive(BASE), PREFIX)
+    rules = s3policy_derive.build_rules(s3policy_derive.derive(BASE), PREFIX)
     key = PREFIX + "/backup/x/base.tar"
     replaced = at(100)
-    assert L.simulate(rules, key, at(0), at(106), noncurrent_since=replaced)["present"]
-    assert not L.simulate(rules, key, at(0), at(107), noncurrent_since=replaced)["present"]
+    assert s3policy_simulate.simulate(rules, key, at(0), at(106), noncurrent_since=replaced)["present"]
+    assert not s3policy_simulate.simulate(rules, key, at(0), at(107), noncurrent_since=replaced)["present"]
 
 
 def test_other_repositories_and_other_prefixes_are_not_touched():
-    rules = L.build_rules(L.derive(BASE), PREFIX)
-    assert L.object_timeline(rules, "other-db/backup/x/base.tar", at(0)) == []
-    assert L.object_timeline(rules, "auth-db/scratch/x", at(0)) == []
+    rules = s3policy_derive.build_rules(s3policy_derive.derive(BASE), PREFIX)
+    assert s3policy_simulate.object_timeline(rules, "other-db/backup/x/base.tar", at(0)) == []
+    assert s3policy_simulate.object_timeline(rules, "auth-db/scratch/x", at(0)) == []
 
 
 # -- archived objects and locks --------------------------------------------------------------------------------------
@@ -336,12 +345,12 @@ def test_other_repositories_and_other_prefixes_are_not_touched():
     ({"StorageClass": "STANDARD_IA"}, False, "none"),
 ])
 def test_archive_state(head, archived, restore):
-    st = L.archive_state(head)
+    st = s3policy_objects.archive_state(head)
     assert (st["archived"], st["restore"]) == (archived, restore)
 
 
 def test_require_readable_says_what_to_do():
-    with pytest.raises(L.ArchivedObjectError) as err:
-        L.require_readable({"StorageClass": "GLACIER"}, "bkt", "auth-db/wal/0001")
+    with pytest.raises(s3policy_objects.ArchivedObjectError) as err:
+        s3policy_objects.require_readable({"StorageClass": "GLACIER"}, "bkt", "auth-db/wal/0001")
     assert "s3://bkt/auth-db/wal/0001 is archived in GLACIER" in str(err.value)
     assert "request a restore" in str(err.value)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import s3 as repo_s3
 
 pytest.importorskip("boto3")
 
@@ -16,7 +16,7 @@ def s3(n, **kwargs):
     args = dict(bucket=f"bucket-{n}", endpoint_url=f"http://127.0.0.1:{9000 + n}", region=f"eu-west-{n}",
                 access_key=f"AKIA{n}", secret_key=f"secret-{n}")
     args.update(kwargs)
-    return repo_mod.S3Repository(**args)
+    return repo_s3.S3Repository(**args)
 
 
 def creds(repo):
@@ -25,10 +25,10 @@ def creds(repo):
 
 def test_repositories_share_the_session_but_never_credentials_endpoint_or_region():
     one, two = s3(1), s3(2, session_token="token-2")
-    session = repo_mod._SESSION["session"]  # pylint: disable=protected-access
+    session = repo_s3._SESSION["session"]  # pylint: disable=protected-access
     assert session is not None
     three = s3(3)
-    assert repo_mod._SESSION["session"] is session  # pylint: disable=protected-access
+    assert repo_s3._SESSION["session"] is session  # pylint: disable=protected-access
     assert (creds(one).access_key, creds(one).secret_key, creds(one).token) == ("AKIA1", "secret-1", None)
     assert (creds(two).access_key, creds(two).secret_key, creds(two).token) == ("AKIA2", "secret-2", "token-2")
     assert creds(three).access_key == "AKIA3"
@@ -39,10 +39,10 @@ def test_repositories_share_the_session_but_never_credentials_endpoint_or_region
 
 def test_a_forked_process_makes_a_session_of_its_own(monkeypatch):
     s3(1)
-    before = repo_mod._SESSION["session"]  # pylint: disable=protected-access
-    monkeypatch.setattr(repo_mod.os, "getpid", lambda: -1)
+    before = repo_s3._SESSION["session"]  # pylint: disable=protected-access
+    monkeypatch.setattr(os, "getpid", lambda: -1)
     s3(2)
-    assert repo_mod._SESSION["session"] is not before  # pylint: disable=protected-access
+    assert repo_s3._SESSION["session"] is not before  # pylint: disable=protected-access
 
 
 def test_threads_making_repositories_at_once_each_get_their_own_client():
@@ -64,7 +64,7 @@ def test_threads_making_repositories_at_once_each_get_their_own_client():
 
 
 def test_a_repository_without_keys_gets_the_default_chain_not_another_repositorys_keys(monkeypatch):
-    monkeypatch.setattr(repo_mod.os, "getpid", lambda: -2)  # a session made after the environment below
+    monkeypatch.setattr(os, "getpid", lambda: -2)  # a session made after the environment below
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FROM-THE-ENVIRONMENT")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     with_keys = s3(1)
@@ -75,12 +75,12 @@ def test_a_repository_without_keys_gets_the_default_chain_not_another_repository
 
 def test_a_child_forked_while_the_session_lock_is_held_still_makes_repositories():
     s3(1)
-    with repo_mod._SESSION_LOCK:  # pylint: disable=protected-access  # held, as by another thread, at the fork
+    with repo_s3._SESSION_LOCK:  # pylint: disable=protected-access  # held, as by another thread, at the fork
         child = os.fork()
         if child == 0:  # pragma: no cover - the child's side
             signal.alarm(20)  # a deadlock ends the child, and the test fails on its status
             try:
-                ok = creds(s3(5)).access_key == "AKIA5" and repo_mod._SESSION["pid"] == os.getpid()  # pylint: disable=protected-access
+                ok = creds(s3(5)).access_key == "AKIA5" and repo_s3._SESSION["pid"] == os.getpid()  # pylint: disable=protected-access
             except BaseException:  # pylint: disable=broad-except
                 ok = False
             os._exit(0 if ok else 1)

@@ -1,4 +1,4 @@
-from ansible_collections.immersiverse.dr.plugins.module_utils._topology import promotion_blockers, summarise
+from ansible_collections.immersiverse.dr.plugins.module_utils._runbook.topology import promotion_blockers, summarise
 
 REGIONS = ["primary", "secondary", "tertiary"]
 

@@ -6,10 +6,14 @@ import time
 
 import pytest
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _wal, _walcli
-from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive as wa
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import cli as wal_cli
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import config as wal_config
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import fetch as wal_fetch
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import objects as wal_objects
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import push as wal_push
 
-SEG = _wal.segment_name(1, 7)
+SEG = wal_naming.segment_name(1, 7)
 
 
 @pytest.fixture
@@ -18,15 +22,15 @@ def two_regions(tmp_path):
            "offsite": [{"type": "local", "name": "b", "path": str(tmp_path / "b")}],
            "spool_dir": str(tmp_path / "spool"), "prefetch": 0}
     (tmp_path / "wal.json").write_text(json.dumps(doc))
-    config = wa.Config(dict(doc))
+    config = wal_config.Config(dict(doc))
     raw = b"\x10\xd1" + b"w" * 16382
     for repo in config.repositories():
-        repo.put_bytes(_wal.wal_key(SEG), wa.pack(raw, "lz4")[0])
+        repo.put_bytes(wal_naming.wal_key(SEG), wal_objects.pack(raw, "lz4")[0])
     return config, raw, tmp_path
 
 
 def damage(repo):
-    path = repo._path(_wal.wal_key(SEG))
+    path = repo._path(wal_naming.wal_key(SEG))
     blob = bytearray(open(path, "rb").read())
     blob[-3] ^= 0xFF
     with open(path, "wb") as fh:
@@ -36,7 +40,7 @@ def damage(repo):
 def test_a_damaged_copy_in_one_region_is_passed_over_for_the_next_regions(two_regions, capsys):
     config, raw = two_regions[:2]
     damage(config.repositories()[0])
-    assert wa.fetch_raw(config, SEG) == raw
+    assert wal_fetch.fetch_raw(config, SEG) == raw
     assert "used b's copy; passed over" in capsys.readouterr().err
 
 
@@ -44,16 +48,16 @@ def test_no_good_copy_anywhere_stops_recovery(two_regions):
     config = two_regions[0]
     for repo in config.repositories():
         damage(repo)
-    with pytest.raises(wa.CorruptWal, match="no repository holds a good copy"):
-        wa.fetch_raw(config, SEG)
+    with pytest.raises(wal_objects.CorruptWal, match="no repository holds a good copy"):
+        wal_fetch.fetch_raw(config, SEG)
 
 
 @pytest.mark.parametrize("unreachable", ["missing", "abort"])
 def test_a_name_that_is_no_wal_file_stops_recovery_whatever_unreachable_says(two_regions, unreachable, capsys):
     tmp = two_regions[2]
-    rc = _walcli.main(["fetch", "../../etc/passwd", str(tmp / "dest"), "--unreachable", unreachable,
+    rc = wal_cli.main(["fetch", "../../etc/passwd", str(tmp / "dest"), "--unreachable", unreachable,
                        "--config", str(tmp / "wal.json")])
-    assert rc == wa.EXIT_ABORT
+    assert rc == wal_config.EXIT_ABORT
     assert "is not a WAL file name" in capsys.readouterr().err
     assert not (tmp / "dest").exists()
 
@@ -68,35 +72,35 @@ def segment_of(sysid, size=16384):
 
 
 def test_the_system_identifier_is_read_from_a_segments_first_page():
-    assert _wal.segment_system_identifier(segment_of(7441234567890123456)) == "7441234567890123456"
-    assert _wal.segment_system_identifier(b"wal" * 1000) is None
-    assert _wal.segment_system_identifier(b"") is None
+    assert wal_naming.segment_system_identifier(segment_of(7441234567890123456)) == "7441234567890123456"
+    assert wal_naming.segment_system_identifier(b"wal" * 1000) is None
+    assert wal_naming.segment_system_identifier(b"") is None
 
 
 def test_push_refuses_a_segment_of_another_cluster_and_stores_nothing(tmp_path):
     doc = {"repository": {"type": "local", "name": "a", "path": str(tmp_path / "a")},
            "spool_dir": str(tmp_path / "spool"), "system_identifier": "1111"}
-    config = wa.Config(dict(doc))
+    config = wal_config.Config(dict(doc))
     seg = tmp_path / SEG
     seg.write_bytes(segment_of(2222))
-    with pytest.raises(wa.ForeignWal, match="system identifier 2222, not to this archive's cluster 1111"):
-        wa.push_file(config, str(seg))
-    assert config.repositories()[0].head(_wal.wal_key(SEG)) is None
+    with pytest.raises(wal_objects.ForeignWal, match="system identifier 2222, not to this archive's cluster 1111"):
+        wal_push.push_file(config, str(seg))
+    assert config.repositories()[0].head(wal_naming.wal_key(SEG)) is None
     seg.write_bytes(segment_of(1111))
-    assert wa.push_file(config, str(seg)) == [("a", "stored")]
+    assert wal_push.push_file(config, str(seg)) == [("a", "stored")]
 
 
 def test_fetch_never_serves_a_segment_of_another_cluster(tmp_path):
     doc = {"repository": {"type": "local", "name": "a", "path": str(tmp_path / "a")},
            "offsite": [{"type": "local", "name": "b", "path": str(tmp_path / "b")}],
            "spool_dir": str(tmp_path / "spool"), "system_identifier": "1111"}
-    config = wa.Config(dict(doc))
+    config = wal_config.Config(dict(doc))
     a, b = config.repositories()
-    a.put_bytes(_wal.wal_key(SEG), wa.pack(segment_of(2222), "lz4")[0])  # another cluster's, in region a
-    with pytest.raises(wa.CorruptWal, match="belongs to the cluster with system identifier 2222"):
-        wa.fetch_raw(config, SEG)
-    b.put_bytes(_wal.wal_key(SEG), wa.pack(segment_of(1111), "lz4")[0])
-    assert wa.fetch_raw(config, SEG) == segment_of(1111)
+    a.put_bytes(wal_naming.wal_key(SEG), wal_objects.pack(segment_of(2222), "lz4")[0])  # another cluster's, in region a
+    with pytest.raises(wal_objects.CorruptWal, match="belongs to the cluster with system identifier 2222"):
+        wal_fetch.fetch_raw(config, SEG)
+    b.put_bytes(wal_naming.wal_key(SEG), wal_objects.pack(segment_of(1111), "lz4")[0])
+    assert wal_fetch.fetch_raw(config, SEG) == segment_of(1111)
 
 
 # -- a streaming standby's fetch gives up fast on a repository that does not answer -----------------------------------
@@ -122,9 +126,9 @@ def test_fail_fast_gives_s3_short_timeouts_and_one_attempt_and_abort_stays_patie
     pytest.importorskip("boto3")
     doc = {"repository": s3_spec(9), "offsite": [{"type": "local", "name": "b", "path": str(tmp_path / "b")}],
            "spool_dir": str(tmp_path / "spool"), "fetch_missing_timeout": 1.5}
-    patient = wa.Config(dict(doc)).repositories()[0]
+    patient = wal_config.Config(dict(doc)).repositories()[0]
     assert patient.timeouts == (5.0, 60.0, 5)
-    config = wa.Config(dict(doc))
+    config = wal_config.Config(dict(doc))
     config.fail_fast()
     fast = config.repositories()[0]
     assert fast.timeouts == (1.5, 1.5, 0)  # botocore's max_attempts: retries after the first attempt
@@ -144,7 +148,7 @@ def test_a_fetch_under_unreachable_missing_answers_not_archived_within_its_timeo
     if how == "flag":
         argv += ["--unreachable", "missing"]
     started = time.monotonic()
-    assert _walcli.main(argv) == 1
+    assert wal_cli.main(argv) == 1
     took = time.monotonic() - started
     assert took < 2.5, f"a silent endpoint held the fetch {took:.1f} s"  # one 0.5 s attempt, wal/ only
     err = capsys.readouterr().err
@@ -153,43 +157,45 @@ def test_a_fetch_under_unreachable_missing_answers_not_archived_within_its_timeo
 
 
 def test_a_repository_that_failed_is_not_asked_again_within_one_fetch(two_regions, monkeypatch):
-    from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+    from ansible_collections.immersiverse.dr.plugins.module_utils._repo import base as repo_base
+    from ansible_collections.immersiverse.dr.plugins.module_utils._repo import local as repo_local
 
     config = two_regions[0]
-    name = _wal.segment_name(1, 9)  # in neither region
+    name = wal_naming.segment_name(1, 9)  # in neither region
     asked = []
-    real = repo_mod.LocalRepository.read
+    real = repo_local.LocalRepository.read
 
     def read(self, key):
         asked.append((self.name, key.split("/")[0]))
         if self.name == "a":
-            raise repo_mod.RepositoryError("a: timed out")
+            raise repo_base.RepositoryError("a: timed out")
         return real(self, key)
 
-    monkeypatch.setattr(repo_mod.LocalRepository, "read", read)
-    with pytest.raises(wa.WalArchiveError, match="no repository answered"):
-        wa.fetch_raw(config, name, partial=True)
+    monkeypatch.setattr(repo_local.LocalRepository, "read", read)
+    with pytest.raises(wal_objects.WalArchiveError, match="no repository answered"):
+        wal_fetch.fetch_raw(config, name, partial=True)
     assert asked == [("a", "wal"), ("b", "wal"), ("b", "stream")]
 
 
 def test_an_unreadable_local_repository_is_passed_over_for_the_next_region(two_regions, monkeypatch):
-    from ansible_collections.immersiverse.dr.plugins.module_utils import _repository as repo_mod
+    from ansible_collections.immersiverse.dr.plugins.module_utils._repo import local as repo_local
 
     config, raw = two_regions[:2]
-    real = repo_mod.LocalRepository.read
+    real = repo_local.LocalRepository.read
 
     def read(self, key):
         if self.name == "a":
             raise PermissionError(13, "Permission denied")
         return real(self, key)
 
-    monkeypatch.setattr(repo_mod.LocalRepository, "read", read)
-    assert wa.fetch_raw(config, SEG) == raw
+    monkeypatch.setattr(repo_local.LocalRepository, "read", read)
+    assert wal_fetch.fetch_raw(config, SEG) == raw
 
 
 @pytest.mark.parametrize("argv, expect", [(["--unreachable", "missing"], 1), (["--unreachable=missing"], 1),
-                                          (["--unreachable", "abort"], wa.EXIT_ABORT), ([], wa.EXIT_ABORT)])
+                                          (["--unreachable", "abort"], wal_config.EXIT_ABORT),
+                                          ([], wal_config.EXIT_ABORT)])
 def test_an_unreadable_configuration_stops_recovery_except_for_a_streaming_standby(tmp_path, argv, expect, capsys):
-    rc = _walcli.main(["fetch", SEG, str(tmp_path / "dest"), *argv, "--config", str(tmp_path / "nope.json")])
+    rc = wal_cli.main(["fetch", SEG, str(tmp_path / "dest"), *argv, "--config", str(tmp_path / "nope.json")])
     assert rc == expect
     assert "cannot read the configuration" in capsys.readouterr().err

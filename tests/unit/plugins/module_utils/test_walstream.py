@@ -2,23 +2,25 @@ import os
 
 import pytest
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _wal
-from ansible_collections.immersiverse.dr.plugins.module_utils import _walarchive as wa
-from ansible_collections.immersiverse.dr.plugins.module_utils import _walstream as ws
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import config as wal_config
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import fetch as wal_fetch
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import objects as wal_objects
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import stream as wal_stream
 
 SEG = "000000010000000A000000FF"
 
 
 def test_stream_keys_mirror_the_archive_layout_under_their_own_area():
-    assert _wal.stream_key(SEG) == "stream/000000010000000A/" + SEG
-    assert _wal.stream_key("00000002.history") == "stream/00000002.history"
-    assert _wal.piece_key(SEG, 0, 0x2000) == f"stream/000000010000000A/{SEG}.partial/00000000-00002000"
-    assert _wal.parse_piece_key(_wal.piece_key(SEG, 0x10, 0x2000)) == (0x10, 0x2000)
+    assert wal_naming.stream_key(SEG) == "stream/000000010000000A/" + SEG
+    assert wal_naming.stream_key("00000002.history") == "stream/00000002.history"
+    assert wal_naming.piece_key(SEG, 0, 0x2000) == f"stream/000000010000000A/{SEG}.partial/00000000-00002000"
+    assert wal_naming.parse_piece_key(wal_naming.piece_key(SEG, 0x10, 0x2000)) == (0x10, 0x2000)
 
 
 @pytest.mark.parametrize("key", ["x/00000010-00000010", "x/0000001-00000020", "x/foo", "x/00000020-00000010"])
 def test_parse_piece_key_refuses(key):
-    assert _wal.parse_piece_key(key) is None
+    assert wal_naming.parse_piece_key(key) is None
 
 
 @pytest.mark.parametrize("pieces, chosen, end", [
@@ -30,7 +32,7 @@ def test_parse_piece_key_refuses(key):
     ([(0, 10), (0, 30), (10, 20), (25, 40)], [(0, 30), (25, 40)], 40),  # overlaps: furthest reach first
 ])
 def test_cover(pieces, chosen, end):
-    assert _wal.cover(pieces) == (chosen, end)
+    assert wal_naming.cover(pieces) == (chosen, end)
 
 
 def test_data_end_finds_the_last_written_byte_before_the_zero_padding(tmp_path):
@@ -41,29 +43,32 @@ def test_data_end_finds_the_last_written_byte_before_the_zero_padding(tmp_path):
     path.write_bytes(bytes(data))
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert ws.data_end(fd, 0, len(data)) == 8192 + 100
-        assert ws.data_end(fd, 8192 + 100, len(data)) == 8192 + 100
-        assert ws.data_end(fd, 8192 + 40, len(data)) == 8192 + 100
+        assert wal_stream.data_end(fd, 0, len(data)) == 8192 + 100
+        assert wal_stream.data_end(fd, 8192 + 100, len(data)) == 8192 + 100
+        assert wal_stream.data_end(fd, 8192 + 40, len(data)) == 8192 + 100
     finally:
         os.close(fd)
 
 
 def test_classify_sorts_the_receive_directory():
     names = [SEG, SEG + ".partial", "00000002.history", "stream.lock", "000000010000000A000000FE", "x.partial"]
-    assert ws.classify(names) == (["000000010000000A000000FE", SEG], [SEG], ["00000002.history"])
+    assert wal_stream.classify(names) == (["000000010000000A000000FE", SEG], [SEG], ["00000002.history"])
 
 
 def test_contiguous_end_of_stored_pieces():
-    keys = [_wal.piece_key(SEG, 0, 100), _wal.piece_key(SEG, 100, 300), _wal.piece_key(SEG, 400, 500), "junk"]
-    assert ws.contiguous_end(keys) == 300
+    keys = [wal_naming.piece_key(SEG, 0, 100), wal_naming.piece_key(SEG, 100, 300), wal_naming.piece_key(SEG, 400,
+                                                                                                         500), "junk"]
+    assert wal_stream.contiguous_end(keys) == 300
 
 
 def test_pg_receivewal_argv_never_holds_a_password():
-    settings = ws.StreamSettings({"stream": {"conninfo": "host=a,b user=r passfile=/p target_session_attrs=read-write",
+    settings = wal_stream.StreamSettings({"stream": {
+        "conninfo": "host=a,b user=r passfile=/p target_session_attrs=read-write",
                                              "dir": "/s", "slot": "dr_stream", "pg_bin_dir": "/bin15"}})
-    assert ws.create_slot_argv(settings) == ["/bin15/pg_receivewal", "--create-slot", "--if-not-exists", "--slot",
+    assert wal_stream.create_slot_argv(settings) == ["/bin15/pg_receivewal", "--create-slot", "--if-not-exists",
+                                                     "--slot",
                                              "dr_stream", "--no-password", "--dbname", settings.conninfo]
-    assert ws.receive_argv(settings) == ["/bin15/pg_receivewal", "--directory", "/s/wal", "--slot", "dr_stream",
+    assert wal_stream.receive_argv(settings) == ["/bin15/pg_receivewal", "--directory", "/s/wal", "--slot", "dr_stream",
                                          "--synchronous", "--no-loop", "--no-password", "--status-interval", "1",
                                          "--dbname", settings.conninfo]
 
@@ -74,8 +79,8 @@ def test_pg_receivewal_argv_never_holds_a_password():
     ({"conninfo": "host=a", "slot": "Bad-Slot"}, "lower-case"),
 ])
 def test_stream_settings_refuse(stream, message):
-    with pytest.raises(ws.StreamError, match=message):
-        ws.StreamSettings({"stream": stream})
+    with pytest.raises(wal_stream.StreamError, match=message):
+        wal_stream.StreamSettings({"stream": stream})
 
 
 class _Repo:
@@ -96,26 +101,27 @@ class _Repo:
 
 
 def _config(objects, **doc):
-    config = wa.Config(dict({"repository": {"type": "local", "path": "/nonexistent"}}, **doc))
+    config = wal_config.Config(dict({"repository": {"type": "local", "path": "/nonexistent"}}, **doc))
     config._repos = [_Repo(objects)]
     return config
 
 
 def test_fetch_falls_back_to_the_stream_then_to_the_partial_padded_to_a_segment():
     whole = b"w" * 1000
-    objects = {_wal.stream_key(SEG): wa.pack(whole, "lz4")[0]}
-    assert wa.fetch_raw(_config(objects), SEG) == whole
+    objects = {wal_naming.stream_key(SEG): wal_objects.pack(whole, "lz4")[0]}
+    assert wal_fetch.fetch_raw(_config(objects), SEG) == whole
     nxt = "000000010000000B00000000"
-    objects = {_wal.piece_key(nxt, 0, 4): wa.pack(b"abcd", "lz4")[0],
-               _wal.piece_key(nxt, 2, 6): wa.pack(b"cdef", "none")[0]}
-    assert wa.fetch_raw(_config(objects), nxt) is None, "a partial only when asked for"
-    got = wa.fetch_raw(_config(objects, wal_segment_size=16), nxt, partial=True)
+    objects = {wal_naming.piece_key(nxt, 0, 4): wal_objects.pack(b"abcd", "lz4")[0],
+               wal_naming.piece_key(nxt, 2, 6): wal_objects.pack(b"cdef", "none")[0]}
+    assert wal_fetch.fetch_raw(_config(objects), nxt) is None, "a partial only when asked for"
+    got = wal_fetch.fetch_raw(_config(objects, wal_segment_size=16), nxt, partial=True)
     assert got == b"abcdef" + b"\0" * 10
-    objects[_wal.piece_key(nxt, 2, 6)] = objects[_wal.piece_key(nxt, 2, 6)][:-1] + b"X"
-    with pytest.raises(wa.CorruptWal):
-        wa.fetch_raw(_config(objects, wal_segment_size=16), nxt, partial=True)
+    objects[wal_naming.piece_key(nxt, 2, 6)] = objects[wal_naming.piece_key(nxt, 2, 6)][:-1] + b"X"
+    with pytest.raises(wal_objects.CorruptWal):
+        wal_fetch.fetch_raw(_config(objects, wal_segment_size=16), nxt, partial=True)
 
 
 def test_the_archive_wins_over_the_stream():
-    objects = {_wal.wal_key(SEG): wa.pack(b"archived", "lz4")[0], _wal.stream_key(SEG): wa.pack(b"streamed", "lz4")[0]}
-    assert wa.fetch_raw(_config(objects), SEG) == b"archived"
+    objects = {wal_naming.wal_key(SEG): wal_objects.pack(b"archived", "lz4")[0],
+               wal_naming.stream_key(SEG): wal_objects.pack(b"streamed", "lz4")[0]}
+    assert wal_fetch.fetch_raw(_config(objects), SEG) == b"archived"

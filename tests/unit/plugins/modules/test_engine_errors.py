@@ -10,24 +10,22 @@ from pathlib import Path
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import (
-    _backup,
-    _errors,
-    _pg,
-    _recovery,
-    _repository,
-    _restore,
-    _wal,
-    _walarchive,
-)
+from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import catalog as backup_catalog
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import recovery_conf as pg_recovery_conf
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import base as repo_base
+from ansible_collections.immersiverse.dr.plugins.module_utils._restore import target as restore_target
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming
+from ansible_collections.immersiverse.dr.plugins.module_utils._wal import objects as wal_objects
 
 MODULES = sorted((Path(__file__).resolve().parents[4] / "plugins" / "modules").glob("*.py"))
 
 
 def test_every_engine_error_class_is_a_dr_error():
-    for cls in (_backup.BackupError, _pg.PgError, _recovery.RecoveryError, _repository.RepositoryError,
-                _repository.ChecksumMismatch, _restore.RestoreError, _wal.WalError,
-                _walarchive.WalArchiveError):
+    for cls in (backup_catalog.BackupError, pg_connection.PgError, pg_recovery_conf.RecoveryError,
+                repo_base.RepositoryError, repo_base.ChecksumMismatch, restore_target.RestoreError,
+                wal_naming.WalError, wal_objects.WalArchiveError):
         assert issubclass(cls, _errors.DrError), cls
 
 
@@ -36,13 +34,14 @@ def test_every_module_main_catches_the_engine_errors(path):
     tree = ast.parse(path.read_text())
     action = path.parents[1] / "action" / path.name
     main = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"), None)
-    # a module whose work is an engine task function (_pg.facts_task), shared with its action plugin: the function
+    # a module whose work is an engine task function (_pg.facts.facts_task), shared with its action plugin: the function
     # catches them, for the module and for the short path alike
     tasks = [ast.unparse(n.func) for n in ast.walk(main) if isinstance(n, ast.Call)
              and ast.unparse(n.func).endswith("_task")] if main else []
     if tasks:
-        util, name = tasks[0].split(".")
-        utree = ast.parse((path.parents[1] / "module_utils" / f"{util}.py").read_text())
+        util, name = tasks[0].split(".")  # pg_facts.facts_task: module_utils/_pg/facts.py
+        package, leaf = util.split("_", 1)
+        utree = ast.parse((path.parents[1] / "module_utils" / f"_{package}" / f"{leaf}.py").read_text())
         main = next(n for n in utree.body if isinstance(n, ast.FunctionDef) and n.name == name)
     elif action.exists():  # a module run by its action plugin on the controller: the plugin catches them
         tree = ast.parse(action.read_text())

@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 
-from ansible_collections.immersiverse.dr.plugins.module_utils import _pg
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import facts as pg_facts
 from ansible_collections.immersiverse.dr.plugins.plugin_utils import _remote
 
 
@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def params(**more):
-    out = {k: v.get("default") for k, v in _pg.facts_argument_spec().items()}
+    out = {k: v.get("default") for k, v in pg_facts.facts_argument_spec().items()}
     out.update(login_host="127.0.0.1", login_port=free_port(), connect_timeout=2, ssl_mode="disable", **more)
     return out
 
@@ -43,16 +43,19 @@ def run_script(text: str, *flags: str) -> dict:
 
 
 def test_the_bundle_carries_the_module_and_what_it_imports_of_the_collection():
-    names = set(_remote.sources("_pg"))
-    # _pg imports _errors and _wal at the top and _recovery inside set_fence (which imports _archiving)
-    assert {"_pg", "_errors", "_wal", "_recovery", "_archiving"} <= names
+    names = set(_remote.sources("_pg.facts"))
+    # facts imports connection and fence, fence the recovery writer, which reads settings; all import _errors
+    assert {"_pg.facts", "_pg.connection", "_pg.fence", "_pg.recovery", "_pg.recovery_conf", "_pg.settings",
+            "_wal.naming", "_errors"} <= names
+    assert not any(name.startswith(("_backup", "_restore", "_repo")) for name in names), names
     assert "_backup" not in names and "_restore" not in names
 
 
 def test_the_engine_runs_without_ansible_and_says_an_unreachable_server_is_unreachable(tmp_path):
     needs_psycopg2()
     (tmp_path / "start.conf").write_text("disabled\n")
-    out = run_script(_remote.script("_pg", "facts_task", params(fail_on_unreachable=False, fence_dir=str(tmp_path))))
+    out = run_script(_remote.script("_pg.facts", "facts_task", params(fail_on_unreachable=False,
+                                                                      fence_dir=str(tmp_path))))
     assert out["reachable"] is False and out["changed"] is False, out
     assert "cannot connect to postgres@127.0.0.1" in out["error"], out
     # the fence state is read even though the server is down
@@ -61,36 +64,36 @@ def test_the_engine_runs_without_ansible_and_says_an_unreachable_server_is_unrea
 
 def test_unreachable_fails_when_asked_to_and_the_message_is_the_engines():
     needs_psycopg2()
-    out = run_script(_remote.script("_pg", "facts_task", params(fail_on_unreachable=True)))
+    out = run_script(_remote.script("_pg.facts", "facts_task", params(fail_on_unreachable=True)))
     assert out["failed"] is True and out["reachable"] is False and "cannot connect" in out["msg"], out
 
 
 def test_without_psycopg2_on_the_target_the_message_says_what_to_install():
     # -S: no site-packages, so no psycopg2 (and no Ansible): the bundle still imports, the task says what is missing
-    out = run_script(_remote.script("_pg", "promote_task", params(wait_seconds=5, replay_lsn=None,
+    out = run_script(_remote.script("_pg.promote", "promote_task", params(wait_seconds=5, replay_lsn=None,
                                                                   catchup_seconds=1)), "-S")
     assert out["failed"] is True and "python3-psycopg2" in out["msg"], out
 
 
 def test_an_exception_outside_the_engine_errors_is_a_failed_result_with_its_traceback():
-    out = run_script(_remote.script("_pg", "no_such_task", params()))
+    out = run_script(_remote.script("_pg.facts", "no_such_task", params()))
     assert out["failed"] is True and "AttributeError" in out["msg"] and "Traceback" in out["exception"], out
 
 
 def test_the_environment_and_path_options_are_applied_on_the_target(tmp_path):
     needs_psycopg2()
     (tmp_path / "start.conf").write_text("manual\n")
-    text = _remote.script("_pg", "facts_task", params(fail_on_unreachable=False, fence_dir="$DR_TEST_CONF"),
+    text = _remote.script("_pg.facts", "facts_task", params(fail_on_unreachable=False, fence_dir="$DR_TEST_CONF"),
                           environment={"DR_TEST_CONF": str(tmp_path)}, paths=["fence_dir"])
     assert run_script(text)["fence"]["start_conf"] == "manual"
 
 
 def test_the_password_is_in_the_script_on_stdin_not_in_the_command():
-    text = _remote.script("_pg", "facts_task", params(login_password="s3cr3t-pw"))
+    text = _remote.script("_pg.facts", "facts_task", params(login_password="s3cr3t-pw"))
     assert "s3cr3t-pw" not in text  # base64 of the job, not plain text in a log of the command either
     action = fake_action()
     with mock.patch.object(_remote, "interpreter", return_value="/usr/bin/python3"):
-        _remote.run(action, {}, "_pg", "facts_task", _pg.facts_argument_spec())
+        _remote.run(action, {}, "_pg.facts", "facts_task", pg_facts.facts_argument_spec())
     (cmd,), kwargs = action._low_level_execute_command.call_args
     assert cmd == "/usr/bin/python3" and kwargs["sudoable"] is True and "s3cr3t-pw" not in cmd
 
@@ -122,11 +125,11 @@ def test_what_the_module_path_handles_differently_goes_to_the_module():
     for action in (fake_action(async_val=30), fake_action(pipelining=False), fake_action(become_pass="pw"),
                    fake_action(pipelining_enabled=False)):  # pipelining=false, su, a tty sudo needs: the module
         with mock.patch.object(_remote, "interpreter", return_value="/usr/bin/python3"):
-            assert _remote.run(action, {}, "_pg", "facts_task", _pg.facts_argument_spec()) is None
+            assert _remote.run(action, {}, "_pg.facts", "facts_task", pg_facts.facts_argument_spec()) is None
         action._low_level_execute_command.assert_not_called()
     action = fake_action()
     with mock.patch.object(_remote, "interpreter", return_value=None):  # interpreter discovery still to run
-        assert _remote.run(action, {}, "_pg", "facts_task", _pg.facts_argument_spec()) is None
+        assert _remote.run(action, {}, "_pg.facts", "facts_task", pg_facts.facts_argument_spec()) is None
     action._low_level_execute_command.assert_not_called()
 
 
@@ -138,7 +141,7 @@ def test_an_interpreter_with_arguments_is_run_as_words_and_no_log_values_are_mas
     validation._no_log_values = {"s3cr3t-pw"}
     action.validate_argument_spec.return_value = (validation, params(login_password="s3cr3t-pw"))
     with mock.patch.object(_remote, "interpreter", return_value="/usr/bin/env python3"):
-        out = _remote.run(action, {}, "_pg", "facts_task", _pg.facts_argument_spec())
+        out = _remote.run(action, {}, "_pg.facts", "facts_task", pg_facts.facts_argument_spec())
     (cmd,), _kwargs = action._low_level_execute_command.call_args
     assert cmd == "/usr/bin/env python3"
     assert out["failed"] and "s3cr3t-pw" not in json.dumps(out) and "auth failed for" in out["msg"]
@@ -147,7 +150,7 @@ def test_an_interpreter_with_arguments_is_run_as_words_and_no_log_values_are_mas
 def test_nothing_is_imported_from_the_directory_the_script_runs_in(tmp_path):
     needs_psycopg2()
     (tmp_path / "json.py").write_text("raise SystemExit('planted json.py was imported')\n")
-    proc = subprocess.run([sys.executable, "-"], input=_remote.script("_pg", "facts_task", params(
+    proc = subprocess.run([sys.executable, "-"], input=_remote.script("_pg.facts", "facts_task", params(
         fail_on_unreachable=False)), capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
     out = _remote.parse(proc.returncode, proc.stdout, proc.stderr)
     assert out.get("reachable") is False and "planted" not in proc.stderr + proc.stdout, out
