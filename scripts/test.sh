@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (make test, and CI through .ci/run). Stages run in this order; each can run alone:
 #   scripts/test.sh [all|lint|unit|integration|molecule|lab]
-#   lint         ruff, ansible-lint (production profile, offline), ansible-test sanity
+#   lint         ruff, ansible-lint (production profile, offline), antsibull-changelog, ansible-test sanity
 #   unit         pytest tests/unit, then the same tests through ansible-test units
 #   integration  pytest tests/integration: real PostgreSQL, Kafka (Tansu), Redis, Kubernetes stand-in, started here
 #   molecule     molecule test -s replication (two region hosts in podman)
@@ -21,6 +21,13 @@ timed() { local name=$1; shift; local t0=$SECONDS; banner "$name"; "$@"; done_st
 lint() {
   ruff check .
   ansible-lint
+  # changelogs/: valid fragments and changelog.yaml, and CHANGELOG.rst is what they generate
+  antsibull-changelog lint
+  antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+  mkdir -p .cache
+  antsibull-changelog generate --output .cache/CHANGELOG.rst --output-format rst
+  cmp -s .cache/CHANGELOG.rst CHANGELOG.rst \
+    || { echo "FAIL: CHANGELOG.rst is not what antsibull-changelog generate makes from changelogs/" >&2; return 1; }
   scripts/ansible-test.sh sanity --venv --python 3.11
 }
 
