@@ -12,13 +12,14 @@ module: pg_fence
 short_description: Fence a PostgreSQL host so it never starts as a primary, or lift the fence
 version_added: 0.6.0
 description:
-  - O(state=fenced) makes the Debian cluster's C(start.conf) say C(manual), so the host does not start PostgreSQL at
-    boot. It also writes the fence marker C(immersiverse-dr-fence.json) beside it, which says why and when the host
-    was fenced. M(immersiverse.dr.pg_info) (O(immersiverse.dr.pg_info#module:fence_dir)) and C(playbooks/rejoin.yml)
+  - O(state=fenced) makes the Debian cluster's C(start.conf) say C(disabled), so PostgreSQL does not start, neither at
+    boot nor by hand through pg_ctlcluster or the systemd unit (C(manual) would only skip the start at boot). It
+    also writes the fence marker C(immersiverse-dr-fence.json) beside it, which says why and when the host was
+    fenced. M(immersiverse.dr.pg_info) (O(immersiverse.dr.pg_info#module:fence_dir)) and C(playbooks/rejoin.yml)
     read the marker.
   - O(state=unfenced) makes C(start.conf) say C(auto) again and removes the marker, once the host is a standby of the
     serving primary.
-  - Compared by meaning, so a re-run changes nothing. A C(start.conf) that already says C(manual) is left as it is,
+  - Compared by meaning, so a re-run changes nothing. A C(start.conf) that already says C(disabled) is left as it is,
     and an existing marker is kept, so the first fence's reason and time survive.
   - Writes each file atomically (temporary file, fsync, rename, fsync of the directory), owned like the directory.
   - Neither stops nor starts PostgreSQL. The isolate role stops it right after fencing.
@@ -76,7 +77,7 @@ actions:
   returned: always
   type: list
   elements: str
-  sample: ["start.conf: auto -> manual", "fence marker written"]
+  sample: ["start.conf: auto -> disabled", "fence marker written"]
 fence:
   description: The fence state after the call (C(fenced), C(start_conf), C(marker)).
   returned: always
