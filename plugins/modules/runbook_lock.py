@@ -84,16 +84,19 @@ options:
         may leave the lock taken by its dead process; the re-run on this controller takes it over.
     type: bool
     default: false
+    version_added: 0.9.0
   join:
     description:
       - The RV(job) of an earlier O(background) task of this run. Waits up to O(join_timeout) for its answer and
         returns it (the other options are not used). Fails, saying so, when the process taking the lock ended
         without an answer.
     type: str
+    version_added: 0.9.0
   join_timeout:
     description: How long O(join) waits, in seconds.
     type: int
     default: 120
+    version_added: 0.9.0
 notes:
   - The repositories' credentials are used on the controller only and are never returned.
 seealso:
