@@ -244,13 +244,17 @@ def test_interrupted_backup_is_never_valid_and_is_cleaned_next_run(source, work)
                               conn=json.dumps(params(source)), ident=json.dumps(identity(source)))
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     repo = repo_local.LocalRepository(str(repo_dir))
+
+    def written() -> int:
+        """Bytes of the base archive pg_basebackup has written so far (in staging, or already in the repository)."""
+        paths = list(repo_dir.glob(".staging/*/data/base.tar.lz4")) + list(repo_dir.glob("backup/*/base.tar.lz4"))
+        return max((p.stat().st_size for p in paths if p.exists()), default=0)
+
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # until pg_basebackup has written part of the archive
-        if any(o["key"].endswith("base.tar.lz4") for o in repo.list("backup/")) or \
-                list(repo_dir.glob(".staging/*/data/base.tar.lz4")):
-            break
+    while written() < 64 * 1024:  # killed half-way: part of the archive is written (--max-rate 1M: not all of it)
+        assert proc.poll() is None, f"the backup ended ({proc.returncode}) before it could be interrupted"
+        assert time.monotonic() < deadline, f"pg_basebackup wrote {written()} bytes of the archive in 30 s"
         time.sleep(0.1)
-    time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: the engine and its pg_basebackup
     proc.wait(10)
     listed = backup_catalog.list_backups(repo)
@@ -268,7 +272,7 @@ def test_retention_never_removes_a_backup_or_wal_that_a_kept_backup_needs(source
     for _backup_no in range(3):
         records.append(backup_full.take_backup(repo, params(source), ident))
         source.psql("SELECT pg_switch_wal()")
-        time.sleep(1.1)  # ids are per second
+        time.sleep(1.1)  # ids are per second: the clock must move on (time passing, not a wait for an event)
     seg = ident["wal_segment_size"]
     # WAL the archive would hold: every segment from the first backup's start to past the last one's stop
     first = wal_naming.segment_number(records[0]["start_lsn"], seg)
@@ -398,7 +402,7 @@ def test_retention_skips_backups_under_object_lock_and_keeps_them_valid(source, 
         "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
     repo = repo_spec.open_repository(s3_spec(s3_endpoint, bucket, "primary"))
     first = backup_full.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
-    time.sleep(1.1)
+    time.sleep(1.1)  # ids are per second: the clock must move on (time passing, not a wait for an event)
     second = backup_full.take_backup(repo, params(source), identity(source), staging_dir=str(work / "st"))
     report = backup_retention.apply_retention(repo, keep_full=1)
     assert report["deleted"] == [] and first["id"] in report["skipped"]

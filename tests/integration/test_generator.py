@@ -148,7 +148,7 @@ def test_crash_and_restart_mid_run(pg_server, service_db, tmp_path):
         wait_for_acks(journal, 50)
         pg_server.kill()  # pg_ctl stop -m immediate: sessions die, no checkpoint
         crashed_at = utc_now()  # after the server is gone: every write acked before this was acked by it
-        time.sleep(1.5)
+        time.sleep(1.5)  # the outage under test: its length is what the RTO below must measure
         restarted_at = utc_now()
         pg_server.start()
     finally:
@@ -429,7 +429,7 @@ def test_commit_without_an_answer_is_unknown_not_acked(pg_server, service_db, tm
         else:
             pytest.fail("the generator's session was never seen inside COMMIT")
         pg_server.kill()
-        time.sleep(0.5)
+        time.sleep(0.5)  # an outage of its own length, the behaviour under test (no event to wait for)
         pg_server.start()
     finally:
         if not pg_server.running:

@@ -8,6 +8,7 @@ readiness) is in docs/kubernetes-standin.md; the assertions on ``readyReplicas``
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
@@ -199,8 +200,17 @@ def test_watch_streams_changes_and_honours_timeout(standin: StandIn) -> None:
     core.create_namespace({"metadata": {"name": "auth"}})
     core.create_namespaced_config_map("auth", {"metadata": {"name": "unwatched"}, "data": {}})
 
+    opened = threading.Event()
+
+    @functools.wraps(core.list_namespaced_config_map)  # the watch reads the return type from its docstring
+    def list_and_tell(*args, **kwargs):
+        response = core.list_namespaced_config_map(*args, **kwargs)
+        opened.set()  # the server answered the watch request: from here on it streams every change
+        return response
+
     def writer() -> None:
-        time.sleep(0.5)
+        if not opened.wait(10):
+            return
         core.create_namespaced_config_map("auth", {"metadata": {"name": "w", "labels": {"drill": "1"}}})
         core.patch_namespaced_config_map("w", "auth", {"data": {"DB_HOST": "pg-tertiary"}})
         core.create_namespaced_config_map("auth", {"metadata": {"name": "other"}})
@@ -210,8 +220,9 @@ def test_watch_streams_changes_and_honours_timeout(standin: StandIn) -> None:
     thread.start()
     started = time.monotonic()
     events = [(event["type"], event["object"].metadata.name) for event in watch.Watch().stream(
-        core.list_namespaced_config_map, "auth", label_selector="drill=1", timeout_seconds=2)]
+        list_and_tell, "auth", label_selector="drill=1", timeout_seconds=2)]
     thread.join(5)
+    assert opened.is_set(), "the watch request was never answered"
     assert events == [("ADDED", "w"), ("MODIFIED", "w"), ("DELETED", "w")]
     assert 1.5 < time.monotonic() - started < 5  # the server ended the stream at timeoutSeconds
 

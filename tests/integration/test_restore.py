@@ -101,10 +101,30 @@ class Source:
                 "--dbname", self.db, "--connect-timeout", "2", "--endpoint",
                 f"primary={self.server.host}:{self.server.port}", "--rate", "100", "--duration", str(seconds)]
         gen = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.journal, self.generator = journal, gen
         extra = during() if during else None
         assert gen.wait(seconds + 60) == 0, gen.stderr.read()
         acks = [json.loads(line) for line in journal.read_text().splitlines()]
         return [a for a in acks if a.get("type") == "ack"], extra
+
+    def acked(self) -> int:
+        """Acknowledged writes in the running generator's journal so far (complete lines only)."""
+        if not self.journal.exists():
+            return 0
+        text = self.journal.read_text()
+        complete = text[:text.rfind("\n") + 1].splitlines()
+        return sum(1 for line in complete if json.loads(line).get("type") == "ack")
+
+    def wait_for_acks(self, count: int, timeout: float = 20.0) -> None:
+        """Until the running generator has acknowledged ``count`` writes in all."""
+        deadline = time.monotonic() + timeout
+        while (n := self.acked()) < count:
+            if self.generator.poll() is not None:
+                raise AssertionError(f"the generator ended ({self.generator.returncode}) after {n} of {count} "
+                                     f"acknowledged writes: {self.generator.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the generator acknowledged {n} of {count} writes in {timeout:.0f} s")
+            time.sleep(0.05)
 
     def commit_times(self, request_ids) -> dict:
         rows = self.server.psql(
@@ -123,16 +143,17 @@ def source(pg_server_factory):
     moments = {}
 
     def during():
-        time.sleep(2.5)
+        # the targets lie between writes: the LSN and restore-point tests need more than 50 on each side
+        src.wait_for_acks(150)
         moments["lsn_read_at"] = time.time()
         moments["lsn"] = src.server.psql("SELECT pg_current_wal_insert_lsn()::text")[0][0]
         moments["lsn_done_at"] = time.time()
         src.server.psql("SELECT pg_switch_wal()")
-        time.sleep(1.5)
+        src.wait_for_acks(300)
         moments["rp_at"] = time.time()
         moments["rp_lsn"] = src.server.psql("SELECT pg_create_restore_point('before-cleanup')::text")[0][0]
         moments["rp_done_at"] = time.time()
-        time.sleep(1.0)
+        src.wait_for_acks(380)
         src.server.psql("SELECT pg_switch_wal()")
         return moments
 
@@ -198,11 +219,13 @@ def quiet_prefetch_spool(src: Source) -> None:
     if lock.exists():
         with open(lock) as fh:
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+            while True:
                 try:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except OSError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"an earlier restore's prefetcher still holds {lock} after 30 s") from None
                     time.sleep(0.2)
     shutil.rmtree(src.archive.spool / "fetch", ignore_errors=True)
 

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / ".collections"))
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
 
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import bucket as s3policy_bucket  # noqa: E402
-from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import objects as s3policy_objects  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.modules import s3_backup_lifecycle  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -143,36 +143,41 @@ def test_object_lock_default_retention_and_a_locked_version_survives(s3_endpoint
     assert bucket_state(client, bucket)["object_lock"] == {"mode": "GOVERNANCE", "days": 30, "years": None}
     assert not run_module(args)["changed"]
 
-    key = PREFIX + "/backup/20260101T013000F/backup.json"
-    version = client.put_object(Bucket=bucket, Key=key, Body=b'{"id": 1}')["VersionId"]
-    lock = s3policy_objects.object_lock_state(client, bucket, key, version)
-    assert lock["locked"] and lock["mode"] == "GOVERNANCE"
+    key = "backup/20260101T013000F/backup.json"
+    version = client.put_object(Bucket=bucket, Key=f"{PREFIX}/{key}", Body=b'{"id": 1}')["VersionId"]
     with pytest.raises(Exception) as err:  # the API refuses: retention cannot delete it
-        client.delete_object(Bucket=bucket, Key=key, VersionId=version)
-    assert s3policy_objects.is_locked_error(err.value)
-    # ... the helper retention uses reports and skips it
-    skipped = s3policy_objects.delete_unless_locked(client, bucket, key, version)
-    assert skipped["deleted"] is False and skipped["lock"]["locked"]
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}/{key}", VersionId=version)
+    assert s3policy_bucket.error_code(err.value) == "AccessDenied", err.value
+    # the repository retention deletes through reports the lock and skips the object
+    repo = repository(s3_endpoint, bucket)
+    assert repo.locked(key).startswith("object lock (GOVERNANCE) until ")
+    assert repo.delete([key]) == ([], {key: repo.locked(key)})
     # an overwrite is a new version: the locked one is still there, unchanged
-    client.put_object(Bucket=bucket, Key=key, Body=b"ransom")
-    assert client.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read() == b'{"id": 1}'
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}/{key}", Body=b"ransom")
+    assert client.get_object(Bucket=bucket, Key=f"{PREFIX}/{key}", VersionId=version)["Body"].read() == b'{"id": 1}'
+
+
+def repository(endpoint, bucket):
+    return repo_spec.open_repository({
+        "type": "s3", "name": "primary", "bucket": bucket, "prefix": PREFIX, "endpoint_url": endpoint.endpoint_url,
+        "region": "us-east-1", "access_key": endpoint.access_key, "secret_key": endpoint.secret_key})
 
 
 def test_compliance_lock_cannot_be_bypassed(s3_endpoint, base_args):
     client = s3_endpoint.client()
     bucket = s3_endpoint.create_bucket(ObjectLockEnabledForBucket=True)
     run_module(base_args(bucket, object_lock={"mode": "COMPLIANCE", "days": 30}))
-    key = PREFIX + "/wal/000000010000000000000001"
-    version = client.put_object(Bucket=bucket, Key=key, Body=b"wal")["VersionId"]
+    key = "wal/000000010000000000000001"
+    version = client.put_object(Bucket=bucket, Key=f"{PREFIX}/{key}", Body=b"wal")["VersionId"]
     with pytest.raises(Exception) as err:
-        client.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
-    assert s3policy_objects.is_locked_error(err.value)
-    assert s3policy_objects.object_lock_state(client, bucket, key, version)["mode"] == "COMPLIANCE"
-    # an unlocked version in a bucket without a default retention is deleted as usual
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}/{key}", VersionId=version, BypassGovernanceRetention=True)
+    assert s3policy_bucket.error_code(err.value) == "AccessDenied", err.value
+    assert repository(s3_endpoint, bucket).locked(key).startswith("object lock (COMPLIANCE) until ")
+    # an unlocked object in a bucket without a default retention is deleted as usual
     plain = s3_endpoint.create_bucket()
     client.put_bucket_versioning(Bucket=plain, VersioningConfiguration={"Status": "Enabled"})
-    v = client.put_object(Bucket=plain, Key=key, Body=b"wal")["VersionId"]
-    assert s3policy_objects.delete_unless_locked(client, plain, key, v)["deleted"] is True
+    client.put_object(Bucket=plain, Key=f"{PREFIX}/{key}", Body=b"wal")
+    assert repository(s3_endpoint, plain).delete([key]) == ([key], {})
 
 
 def test_bucket_policy_merges_by_sid(s3_endpoint, base_args):
@@ -223,24 +228,6 @@ def test_replication_second_run_is_not_changed(s3_endpoint, base_args):
     repl = {"role_arn": "arn:aws:iam::123456789012:role/dr-replication", "destinations": [{"bucket": dest}]}
     run_module(base_args(bucket, replication=repl))
     assert not run_module(base_args(bucket, replication=repl))["changed"]
-
-
-def test_an_archived_object_is_named_and_its_restore_requested(s3_endpoint):
-    client = s3_endpoint.client()
-    bucket = s3_endpoint.create_bucket()
-    key = PREFIX + "/wal/000000010000000000000002"
-    client.put_object(Bucket=bucket, Key=key, Body=b"wal", StorageClass="GLACIER")
-    head = client.head_object(Bucket=bucket, Key=key)
-    with pytest.raises(s3policy_objects.ArchivedObjectError, match="archived in GLACIER"):
-        s3policy_objects.require_readable(head, bucket, key)
-    with pytest.raises(Exception, match="InvalidObjectState"):
-        client.get_object(Bucket=bucket, Key=key)
-    assert s3policy_objects.request_restore(client, bucket, key) in ("requested", "done")
-    state = s3policy_objects.archive_state(client.head_object(Bucket=bucket, Key=key))
-    assert state["restore"] in ("in-progress", "done")
-    if state["restore"] == "done":  # moto finishes at once; S3 takes hours
-        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"wal"
-    assert s3policy_objects.request_restore(client, bucket, key) in ("requested", "in-progress", "done")
 
 
 def test_playbook_applies_every_regions_bucket(s3_endpoint, tmp_path):

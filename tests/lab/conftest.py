@@ -15,9 +15,39 @@ VENV_BIN = REPO / ".venv" / "bin"
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
+# The order the lab stage runs its files in (the alphabetical order pytest used to pick, made explicit so that
+# renaming or adding a file cannot reorder it silently). Each file leaves the lab serving: one primary and two
+# streaming standbys, in whichever region serves (tests that fail over, or need a layout, repair it themselves).
+# What a file leaves that a later one reuses, to keep the stage's runtime:
+#   test_wal_lab.py      WAL archiving on in every region (site.yml) and, after it, two backups with their WAL
+#                        archived in every region: test_wal_restore_lab.py and test_wal_restore_verify_lab.py restore
+#                        from them (test_wal_lab.archived_backup checks this and sets it up when a file runs alone).
+#   test_stream_lab.py   turns streaming on and off again; archiving stays on (site.yml), as test_wal_lab.py
+#                        leaves it too.
+#   test_lab.py          its drill fails the lab over: the files after it find the primary in another region.
+# A new file goes into this list where what it needs is there; one not listed stops the collection.
+LAB_ORDER = [
+    "test_backup_lab.py",
+    "test_failover_lab.py",
+    "test_lab.py",
+    "test_stream_lab.py",
+    "test_transport_lab.py",
+    "test_wal_lab.py",
+    "test_wal_restore_lab.py",
+    "test_wal_restore_verify_lab.py",
+]
+LAB_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    lab = [i for i, item in enumerate(items) if item.path.parent == LAB_DIR]
+    unlisted = sorted({items[i].path.name for i in lab} - set(LAB_ORDER))
+    if unlisted:
+        raise pytest.UsageError(f"lab test files not in LAB_ORDER (tests/lab/conftest.py): {', '.join(unlisted)}")
+    ordered = sorted((items[i] for i in lab), key=lambda item: LAB_ORDER.index(item.path.name))  # stable in a file
+    for i, item in zip(lab, ordered, strict=True):
         item.add_marker(pytest.mark.lab)
+        items[i] = item
 
 
 class Run:

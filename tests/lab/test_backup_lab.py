@@ -14,10 +14,14 @@ REGIONS = {"primary": (19000, "immersiverse-dr-primary"), "secondary": (29000, "
            "tertiary": (39000, "immersiverse-dr-tertiary")}
 
 
+def s3_client(region: str):
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{REGIONS[region][0]}", region_name="us-east-1",
+                        aws_access_key_id="lab-access-key", aws_secret_access_key="lab-secret-key")
+
+
 def bucket_keys(region: str, prefix: str = "auth-db/") -> list[str]:
-    port, bucket = REGIONS[region]
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="lab-access-key", aws_secret_access_key="lab-secret-key")
+    bucket = REGIONS[region][1]
+    client = s3_client(region)
     keys = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
@@ -26,6 +30,14 @@ def bucket_keys(region: str, prefix: str = "auth-db/") -> list[str]:
 
 def committed(keys: list[str], area: str) -> set[str]:
     return {k.split("/")[2] for k in keys if k.startswith(f"auth-db/{area}/") and k.endswith("/backup.json")}
+
+
+def labelled(region: str, label: str) -> set[str]:
+    """The committed full backups in ``region``'s repository whose catalog record carries ``label``."""
+    client, bucket = s3_client(region), REGIONS[region][1]
+    return {backup_id for backup_id in committed(bucket_keys(region, "auth-db/backup/"), "backup")
+            if json.loads(client.get_object(Bucket=bucket, Key=f"auth-db/backup/{backup_id}/backup.json")["Body"]
+                          .read()).get("label") == label}
 
 
 def test_check_mode_runs_nothing_and_writes_nothing():
@@ -44,7 +56,10 @@ def test_full_and_logical_backups_reach_every_region_and_the_schedule_runs_the_s
     assert_no_secret(run)
     fulls = {r: committed(bucket_keys(r), "backup") for r in REGIONS}
     logicals = {r: committed(bucket_keys(r), "logical") for r in REGIONS}
-    assert len(fulls["primary"] | fulls["secondary"] | fulls["tertiary"]) >= 1
+    # this run's full backup (or, on a lab that kept its buckets, the one an earlier run took with this label): one,
+    # the same in every region
+    weekly = {r: labelled(r, "lab-weekly") for r in REGIONS}
+    assert len(weekly["primary"]) == 1 and weekly["primary"] == weekly["secondary"] == weekly["tertiary"], weekly
     assert fulls["primary"] == fulls["secondary"] == fulls["tertiary"], fulls
     assert logicals["primary"] == logicals["secondary"] == logicals["tertiary"] and logicals["primary"], logicals
 

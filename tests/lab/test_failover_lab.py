@@ -144,11 +144,12 @@ def test_a_lagging_candidate_is_refused_then_accepted_with_force(tmp_path, servi
     psql(f"dr-lab-{cand}-db", "SELECT pg_reload_conf()", db="postgres")
     psql(f"dr-lab-{primary}-db", "DROP TABLE IF EXISTS failover_lag_probe; CREATE TABLE failover_lag_probe AS "
                                  "SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 4000) g")
+    written = psql(f"dr-lab-{primary}-db", "SELECT pg_current_wal_lsn()", db="postgres")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # the third region has it all
-        if psql(f"dr-lab-{third}-db", "SELECT count(*) FROM failover_lag_probe") == "4000":
-            break
+    while psql(f"dr-lab-{third}-db", f"SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn", db="postgres") != "t":
+        assert time.monotonic() < deadline, f"{third} did not replay up to {written} within 30 s"
         time.sleep(0.5)
+    assert psql(f"dr-lab-{third}-db", "SELECT count(*) FROM failover_lag_probe") == "4000"  # the third has it all
     podman("kill", "--signal", "KILL", f"dr-lab-{primary}-db")
     limit = json.dumps({"dr_max_failover_lag": {"bytes": 1048576, "seconds": 3600}})
 

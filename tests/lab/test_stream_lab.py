@@ -59,6 +59,31 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"{what} not met within {timeout:.0f} s")
 
 
+def acked(journal: Path) -> int:
+    """Acknowledged writes in a running generator's journal so far (complete lines only)."""
+    if not journal.exists():
+        return 0
+    text = journal.read_text()
+    return sum(1 for line in text[:text.rfind("\n") + 1].splitlines() if json.loads(line).get("type") == "ack")
+
+
+def streamer_settled(region: str, since: float) -> dict:
+    """The streamer's status once it has stored what it received before ``since`` (epoch seconds): two status
+    documents written after it (the uploader writes one a second and uploads every 0.2 s) show the same stored end."""
+    seen = []
+
+    def settled():
+        status = streamer_status(region)
+        if status.get("at", 0) <= since + 0.5:
+            return None
+        if not seen or seen[-1]["at"] != status["at"]:
+            seen.append(status)
+        same = len(seen) >= 2 and all(seen[-2].get(k) == seen[-1].get(k) for k in ("partial", "stored_end"))
+        return seen[-1] if same else None
+
+    return wait_for(settled, 30, "the streamer storing what it received before the kill")
+
+
 def as_postgres(path: Path) -> Path:
     entry = pwd.getpwnam("postgres")
     for root, dirs, files in os.walk(path):
@@ -164,14 +189,14 @@ def test_streaming_keeps_the_rpo_of_a_killed_primary_under_one_second_then_turns
     scratch = ScratchRecovery(streaming)
     killed = False
     try:
-        time.sleep(15)
+        # the kill comes under load, once the generator has acknowledged enough to prove something (10 s at 150/s)
+        wait_for(lambda: acked(journal) >= 1500 or gen.poll() is not None, 20, "1500 acknowledged writes")
         assert gen.poll() is None, gen.stderr.read()
         subprocess.run(["podman", "kill", "--signal", "KILL", f"dr-lab-{region}-db"], check=True, timeout=60)
         failure_time = datetime.now(UTC)
         killed = True
+        status = streamer_settled(streaming, failure_time.timestamp())  # what came last is stored
         gen.wait(60)
-        time.sleep(3)  # the streamer notices nothing more arrives and stores what came last
-        status = streamer_status(streaming)
         print(f"\nstreamer after the kill: {status}")
 
         scratch.prepare(record)

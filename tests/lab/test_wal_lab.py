@@ -10,6 +10,7 @@ import sys
 import time
 
 import boto3
+import botocore.exceptions
 import psycopg2
 from conftest import REPO, assert_no_secret, playbook
 
@@ -57,15 +58,73 @@ def newest_backup(region: str) -> dict:
     return json.loads(client.get_object(Bucket=f"immersiverse-dr-{region}", Key=max(keys))["Body"].read())
 
 
+def archived_in(region: str, name: str) -> bool:
+    """WAL file ``name`` is in ``region``'s repository."""
+    try:
+        s3(region).head_object(Bucket=f"immersiverse-dr-{region}", Key="auth-db/" + wal_naming.wal_key(name))
+    except botocore.exceptions.ClientError as exc:
+        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def archived_everywhere(name: str, timeout: float = 60) -> None:
+    """Until WAL file ``name`` is in every region's repository (the archive_command stores it in every region; one
+    that failed is owed it and backfilled)."""
+    deadline = time.monotonic() + timeout
+    missing = list(REGIONS)
+    while missing := [r for r in missing if not archived_in(r, name)]:
+        assert time.monotonic() < deadline, f"{name} is not in the repository of {missing} after {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def switch_and_wait_archived(region: str) -> str:
+    """pg_switch_wal() on the serving ``region``'s primary; the segment it completed, once every region has it."""
+    name = superuser_sql(region, "SELECT pg_walfile_name(pg_switch_wal())")
+    archived_everywhere(name)
+    return name
+
+
+def archived_backup(region: str) -> dict:
+    """The newest backup in ``region``'s repository, taken while WAL archiving was on (its first segment is archived
+    there), with the engine on every host: what a restore from that repository to a time from now on needs.
+    test_wal_lab.py leaves exactly that (tests/lab/conftest.py: LAB_ORDER), so in the lab stage this only checks;
+    a file run alone gets it here (site.yml, then a backup)."""
+    serving = serving_region()
+    engine = all(subprocess.run(["podman", "exec", f"dr-lab-{r}-db", "test", "-x",
+                                 "/usr/local/bin/immersiverse-dr-wal"], check=False, timeout=60).returncode == 0
+                 for r in REGIONS)
+    if not engine or superuser_sql(serving, "SHOW archive_mode") != "on" or \
+            "immersiverse-dr-wal push" not in superuser_sql(serving, "SHOW archive_command"):
+        site = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"))
+        assert site.rc == 0, site.out[-3000:]
+    try:
+        record = newest_backup(region)
+    except ValueError:  # no backup at all
+        record = None
+    if record is None or not archived_in(region, record["start_wal"]):
+        backup = playbook("-i", INVENTORY, str(REPO / "playbooks" / "backup.yml"))
+        assert backup.rc == 0, backup.out[-3000:]
+        record = newest_backup(region)
+        switch_and_wait_archived(serving)
+        archived_everywhere(record["stop_wal"])
+    return record
+
+
 def test_site_archives_every_segment_between_two_backups_into_every_region(tmp_path):
     site = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"), "-e", "wal_archive_rpo_seconds=60", "-vvv")
     assert site.rc == 0, site.out[-4000:]
     assert_no_secret(site)
-    # the engine on each host is exactly the collection's module_utils: no controller __pycache__, nothing stale
-    want = sorted(p.name for p in (REPO / "plugins" / "module_utils").glob("*.py"))
+    # the engine on each host is exactly the collection's module_utils, sub-packages included: every file and
+    # directory, no controller __pycache__, nothing stale
+    local = REPO / "plugins" / "module_utils"
+    want = sorted(str(p.relative_to(local)) for p in local.rglob("*")
+                  if "__pycache__" not in p.parts and p.suffix != ".pyc")
     for region in REGIONS:
-        got = subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "ls", "-A",
-                              "/usr/local/lib/immersiverse-dr/ansible_collections/immersiverse/dr/plugins/module_utils"],
+        got = subprocess.run(["podman", "exec", f"dr-lab-{region}-db", "find",
+                              "/usr/local/lib/immersiverse-dr/ansible_collections/immersiverse/dr/plugins/module_utils",
+                              "-mindepth", "1", "-printf", "%P\\n"],
                              capture_output=True, text=True, check=True, timeout=60).stdout.split()
         assert sorted(got) == want, (region, sorted(set(got) ^ set(want)))
     again = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"), "-e", "wal_archive_rpo_seconds=60")
@@ -83,9 +142,15 @@ def test_site_archives_every_segment_between_two_backups_into_every_region(tmp_p
                             "--dbname", "authdb", "--endpoint", f"{region}=127.0.0.1:{REGIONS[region] * 10000 + 5432}",
                             "--rate", "200", "--duration", "8"], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
-    for _switch in range(4):
-        time.sleep(2)
+    since = superuser_sql(region, "SELECT pg_current_wal_insert_lsn()")
+    for _switch in range(4):  # four segments, each completed once the generator has written into it
+        deadline = time.monotonic() + 30
+        while superuser_sql(region, f"SELECT pg_current_wal_insert_lsn() > '{since}'::pg_lsn") != "t":
+            assert gen.poll() is None, gen.stderr.read()
+            assert time.monotonic() < deadline, f"no WAL written after {since} in 30 s"
+            time.sleep(0.1)
         superuser_sql(region, "SELECT pg_switch_wal()")
+        since = superuser_sql(region, "SELECT pg_current_wal_insert_lsn()")  # the new segment, nothing in it yet
     assert gen.wait(60) == 0, gen.stderr.read()
 
     second = playbook("-i", INVENTORY, str(REPO / "playbooks" / "backup.yml"))

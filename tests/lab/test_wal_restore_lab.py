@@ -2,7 +2,9 @@
 under the workload generator (paused at the target, read-only, so the lab keeps one primary), then the same region's
 data directory deleted and rebuilt as a standby from its own region's repository (restore_mode=standby).
 
-Runs after test_wal_lab.py (file order): WAL archiving is set up and there are backups in every region."""
+Needs WAL archiving on and a backup taken with it in the restored region's repository: test_wal_lab.py, just before
+in the lab stage (tests/lab/conftest.py: LAB_ORDER), leaves both; archived_backup() checks that, and sets them up when
+this file runs alone."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from conftest import REPO, assert_no_secret, playbook
-from test_wal_lab import REGIONS, newest_backup, s3, serving_region, superuser_sql
+from test_wal_lab import REGIONS, archived_backup, s3, serving_region, switch_and_wait_archived
 
 INVENTORY = str(REPO / "inventories" / "lab")
 
@@ -42,16 +44,7 @@ def history_objects() -> dict[str, set[str]]:
 def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_path):
     serving = serving_region()
     region = standby_region(serving)
-    if not os.path.exists("/proc") or subprocess.run(
-            ["podman", "exec", f"dr-lab-{region}-db", "test", "-x", "/usr/local/bin/immersiverse-dr-wal"],
-            check=False).returncode != 0:
-        site = playbook("-i", INVENTORY, str(REPO / "playbooks" / "site.yml"))
-        assert site.rc == 0, site.out[-3000:]
-    try:
-        newest_backup(region)  # test_wal_lab.py took two just before (with WAL archived since): reuse them
-    except ValueError:
-        backup = playbook("-i", INVENTORY, str(REPO / "playbooks" / "backup.yml"))
-        assert backup.rc == 0, backup.out[-3000:]
+    archived_backup(region)  # in the lab stage: test_wal_lab.py's newest backup, WAL archived since
 
     journal = tmp_path / "journal.jsonl"
     env = {**os.environ, "PGPASSFILE": str(REPO / ".lab" / "pgpass"), "PYTHONPATH": str(REPO / "lab")}
@@ -66,8 +59,7 @@ def test_pitr_of_a_standby_region_then_rebuild_it_from_its_own_repository(tmp_pa
     pivot = acks[len(acks) // 2]
     target = datetime.fromisoformat(pivot["acked_at"].replace("Z", "+00:00"))
     target_text = target.strftime("%Y-%m-%dT%H:%M:%S.%f+00")  # no space: -e key=value splits on it
-    superuser_sql(serving, "SELECT pg_switch_wal()")
-    time.sleep(3)  # archive_command pushes it to every region
+    switch_and_wait_archived(serving)  # the target's segment, in every region's repository
 
     # what the serving primary knows: when each write's transaction started (its commit came later)
     run = pivot["run_id"]

@@ -2,7 +2,9 @@
 when verification at the target fails: it stays paused, read-only, on its old timeline, and archives nothing. Then
 the test puts the primary's own data directory back (the restore kept it aside) so the lab serves as before.
 
-Runs after test_wal_restore_lab.py (file order): WAL archiving is set up and there are backups in every region."""
+Needs WAL archiving on and a backup taken with it in the serving region's repository: test_wal_lab.py leaves both
+before it in the lab stage (tests/lab/conftest.py: LAB_ORDER); archived_backup() checks that, and sets them up when
+this file runs alone."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 from datetime import datetime
 
 from conftest import REPO, playbook
-from test_wal_lab import REGIONS, serving_region, superuser_sql
+from test_wal_lab import REGIONS, archived_backup, serving_region, switch_and_wait_archived
 from test_wal_restore_lab import history_objects, sql
 
 INVENTORY = str(REPO / "inventories" / "lab")
@@ -47,6 +49,7 @@ def wait_for(check, seconds: float, what: str) -> None:
 def test_a_pitr_whose_verification_fails_is_never_promoted():
     serving = serving_region()
     host = f"dr-lab-{serving}-db"
+    archived_backup(serving)  # in the lab stage: test_wal_lab.py's newest backup, WAL archived since
     journal = REPO / ".lab" / "verify-journal.jsonl"
     journal.unlink(missing_ok=True)
     env = {**os.environ, "PGPASSFILE": str(REPO / ".lab" / "pgpass"), "PYTHONPATH": str(REPO / "lab")}
@@ -58,8 +61,7 @@ def test_a_pitr_whose_verification_fails_is_never_promoted():
     acks = [a for a in (json.loads(line) for line in journal.read_text().splitlines()) if a.get("type") == "ack"]
     assert len(acks) > 100
     target = datetime.fromisoformat(acks[len(acks) // 2]["acked_at"].replace("Z", "+00:00"))
-    superuser_sql(serving, "SELECT pg_switch_wal()")
-    time.sleep(3)  # archived to every region
+    switch_and_wait_archived(serving)  # the target's segment, in every region's repository
     timeline = sql(serving, "SELECT timeline_id FROM pg_control_checkpoint()", "postgres")
     histories_before = history_objects()
     try:

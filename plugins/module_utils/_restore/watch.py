@@ -51,13 +51,6 @@ def log_since(path, offset):
         return ""
 
 
-def log_size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
 # what PostgreSQL answers while it is not ready for connections yet: keep waiting
 STILL_STARTING = ("starting up", "not accepting connections", "not yet accepting connections",
                   "consistent recovery state", "shutting down", "in recovery mode")

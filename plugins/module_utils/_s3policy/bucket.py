@@ -13,8 +13,12 @@ import copy
 import json
 
 from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import derive as s3policy_derive
-from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import objects as s3policy_objects
 from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import simulate as s3policy_simulate
+
+
+def error_code(exc):
+    """The S3 error code of a botocore ClientError ("" for anything else)."""
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
 
 
 def _call(client, bucket, op, missing=(), **kwargs):
@@ -23,7 +27,7 @@ def _call(client, bucket, op, missing=(), **kwargs):
     try:
         return getattr(client, op)(Bucket=bucket, **kwargs)
     except Exception as exc:  # noqa: BLE001 - botocore errors are classified by their code
-        code = s3policy_objects.error_code(exc)
+        code = error_code(exc)
         if code and code in missing:
             return None
         if code in ("NoSuchBucket",):

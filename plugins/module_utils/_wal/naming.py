@@ -151,13 +151,6 @@ def cover(pieces):
     return chosen, pos
 
 
-def missing_segments(present, timeline, start_segno, stop_segno, segment_size=DEFAULT_SEGMENT_SIZE):
-    """The segment names between two segment numbers (inclusive) on one timeline that ``present`` lacks."""
-    return [segment_name(timeline, n, segment_size)
-            for n in range(start_segno, stop_segno + 1)
-            if segment_name(timeline, n, segment_size) not in present]
-
-
 def follows(last, name):
     try:
         tli_a, seg_a = parse_segment(last)

@@ -32,15 +32,31 @@ def test_a_failing_fence_fails_the_task_saying_the_host_is_not_fenced():
     assert "NOT known to be fenced" in out["msg"] and "no container dr-lab-x-db" in out["msg"]
 
 
+def ended(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped yet (it runs nothing more either way)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 def test_a_hung_fence_is_killed_with_what_it_started(tmp_path):
     marker = tmp_path / "child-still-running"
+    child_pid = tmp_path / "child.pid"
     started = time.monotonic()
-    # the command starts a child that would outlive it; both are killed at the timeout
-    out = run({"argv": ["/bin/sh", "-c", f"(sleep 3; touch {marker}) & sleep 30"], "timeout": 1})
+    # the command starts a child that would outlive it (and touch the marker after 3 s); both are killed at the timeout
+    out = run({"argv": ["/bin/sh", "-c", f"sh -c 'echo $$ > {child_pid}; sleep 3; touch {marker}' & sleep 30"],
+               "timeout": 1})
     assert time.monotonic() - started < 10
     assert out["failed"] and out["rc"] is None and "did not finish in 1 s" in out["msg"]
-    time.sleep(3.5)
-    assert not marker.exists()
+    assert child_pid.exists(), "the child never started: the test proves nothing"
+    pid = int(child_pid.read_text())
+    deadline = time.monotonic() + 5
+    while not ended(pid):
+        assert time.monotonic() < deadline, f"the fence's child {pid} still runs 5 s after the fence was killed"
+        time.sleep(0.05)
+    assert not marker.exists()  # and, its process gone, it never will
 
 
 def test_a_command_that_does_not_exist_fails_clearly():

@@ -47,7 +47,7 @@ def test_an_unreachable_host_is_a_result_and_the_task_is_not_unreachable():
 
 def test_the_reads_overlap():
     def slow():
-        time.sleep(0.5)
+        time.sleep(0.5)  # the behaviour under test: a read that takes 0.5 s (no wait for an event)
         return {"reachable": True}
 
     start = time.monotonic()

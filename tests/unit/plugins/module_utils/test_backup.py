@@ -242,7 +242,9 @@ def test_keep_days_keeps_the_backup_before_the_window():
 def test_both_rules_keep_what_either_keeps():
     backups = [backup(d) for d in (28, 21, 14, 7, 0)]
     keep, dropped = backup_retention.plan_retention(backups, NOW, keep_full=4, keep_days=3)
-    assert len(keep) == 4
+    # keep_full=4 keeps the four newest; keep_days=3 keeps today's and the one before its window (7 days): the union
+    assert [b["id"] for b, _reason in keep] == [b["id"] for b in backups[1:]]
+    assert [b["id"] for b, _reason in dropped] == [backups[0]["id"]]
 
 
 def test_the_newest_valid_backup_is_never_deleted():
@@ -296,14 +298,23 @@ def test_catalog_ids_sort_by_time():
     assert a == "20261127T120000F" and a < b
 
 
-def test_catalog_record_survives_the_repository_round_trip(tmp_path):
-    """What list_backups reads back is the record as written (plus where it was found), not a test's own dict."""
-    from ansible_collections.immersiverse.dr.plugins.module_utils._repo import local as repo_local
-
+def test_the_catalog_tells_valid_incomplete_and_damaged_backups_apart(tmp_path):
+    """What list_backups derives from a repository: a backup is valid only with its catalog record (written last),
+    a backup whose record is missing is incomplete (with its in-progress marker, when there is one), one whose record
+    cannot be read is damaged; oldest first, each naming the repository it was found in."""
     repo = repo_local.LocalRepository(str(tmp_path / "repo"), name="primary")
-    record = backup(1)
-    record.pop("status", None)
-    repo.put_bytes(f"backup/{record['id']}/{backup_catalog.RECORD}", json.dumps(record).encode())
+    done, cut, bad = backup(3), backup(2), backup(1)
+    for record in (done, cut, bad):
+        record.pop("status")
+        repo.put_bytes(f"backup/{record['id']}/base.tar.lz4", b"tar")
+    repo.put_bytes(f"backup/{done['id']}/{backup_catalog.RECORD}", json.dumps(done).encode())
+    marker = {"id": cut["id"], "pid": 4242, "host": "db1"}
+    repo.put_bytes(f"backup/{cut['id']}/{backup_catalog.IN_PROGRESS}", json.dumps(marker).encode())
+    repo.put_bytes(f"backup/{bad['id']}/{backup_catalog.RECORD}", b'{"id": "torn')
     found = backup_catalog.list_backups(repo)
-    assert len(found) == 1 and found[0]["status"] == "valid" and found[0]["repository"] == "primary"
-    assert {k: v for k, v in found[0].items() if k not in ("status", "repository")} == record
+    assert [(b["id"], b["status"], b["repository"]) for b in found] == [
+        (done["id"], "valid", "primary"), (cut["id"], "incomplete", "primary"), (bad["id"], "damaged", "primary")]
+    assert found[0]["stop_lsn"] == done["stop_lsn"] and found[0]["timeline"] == 1  # the record as it was written
+    assert found[1]["in_progress"] == marker and found[1]["objects"] == 2 and "stop_lsn" not in found[1]
+    assert found[2]["problem"].startswith("catalog record unreadable")
+    assert [b["id"] for b in backup_catalog.list_backups(repo, "logical")] == []  # another area, nothing there

@@ -13,7 +13,6 @@ import pytest
 
 from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import bucket as s3policy_bucket
 from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import derive as s3policy_derive
-from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import objects as s3policy_objects
 from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import simulate as s3policy_simulate
 
 UTC = datetime.UTC
@@ -332,25 +331,3 @@ def test_other_repositories_and_other_prefixes_are_not_touched():
     rules = s3policy_derive.build_rules(s3policy_derive.derive(BASE), PREFIX)
     assert s3policy_simulate.object_timeline(rules, "other-db/backup/x/base.tar", at(0)) == []
     assert s3policy_simulate.object_timeline(rules, "auth-db/scratch/x", at(0)) == []
-
-
-# -- archived objects and locks --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("head,archived,restore", [
-    ({"StorageClass": "GLACIER"}, True, "none"),
-    ({"StorageClass": "DEEP_ARCHIVE", "Restore": 'ongoing-request="true"'}, True, "in-progress"),
-    ({"StorageClass": "GLACIER", "Restore": 'ongoing-request="false", expiry-date="Sat, 28 Nov 2026 10:59:18 GMT"'},
-     False, "done"),
-    ({}, False, "none"),
-    ({"StorageClass": "GLACIER_IR"}, False, "none"),
-    ({"StorageClass": "STANDARD_IA"}, False, "none"),
-])
-def test_archive_state(head, archived, restore):
-    st = s3policy_objects.archive_state(head)
-    assert (st["archived"], st["restore"]) == (archived, restore)
-
-
-def test_require_readable_says_what_to_do():
-    with pytest.raises(s3policy_objects.ArchivedObjectError) as err:
-        s3policy_objects.require_readable({"StorageClass": "GLACIER"}, "bkt", "auth-db/wal/0001")
-    assert "s3://bkt/auth-db/wal/0001 is archived in GLACIER" in str(err.value)
-    assert "request a restore" in str(err.value)

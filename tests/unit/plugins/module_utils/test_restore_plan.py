@@ -134,10 +134,15 @@ def test_bad_targets(target, message):
 
 
 def test_time_zones_are_normalised():
-    a = restore_target.parse_target_time("2026-11-27 10:00:00+00")
-    b = restore_target.parse_target_time("2026-11-27T11:00:00+01:00")
-    c = restore_target.parse_target_time("2026-11-27T10:00:00Z")
-    assert a == b == c
+    import datetime
+
+    instant = datetime.datetime(2026, 11, 27, 10, 0, tzinfo=datetime.UTC)
+    for spelling in ("2026-11-27 10:00:00+00", "2026-11-27T11:00:00+01:00", "2026-11-27T10:00:00Z",
+                     "2026-11-27 11:00:00 Europe/Paris"):
+        moment = restore_target.parse_target_time(spelling)
+        assert moment.utcoffset() is not None and moment == instant, spelling
+    with pytest.raises(restore_target.RestoreError):
+        restore_target.parse_target_time("2026-11-27 10:00:00")  # no zone: refused, never taken as local time
 
 
 def test_history_parsing():

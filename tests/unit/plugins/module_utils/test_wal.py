@@ -47,7 +47,3 @@ def test_wal_keys_group_by_timeline_and_log():
     assert wal_naming.wal_key("00000002.history") == "wal/00000002.history"
 
 
-def test_missing_segments():
-    present = {wal_naming.segment_name(1, n) for n in (1, 2, 4)}
-    assert wal_naming.missing_segments(present, 1, 1, 5) == [wal_naming.segment_name(1, 3),
-                                                             wal_naming.segment_name(1, 5)]
