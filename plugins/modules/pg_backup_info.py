@@ -135,6 +135,9 @@ def main():
         ),
         supports_check_mode=True,
     )
+    if module.params["verify"] != "none":
+        module.warn("pg_backup_info verifies and reports but no longer records the verdict (verified.json, "
+                    "last_verification) since 0.9.0: use immersiverse.dr.pg_backup_verify to record it")
     try:
         result = run_module(module)
     except _errors.ENGINE_ERRORS as exc:

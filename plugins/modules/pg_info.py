@@ -15,7 +15,7 @@ description:
   - Reports whether the instance is a primary or a standby, its timeline and LSNs, replication peers and lag,
     the WAL receiver, and the WAL archiver's counters.
   - Reads only; never changes the server.
-  - Called C(immersiverse.dr.pg_info) before 0.9.0; that name still works (a redirect, deprecated, removed in
+  - Called C(immersiverse.dr.pg_facts) before 0.9.0; that name still works (a redirect, deprecated, removed in
     2.0.0).
 author:
   - immersiverse.dr maintainers (@immersiverse)

@@ -67,13 +67,15 @@ def run(command, cfg):
                   "deleted": sum(len(r["deleted"]) for r in reports),
                   "skipped": sum(len(r["skipped"]) for r in reports),
                   "wal_deleted": sum(r["wal_deleted"] for r in reports)}
-    elif command == "info":
-        result = backup_operations.backup_info([repository] + offsite)
+    elif command == "info":  # this region's repository only: the others may be down (that is when it is run)
+        result = backup_operations.backup_info([repository])
         home = result["repositories"][0]
         result["backups"] = [b["id"] for b in home["backups"]]
         result["newest"] = home["backups"][-1]["stop_time"] if home["backups"] else None
     else:
         raise ValueError("unknown command %r" % command)
+    if command in ("full", "logical"):  # the names, as the command always printed them (the reports are in the log)
+        result["offsite"] = [copy["name"] for copy in result["offsite"]]
     result["command"] = command
     return result
 

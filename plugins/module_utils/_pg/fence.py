@@ -13,7 +13,6 @@ import json
 import os
 
 from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
-from ansible_collections.immersiverse.dr.plugins.module_utils._pg import recovery as pg_recovery
 
 
 # Written by the isolate phase (and the lab's out-of-band fence) beside start.conf; removed when the host is made a
@@ -63,6 +62,10 @@ def set_fence(conf_dir, fenced, marker=None, check_mode=False):
     an existing marker is kept (the first fence's reason and time survive re-runs). Files are replaced atomically and
     owned like the configuration directory. Returns {"changed", "actions", "before", "after"} (read_fence() each).
     """
+    # Imported here, not at the top: reading the fence (pg_info, on the failover's critical path, run from source by
+    # the short path) must not pay for compiling the recovery parser's expressions (about 30 ms a call).
+    from ansible_collections.immersiverse.dr.plugins.module_utils._pg import recovery as pg_recovery
+
     if not os.path.isdir(conf_dir):
         raise pg_connection.PgError(
             "%s is not a directory: is the cluster created (pg_lsclusters) and the path right?" % conf_dir)
