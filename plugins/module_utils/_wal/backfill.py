@@ -61,11 +61,7 @@ def backfill(config, max_seconds=None, honor_backoff=False, log=None):
             except down as exc:
                 outcomes[rid] = report["errors"][rid] = wal_status.why_failed(target, exc)
                 break
-            wal_config.remove_file(config.path("owed", rid, name))
-            report["copied"].append((rid, name, how))
-            outcomes.setdefault(rid, None)
-            if log:
-                log("backfilled %s to %s (%s)" % (name, rid, how))
+            _copied(config, report, outcomes, rid, name, how, log, "backfilled")
     if outcomes:
         wal_status.note_outcomes(config, outcomes, force=True)
     if conflicts:
@@ -199,16 +195,21 @@ def reconcile(config, everything=False, max_seconds=None, log=None):
                 outcomes[rid] = report["errors"][rid] = wal_status.why_failed(target, exc)
                 left += len(todo) - position
                 break
-            wal_config.remove_file(config.path("owed", rid, name))
-            report["copied"].append((rid, name, how))
-            outcomes.setdefault(rid, None)
-            if log:
-                log("reconciled %s to %s (%s)" % (name, rid, how))
+            _copied(config, report, outcomes, rid, name, how, log, "reconciled")
         if left:
             report["missing"][rid] = left
     if outcomes:
         wal_status.note_outcomes(config, outcomes, force=True)
     return report
+
+
+def _copied(config, report, outcomes, rid, name, how, log, verb):
+    """A segment repository ``rid`` was owed is there now: the owed marker goes, the report and the outcome say so."""
+    wal_config.remove_file(config.path("owed", rid, name))
+    report["copied"].append((rid, name, how))
+    outcomes.setdefault(rid, None)
+    if log:
+        log("%s %s to %s (%s)" % (verb, name, rid, how))
 
 
 def _agreed(holders, key, name):
