@@ -248,3 +248,22 @@ options:
         description: A CA bundle to verify the endpoint's certificate with.
         type: path
 """
+
+    # The options pg_backup_verify and pg_backup_info share for a verification (both call
+    # _backup.operations.backup_info), documented once.
+    VERIFICATION = r"""
+options:
+  scratch_dir:
+    description: Where a full verification restores a backup (needs room for the whole database).
+    type: path
+  pg_bin_dir:
+    description: Where pg_verifybackup lives.
+    type: path
+    default: /usr/lib/postgresql/15/bin
+  fail_on_problems:
+    description: Fail when a verification finds a problem.
+    type: bool
+    default: true
+requirements:
+  - boto3 for S3 repositories, on the host the module runs on
+"""

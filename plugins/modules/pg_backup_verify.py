@@ -27,6 +27,7 @@ extends_documentation_fragment:
   - immersiverse.dr.attributes
   - immersiverse.dr.attributes.platform
   - immersiverse.dr.repository.repositories
+  - immersiverse.dr.repository.verification
 attributes:
   check_mode:
     support: partial
@@ -50,19 +51,6 @@ options:
   backup_id:
     description: Verify only this backup (overrides O(scope)).
     type: str
-  scratch_dir:
-    description: Where O(method=full) restores a backup (needs room for the whole database).
-    type: path
-  pg_bin_dir:
-    description: Where pg_verifybackup lives.
-    type: path
-    default: /usr/lib/postgresql/15/bin
-  fail_on_problems:
-    description: Fail when a verification finds a problem.
-    type: bool
-    default: true
-requirements:
-  - boto3 for S3 repositories, on the host the module runs on
 seealso:
   - module: immersiverse.dr.pg_backup_info
   - module: immersiverse.dr.pg_basebackup
