@@ -105,7 +105,7 @@ def _take_back(params, check_mode):
         runbook_lock.release([repo_spec.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
                                                         read_timeout=LOCK_READ_TIMEOUT,
                                                         max_attempts=LOCK_MAX_ATTEMPTS))
-                          for spec in params["repositories"]], params["name"], params["run_id"], record=False)
+                              for spec in params["repositories"]], params["name"], params["run_id"], record=False)
     except _errors.ENGINE_ERRORS:
         pass
 
@@ -210,7 +210,7 @@ class ActionModule(ActionBase):
             # A lock object is a few hundred bytes: a region whose object store does not answer (a partition
             # accepts the connection and then says nothing) must cost seconds, not botocore's 60 s x 5 attempts.
             repos = [repo_spec.open_repository(dict(spec, connect_timeout=LOCK_CONNECT_TIMEOUT,
-                                                   read_timeout=LOCK_READ_TIMEOUT, max_attempts=LOCK_MAX_ATTEMPTS))
+                                                    read_timeout=LOCK_READ_TIMEOUT, max_attempts=LOCK_MAX_ATTEMPTS))
                      for spec in params["repositories"]]
             if params["state"] == "info":
                 result["lock"] = runbook_lock.status(repos, params["name"])
@@ -226,16 +226,16 @@ class ActionModule(ActionBase):
                 return result
             if check_mode:
                 seen = runbook_lock.would_acquire(repos, params["name"], params["run_id"],
-                                              ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
-                                              break_run_id=params["break_run_id"], quorum=params["quorum"],
-                                              process=process)
+                                                  ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
+                                                  break_run_id=params["break_run_id"], quorum=params["quorum"],
+                                                  process=process)
                 result.update(changed=seen["acquired"], **seen)
                 result["acquired"] = False  # nothing is taken in check mode
                 result["would_acquire"] = seen["acquired"]
                 return result
             got = runbook_lock.acquire(repos, params["name"], params["run_id"], params["holder"],
-                                   ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
-                                   break_run_id=params["break_run_id"], quorum=params["quorum"], process=process)
+                                       ttl_seconds=params["ttl_seconds"], break_stale=params["break_stale"],
+                                       break_run_id=params["break_run_id"], quorum=params["quorum"], process=process)
             result.update(changed=True, acquired=True, lock=got["lock"], repositories=got["repositories"],
                           took_over=got["took_over"], last_released=got["last_released"])
         except _errors.ENGINE_ERRORS as exc:

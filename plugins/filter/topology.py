@@ -69,8 +69,8 @@ def promotion_refusals(summary, candidate, isolated=None, restoring=False):
 def failover_plan(summary, target_region, max_lag=None, force=False, sync_regions=None):
     max_lag = max_lag or {}
     return runbook_decisions.failover_plan(summary, target_region, max_lag_bytes=max_lag.get("bytes", 16 << 20),
-                                   max_lag_seconds=max_lag.get("seconds", 30), force=bool(force),
-                                   sync_regions=sync_regions or ())
+                                           max_lag_seconds=max_lag.get("seconds", 30), force=bool(force),
+                                           sync_regions=sync_regions or ())
 
 
 def lsn_int(lsn):

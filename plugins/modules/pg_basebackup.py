@@ -228,6 +228,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._backup import ope
 from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
+
 def run_module(module):
     p = module.params
     pg_basebackup = module.get_bin_path("pg_basebackup", required=True, opt_dirs=[p["pg_bin_dir"] or ""])

@@ -96,7 +96,7 @@ def main():
                            supports_check_mode=True)
     try:
         res = pg_fence.set_fence(module.params["conf_dir"], module.params["state"] == "fenced", module.params["marker"],
-                            check_mode=module.check_mode)
+                                 check_mode=module.check_mode)
     except _errors.ENGINE_ERRORS as exc:
         module.fail_json(msg="cannot %s %s: %s" % ("fence" if module.params["state"] == "fenced" else "unfence",
                                                    module.params["conf_dir"], exc))

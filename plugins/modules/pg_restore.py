@@ -241,7 +241,7 @@ def run_module(module):
         last = (restore_datadir.read_state(p["data_dir"]) or {}).get("moved_aside")
         removed = restore_datadir.prune_moved_aside(p["data_dir"], p["keep_replaced_days"],
                                                     protect={last} if last else (),
-                                             check_mode=module.check_mode)
+                                                    check_mode=module.check_mode)
         return {"changed": bool(removed), "removed": removed}
     if state == "recovered":
         if not p["data_dir"]:
@@ -250,7 +250,7 @@ def run_module(module):
             return {"changed": False, "recovery": None}
         if not pg_connection.HAS_PSYCOPG2:
             raise restore_target.RestoreError("psycopg2 is required on %s to watch recovery (Debian: apt install "
-                                        "python3-psycopg2); PostgreSQL was left recovering" % os.uname()[1])
+                                              "python3-psycopg2); PostgreSQL was left recovering" % os.uname()[1])
         t0 = time.monotonic()
 
         def report(last):
@@ -263,14 +263,14 @@ def run_module(module):
                 lambda: pg_connection.connect(p), p["data_dir"], p["log_file"] or "", p["log_offset"], p["timeout"],
                 progress=report, ping=restore_watch.pg_isready(p["pg_bin_dir"],
                                                                p["login_unix_socket"] or p["login_host"],
-                                                          p["login_port"]))
+                                                               p["login_port"]))
         except restore_target.RestoreError:
             raise  # main() records it in the progress file
         if p["progress_file"]:
             _write_json(p["progress_file"], dict(reached, phase="reached"))
         try:
             restore_datadir.set_phase(p["data_dir"], "recovered" if reached["outcome"] == "promoted" else "paused",
-                               recovery=reached)
+                                      recovery=reached)
         except OSError:
             pass
         return {"changed": False, "recovery": reached}
@@ -290,8 +290,8 @@ def run_module(module):
               "timeline": p["target_timeline"]}
     try:
         plan = restore_plan.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"],
-                             use_partial=p["use_partial"],
-                             commit_times=restore_plan.pg_waldump_commit_times(p["pg_bin_dir"]))
+                                 use_partial=p["use_partial"],
+                                 commit_times=restore_plan.pg_waldump_commit_times(p["pg_bin_dir"]))
     except restore_target.RestoreError as exc:
         if found_in and str(exc).startswith("no backup of cluster"):
             raise restore_target.RestoreError(
@@ -303,7 +303,7 @@ def run_module(module):
     previous = restore_datadir.read_state(p["data_dir"]) if p["data_dir"] else None
     same = bool(previous and previous.get("request") == restore_datadir.restore_request(plan))
     if p["data_dir"] and not (same and previous.get(
-        "phase") in restore_datadir.STAGED_PHASES + restore_datadir.DONE_PHASES):
+            "phase") in restore_datadir.STAGED_PHASES + restore_datadir.DONE_PHASES):
         restore_datadir.check_data_dir(plan, p["data_dir"])
     if state == "planned":
         return {"changed": False, "plan": plan,
@@ -313,7 +313,7 @@ def run_module(module):
         module.fail_json(msg="state=restored needs data_dir")
     progress = _progress_writer(p["progress_file"])
     done = restore_datadir.prepare_data_dir(repositories, plan, p["data_dir"], check_mode=module.check_mode,
-                                     progress=progress[0] if progress else None)
+                                            progress=progress[0] if progress else None)
     if progress and not module.check_mode:
         _write_progress(p["progress_file"], "restored", progress[1])
     result = {"changed": done["changed"], "plan": plan, "moved_aside": done["moved_aside"]}

@@ -141,7 +141,7 @@ def run_module(module):
     if p["s3"]:
         s3 = p["s3"]
         services["s3"] = runbook_services.check_s3(s3["endpoint_url"], s3["bucket"], s3["region_name"],
-                                            s3["access_key"], s3["secret_key"], timeout=t)
+                                                   s3["access_key"], s3["secret_key"], timeout=t)
     if p["redis_url"]:
         services["redis"] = runbook_services.check_redis(p["redis_url"], timeout=t)
     if p["kafka_bootstrap"]:
@@ -149,7 +149,7 @@ def run_module(module):
     if p["kubernetes"]:
         k = p["kubernetes"]
         services["kubernetes"] = runbook_services.check_kubernetes(k["host"], k["namespace"], k["deployment"],
-                                                            k["api_key"] or "", k["validate_certs"], timeout=t)
+                                                                   k["api_key"] or "", k["validate_certs"], timeout=t)
     unhealthy = sorted(name for name, r in services.items() if not r["ok"])
     return {"region": p["region"], "healthy": not unhealthy, "services": services, "unhealthy": unhealthy}
 

@@ -366,7 +366,7 @@ def test_logical_backup_restores_with_pg_restore(source, s3_endpoint, s3_bucket,
                 "INSERT INTO tokens SELECT g, md5(g::text) FROM generate_series(1, 5000) g", dbname="logicaldb")
     repo = repo_spec.open_repository(s3_spec(s3_endpoint, s3_bucket, "primary"))
     record = backup_logical.take_logical_backup(repo, params(source), identity(source), ["logicaldb"], jobs=2,
-                                          staging_dir=str(work / "st"))
+                                                staging_dir=str(work / "st"))
     (listed,) = backup_catalog.list_backups(repo, "logical")
     assert listed["status"] == "valid" and listed["databases"] == ["logicaldb"]
     assert backup_verify.verify_checksums(repo, listed, "logical") == []

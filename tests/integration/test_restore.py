@@ -69,9 +69,9 @@ class Source:
 
     def backup(self) -> dict:
         conn = pg_connection.connect({"login_host": self.server.host, "login_port": self.server.port,
-                            "login_user": "postgres", "login_password": self.server.password,
-                            "login_db": "postgres", "login_unix_socket": "", "connect_timeout": 5,
-                            "ssl_mode": "disable"})
+                                      "login_user": "postgres", "login_password": self.server.password,
+                                      "login_db": "postgres", "login_unix_socket": "", "connect_timeout": 5,
+                                      "ssl_mode": "disable"})
         try:
             ident = backup_catalog.cluster_identity(conn)
         finally:
@@ -194,7 +194,7 @@ def recover(src: Source, server: PgServer, settings: dict, plan: dict | None = N
         return psycopg2.connect(server.dsn("postgres"), connect_timeout=2)
 
     return restore_watch.wait_for_recovery(connect, str(server.data_dir), str(server.log_file), timeout=timeout,
-                                      poll=0.3)
+                                           poll=0.3)
 
 
 def restore_to(src: Source, name: str, target: dict) -> tuple[PgServer, dict, dict]:
@@ -309,7 +309,7 @@ def test_full_restore_after_the_data_directory_was_deleted_keeps_every_archived_
     server._run(str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l", str(server.log_file), "-w", "-t", "5",
                 "start", check=False)
     reached = restore_watch.wait_for_recovery(lambda: psycopg2.connect(server.dsn("postgres"), connect_timeout=2),
-                                         str(server.data_dir), str(server.log_file), timeout=120, poll=0.3)
+                                              str(server.data_dir), str(server.log_file), timeout=120, poll=0.3)
     try:
         assert reached["outcome"] == "promoted" and reached["timeline"] == 2, reached
         got = present_ids(server, source.db)
@@ -348,7 +348,7 @@ def test_a_time_target_is_bounded_by_the_last_commit_in_the_wal_even_when_archiv
     bound, but the plan refuses it, as PostgreSQL would only after the data directory was replaced."""
     reader = restore_plan.pg_waldump_commit_times(str(PG_BIN))
     plan = restore_plan.plan([source.repo], {"type": "time", "value": source.commits[source.acks[10]["request_id"]][0]},
-                         commit_times=reader)
+                             commit_times=reader)
     assert plan["wal"]["archive_ends_from"] == "the last commit in the WAL", plan["warnings"]
     bound = backup_catalog.parse_iso(plan["wal"]["archive_ends"])
     newest_ack = max(float(epoch) for _text, epoch in source.commits.values())
@@ -446,7 +446,7 @@ def test_a_damaged_copy_in_one_region_is_passed_over_and_recovery_completes_from
         server._run(str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l", str(server.log_file), "-w", "-t",
                     "5", "start", check=False)
         reached = restore_watch.wait_for_recovery(lambda: psycopg2.connect(server.dsn("postgres"), connect_timeout=2),
-                                             str(server.data_dir), str(server.log_file), timeout=120, poll=0.3)
+                                                  str(server.data_dir), str(server.log_file), timeout=120, poll=0.3)
         assert reached["outcome"] == "promoted", reached
         acked = {a["request_id"] for a in source.acks}
         got = present_ids(server, source.db)

@@ -27,6 +27,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._backup import ope
 from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
 
+
 def _int_or_none(value):
     return int(value) if value not in (None, "") else None
 

@@ -254,7 +254,7 @@ def take_backup(repository, conn_params, identity, pg_bin=pg_connection.DEFAULT_
             raise backup_catalog.BackupError("pg_basebackup failed (exit %d): %s" % (rc, _tail(stderr_path)))
         if follower.error is not None:
             raise backup_catalog.BackupError("streaming the backup into %s failed: %s"
-                              % (repository.describe(), follower.error))
+                                             % (repository.describe(), follower.error))
         files = dict(follower.done)
         walked = {}
         for walker in follower.walkers.values():
@@ -298,7 +298,7 @@ def take_backup(repository, conn_params, identity, pg_bin=pg_connection.DEFAULT_
                                          identity.get("wal_segment_size") or wal_naming.DEFAULT_SEGMENT_SIZE)
         if problems:
             raise backup_catalog.BackupError("the backup does not match its manifest, so it does not count: %s"
-                              % "; ".join(problems[:10]))
+                                             % "; ".join(problems[:10]))
         label_info = backup_tar.parse_backup_label(kept.get("backup_label", b"").decode("utf-8", "replace"))
         rng = manifest["WAL-Ranges"][0]
         stopped = backup_catalog.utcnow()
@@ -320,9 +320,9 @@ def take_backup(repository, conn_params, identity, pg_bin=pg_connection.DEFAULT_
             "stop_lsn": rng["End-LSN"],
             "checkpoint_lsn": label_info.get("checkpoint_lsn"),
             "start_wal": wal_naming.segment_of_lsn(int(rng["Timeline"]), rng["Start-LSN"],
-                                             identity.get("wal_segment_size") or wal_naming.DEFAULT_SEGMENT_SIZE),
+                                                   identity.get("wal_segment_size") or wal_naming.DEFAULT_SEGMENT_SIZE),
             "stop_wal": wal_naming.segment_of_lsn(int(rng["Timeline"]), rng["End-LSN"],
-                                            identity.get("wal_segment_size") or wal_naming.DEFAULT_SEGMENT_SIZE),
+                                                  identity.get("wal_segment_size") or wal_naming.DEFAULT_SEGMENT_SIZE),
             "start_time": backup_catalog.iso(started),
             "stop_time": backup_catalog.iso(stopped),
             "backup_from": label_info.get("backup_from"),

@@ -48,7 +48,7 @@ def run_client(argv, env, what, timeout=24 * 3600):
                             stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise backup_catalog.BackupError("%s failed (exit %d): %s" % (what, result.returncode,
-                                                               (result.stderr or result.stdout).strip()[-1500:]))
+                                                                      (result.stderr or result.stdout).strip()[-1500:]))
     return result
 
 
@@ -90,7 +90,7 @@ def take_logical_backup(repository, conn_params, identity, databases, pg_bin=pg_
         for db in databases:
             target = os.path.join(work, db)
             run_client(dump_argv(os.path.join(pg_bin, "pg_dump"), conn_params, db, target, jobs, schemas, tables,
-                           exclude_tables), env, "pg_dump of %s" % db)
+                                 exclude_tables), env, "pg_dump of %s" % db)
             for name in sorted(os.listdir(target)):
                 local_files.append(("%s/%s" % (db, name), os.path.join(target, name)))
             dumped.append(db)
@@ -141,9 +141,9 @@ def choose_logical_backup(repository, database, backup_id=None):
         valid = [b for b in valid if b["id"] == backup_id]
         if not valid:
             raise backup_catalog.BackupError("logical backup %s is not a valid backup in %s"
-                                      % (backup_id, repository.describe()))
+                                             % (backup_id, repository.describe()))
     holding = [b for b in valid if database in b.get("databases", [])]
     if not holding:
         raise backup_catalog.BackupError("no valid logical backup of database %s in %s: take one (playbooks/backup.yml "
-                                  "with backup_actions [logical])" % (database, repository.describe()))
+                                         "with backup_actions [logical])" % (database, repository.describe()))
     return holding[-1]

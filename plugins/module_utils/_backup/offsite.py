@@ -27,7 +27,7 @@ def copy_backup(source, destination, record, area="backup"):
     methods = set()
     for entry in record["files"]:
         info = repo_base.copy_object(source, destination, prefix + entry["name"], expected_sha256=entry["sha256"],
-                                    overwrite=True)
+                                     overwrite=True)
         methods.add(info.get("method"))
     raw = source.get_bytes(prefix + backup_catalog.RECORD)
     destination.put_bytes(prefix + backup_catalog.RECORD, raw, overwrite=True)

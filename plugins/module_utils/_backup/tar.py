@@ -51,7 +51,7 @@ def decompressor_for(name):
     if name.endswith(".zst"):
         if _zstd is None:
             raise backup_catalog.BackupError("python zstandard is needed to verify zstd backups on this host "
-                              "(python3-zstandard)")
+                                             "(python3-zstandard)")
         return _zstd.ZstdDecompressor().decompressobj()
     return _Identity()
 

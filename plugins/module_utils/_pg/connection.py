@@ -48,6 +48,7 @@ def pgpass_env(conn, directory):
     env["PGCONNECT_TIMEOUT"] = str(conn.get("connect_timeout") or 5)
     return env, path
 
+
 try:
     import psycopg2
     import psycopg2.extras

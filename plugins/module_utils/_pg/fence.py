@@ -83,11 +83,11 @@ def set_fence(conf_dir, fenced, marker=None, check_mode=False):
         start = os.path.join(conf_dir, "start.conf")
         if before["start_conf"] != want_start:
             pg_recovery.write_file(start, (START_FENCED if fenced else START_SERVING).encode(), info.st_uid,
-                                 info.st_gid, 0o644)
+                                   info.st_gid, 0o644)
         marker_path = os.path.join(conf_dir, FENCE_MARKER)
         if fenced and before["marker"] is None:
             pg_recovery.write_file(marker_path, (json.dumps(marker or {}, indent=2, sort_keys=True) + "\n").encode(),
-                                 info.st_uid, info.st_gid, 0o644)
+                                   info.st_uid, info.st_gid, 0o644)
         if not fenced and before["marker"] is not None:
             pg_recovery.remove_file(marker_path)
     after = read_fence(conf_dir) if not check_mode else {

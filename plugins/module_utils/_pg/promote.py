@@ -28,7 +28,7 @@ def wait_for_replay(conn, lsn, seconds, step=0.05):
         if time.monotonic() >= deadline:
             raise pg_connection.PgError(
                 "the standby replayed WAL only up to %s, not %s, within %s s; nothing was promoted. Check "
-                          "its replication (pg_stat_wal_receiver) and log before trying again" % (now, lsn, seconds))
+                "its replication (pg_stat_wal_receiver) and log before trying again" % (now, lsn, seconds))
         time.sleep(step)
 
 
@@ -61,9 +61,9 @@ def promote(conn, wait_seconds=60, check_mode=False, replay_lsn=None, catchup_se
         if time.monotonic() >= deadline:
             raise pg_connection.PgError(
                 "the promotion was requested and had not finished within %d s: the server is still in "
-                          "recovery but MAY STILL PROMOTE when its replay ends. Treat it as promoting: fence it or "
-                          "watch it (its log says why it waits, for example a missing WAL segment) before failing "
-                          "over to another region." % wait_seconds)
+                "recovery but MAY STILL PROMOTE when its replay ends. Treat it as promoting: fence it or "
+                "watch it (its log says why it waits, for example a missing WAL segment) before failing "
+                "over to another region." % wait_seconds)
         time.sleep(0.01)
     after = pg_facts.gather_facts(conn)
     if after["in_recovery"]:

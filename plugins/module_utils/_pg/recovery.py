@@ -158,7 +158,7 @@ def desired(params):
             if not SLOT_RE.match(slot):
                 raise pg_recovery_conf.RecoveryError(
                     "primary_slot_name %r is not a replication slot name: 1 to 63 lower-case letters, "
-                                    "digits or underscores" % (slot,))
+                    "digits or underscores" % (slot,))
             settings["primary_slot_name"] = slot
     if mode == "recovery" and (conninfo or slot):
         warnings.append("mode=recovery: PostgreSQL ignores primary_conninfo and primary_slot_name during archive "
@@ -227,7 +227,7 @@ def check_data_dir(path):
     except OSError as exc:
         raise pg_recovery_conf.RecoveryError(
             "cannot read %s/PG_VERSION (%s); run the module as root (become: true) or as the data "
-                            "directory's owner" % (path, exc.strerror)) from None
+            "directory's owner" % (path, exc.strerror)) from None
     if not re.match(r"^\d+$", version) or int(version) < MIN_VERSION:
         raise pg_recovery_conf.RecoveryError(
             "%s is a PostgreSQL %s data directory; this module writes the recovery configuration of PostgreSQL %d "
@@ -247,7 +247,7 @@ def running_pid(data_dir):
     except OSError as exc:
         raise pg_recovery_conf.RecoveryError(
             "cannot read %s (%s), so cannot tell whether PostgreSQL is running; run the module as "
-                            "root (become: true) or as the data directory's owner" % (path, exc.strerror)) from None
+            "root (become: true) or as the data directory's owner" % (path, exc.strerror)) from None
     try:
         pid = abs(int(first))  # a single-user backend writes its pid negated
     except ValueError:
@@ -363,7 +363,7 @@ def run(params, check_mode=False, etc_dir="/etc/postgresql"):
     except OSError as exc:
         raise pg_recovery_conf.RecoveryError(
             "cannot read %s (%s); run the module as root (become: true) or as the data directory's "
-                            "owner" % (conf_path, exc.strerror)) from None
+            "owner" % (conf_path, exc.strerror)) from None
     entries = pg_recovery_conf.parse_conf(text or "")
     for entry in entries:
         if entry.get("unparsed") in MANAGED:

@@ -81,8 +81,8 @@ class LocalRepository(repo_base.Repository):
                 if key.startswith(prefix):
                     st = os.stat(full)
                     found.append(repo_base.ObjectInfo(key=key, size=st.st_size,
-                                            mtime=datetime.datetime.fromtimestamp(st.st_mtime,
-                                                                                  datetime.timezone.utc)))
+                                                      mtime=datetime.datetime.fromtimestamp(st.st_mtime,
+                                                                                            datetime.timezone.utc)))
         found.sort(key=lambda o: o["key"])
         return found
 

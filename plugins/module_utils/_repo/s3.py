@@ -181,12 +181,12 @@ class S3Repository(repo_base.Repository):
         except botocore.exceptions.NoCredentialsError:
             raise repo_base.RepositoryError(
                 "%s: no S3 credentials: set repository.access_key and repository.secret_key "
-                                  "(or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, an instance profile)"
-                                  % self.describe()) from None
+                "(or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, an instance profile)"
+                % self.describe()) from None
         except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
                 botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError) as exc:
             raise repo_base.RepositoryError("%s: cannot reach the S3 endpoint (%s): check the network path and "
-                                  "repository.endpoint_url" % (self.describe(), exc)) from None
+                                            "repository.endpoint_url" % (self.describe(), exc)) from None
 
     def _error(self, exc, operation, key=None):
         err = exc.response.get("Error", {})
@@ -214,7 +214,7 @@ class S3Repository(repo_base.Repository):
 
     def _info(self, key, resp):
         info = repo_base.ObjectInfo(key=key, size=resp.get("ContentLength"), mtime=resp.get("LastModified"),
-                          storage_class=resp.get("StorageClass") or "STANDARD")
+                                    storage_class=resp.get("StorageClass") or "STANDARD")
         sha = (resp.get("Metadata") or {}).get("sha256")
         if sha:
             info["sha256"] = sha
@@ -255,7 +255,7 @@ class S3Repository(repo_base.Repository):
         except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise repo_base.RepositoryError(
                 "%s: reading %s broke off (%s): check the network path and repository.endpoint_url"
-                                  % (self.describe(), key, exc)) from None
+                % (self.describe(), key, exc)) from None
 
     def list(self, prefix=""):
         found = []
@@ -268,7 +268,7 @@ class S3Repository(repo_base.Repository):
             for obj in resp.get("Contents", []):
                 found.append(repo_base.ObjectInfo(key=self._rel(obj["Key"]), size=obj["Size"],
                                                   mtime=obj["LastModified"],
-                                        storage_class=obj.get("StorageClass") or "STANDARD"))
+                                                  storage_class=obj.get("StorageClass") or "STANDARD"))
             if not resp.get("IsTruncated"):
                 break
             token = resp.get("NextContinuationToken")

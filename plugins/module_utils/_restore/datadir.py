@@ -107,16 +107,16 @@ def check_data_dir(plan_doc, data_dir):
     if os.path.islink(data_dir):
         raise restore_target.RestoreError(
             "%s is a symbolic link (to %s): the restore builds the new data directory beside the path "
-                           "it is given and renames it into place, which would replace the link, not the directory "
-                           "on the data volume. Set restore_data_dir to %s (the link keeps pointing there). Nothing "
-                           "was changed." % (data_dir, os.path.realpath(data_dir), os.path.realpath(data_dir)))
+            "it is given and renames it into place, which would replace the link, not the directory "
+            "on the data volume. Set restore_data_dir to %s (the link keeps pointing there). Nothing "
+            "was changed." % (data_dir, os.path.realpath(data_dir), os.path.realpath(data_dir)))
     if os.path.ismount(data_dir) or data_dir in _mount_points():
         raise restore_target.RestoreError(
             "%s is a mount point: the restore builds the new data directory beside it (%s.restoring) "
-                           "and renames it into place, which a mount point cannot take part in. Mount the volume "
-                           "one level up (for example at /var/lib/postgresql), or put the data directory in a "
-                           "directory inside the mount and point both PostgreSQL's data_directory and "
-                           "restore_data_dir at it. Nothing was changed." % (data_dir, data_dir))
+            "and renames it into place, which a mount point cannot take part in. Mount the volume "
+            "one level up (for example at /var/lib/postgresql), or put the data directory in a "
+            "directory inside the mount and point both PostgreSQL's data_directory and "
+            "restore_data_dir at it. Nothing was changed." % (data_dir, data_dir))
     parent = os.path.dirname(data_dir)
     for _step in range(64):  # bounded: the path's depth
         if os.path.isdir(parent) or parent == os.path.dirname(parent):
@@ -137,10 +137,10 @@ def check_data_dir(plan_doc, data_dir):
     if free < need:
         raise restore_target.RestoreError(
             "%s has %.1f GiB free; the restore needs about %.1f GiB beside the current data directory "
-                           "(kept until the new one is complete: the backup, its WAL and about 1 GiB of WAL "
-                           "restored during recovery). Free space there (older %s.replaced-* directories are kept "
-                           "restore_keep_replaced_days), or restore onto a host with room. Nothing was changed."
-                           % (parent, free / 2 ** 30, need / 2 ** 30, os.path.basename(data_dir)))
+            "(kept until the new one is complete: the backup, its WAL and about 1 GiB of WAL "
+            "restored during recovery). Free space there (older %s.replaced-* directories are kept "
+            "restore_keep_replaced_days), or restore onto a host with room. Nothing was changed."
+            % (parent, free / 2 ** 30, need / 2 ** 30, os.path.basename(data_dir)))
     return {"free_bytes": free, "needed_bytes": need}
 
 
@@ -199,7 +199,7 @@ class _Lock:
             os.close(self.fd)
             raise restore_target.RestoreError(
                 "another restore is working on this data directory (%s): wait for it, or stop it "
-                               "first; nothing was changed" % (holder or self.path)) from None
+                "first; nothing was changed" % (holder or self.path)) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, ("pid %d since %s" % (os.getpid(), backup_catalog.iso(backup_catalog.utcnow()))).encode())
         return self
@@ -232,7 +232,7 @@ def _prepare(repositories, plan_doc, data_dir, now, check_mode, progress):
             return {"changed": False, "moved_aside": state.get("moved_aside"), "restored": False, "state": state}
         raise restore_target.RestoreError(
             "PostgreSQL is running on %s (pid %s): stop it first (the restore role does), a "
-                           "restore never replaces a live data directory" % (data_dir, pid))
+            "restore never replaces a live data directory" % (data_dir, pid))
     same = bool(state and state.get("request") == request)
     phase = state.get("phase") if same else None
     if phase in DONE_PHASES and _nonempty(data_dir):
@@ -286,8 +286,8 @@ def _prepare(repositories, plan_doc, data_dir, now, check_mode, progress):
                 kept = ("%s was not touched" % data_dir) if _nonempty(data_dir) else ("%s stays empty" % data_dir)
                 raise restore_target.RestoreError(
                     "%s. %s; the half-restored copy was removed. Run again once the cause is "
-                                   "fixed (it starts over), or start PostgreSQL on the old data directory if it "
-                                   "should serve meanwhile" % (_message(exc), kept)) from exc
+                    "fixed (it starts over), or start PostgreSQL on the old data directory if it "
+                    "should serve meanwhile" % (_message(exc), kept)) from exc
             raise
         write_state(data_dir, {"request": request, "phase": "staged", "moved_aside": moved, "started": started,
                                "restored": summary})
@@ -295,8 +295,8 @@ def _prepare(repositories, plan_doc, data_dir, now, check_mode, progress):
     if pid:
         raise restore_target.RestoreError(
             "PostgreSQL was started on %s (pid %s) while the backup was restored beside it: it was "
-                           "left alone. Stop it and run again to put the restored copy (%s) in place"
-                           % (data_dir, pid, staging))
+            "left alone. Stop it and run again to put the restored copy (%s) in place"
+            % (data_dir, pid, staging))
     if _nonempty(data_dir):
         if os.path.exists(aside):
             raise restore_target.RestoreError("%s already exists: wait a second and run again" % aside)

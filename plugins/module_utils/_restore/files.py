@@ -53,7 +53,7 @@ class _FileSink:
         elif typeflag in (b"1", b"2"):
             raise restore_target.RestoreError(
                 "archive member %r is a link: backups with tablespaces are not restorable by this "
-                               "version (restore them with pg_basebackup's tar files and tar -x)" % name)
+                "version (restore them with pg_basebackup's tar files and tar -x)" % name)
 
     def write(self, view):
         while view:
@@ -152,8 +152,8 @@ def _restore_archive(repository, key, name, expected_sha, dest, walker, progress
     if sha.hexdigest() != expected_sha:
         raise restore_target.RestoreError(
             "%s of backup %s does not match its stored sha256: the copy in %s is damaged. Nothing "
-                           "was put in place; restore from another region's copy (repository) or an older backup"
-                           % (name, key.split("/")[-2], repository.describe()))
+            "was put in place; restore from another region's copy (repository) or an older backup"
+            % (name, key.split("/")[-2], repository.describe()))
     return sink.files
 
 
@@ -164,7 +164,7 @@ def restore_files(repository, record, dest, progress=None):
     extra = [n for n in names if not (n.startswith(("base.tar", "pg_wal.tar")) or n == "backup_manifest")]
     if extra:
         raise restore_target.RestoreError("backup %s has tablespace archives (%s): not restorable by this version"
-                           % (record["id"], ", ".join(extra)))
+                                          % (record["id"], ", ".join(extra)))
     prefix = "backup/%s/" % record["id"]
     manifest_raw = repository.get_bytes(prefix + "backup_manifest")
     if hashlib.sha256(manifest_raw).hexdigest() != names["backup_manifest"]["sha256"]:
@@ -189,7 +189,7 @@ def restore_files(repository, record, dest, progress=None):
                                      record.get("wal_segment_size") or wal_naming.DEFAULT_SEGMENT_SIZE)
     if problems:
         raise restore_target.RestoreError("the restored files do not match backup %s's manifest: %s"
-                           % (record["id"], "; ".join(problems[:10])))
+                                          % (record["id"], "; ".join(problems[:10])))
     with open(os.path.join(dest, "backup_manifest"), "wb") as fh:
         fh.write(manifest_raw)
     for sub in ("pg_wal/archive_status",):

@@ -45,8 +45,8 @@ def fetch_logical(repository, record, database, dest):
         if digest.hexdigest() != entry["sha256"]:
             raise backup_catalog.BackupError(
                 "%s of logical backup %s does not match its stored sha256: the copy in %s is "
-                                      "damaged; use another region's copy or another backup"
-                                      % (entry["name"], record["id"], repository.describe()))
+                "damaged; use another region's copy or another backup"
+                % (entry["name"], record["id"], repository.describe()))
     return dest
 
 
@@ -100,12 +100,12 @@ def restore_logical(repository, conn_params, database, pg_bin=pg_connection.DEFA
                 raise backup_catalog.BackupError("a scratch-schema restore needs the tables to restore (schema.table)")
             backup_logical.run_client(psql + ["-c", "CREATE SCHEMA IF NOT EXISTS %s" % _quote_ident(scratch_schema)],
                                       env,
-                 "CREATE SCHEMA %s" % scratch_schema)
+                                      "CREATE SCHEMA %s" % scratch_schema)
             for name in tables:
                 schema, table = split_table(name)
                 ddl = backup_logical.run_client([pg_restore, "--schema-only", "-n", schema, "-t", table, "-f", "-",
                                                  dump], env,
-                           "pg_restore --schema-only of %s" % name).stdout
+                                                "pg_restore --schema-only of %s" % name).stdout
                 create = _create_table_statement(ddl, schema, table, scratch_schema)
                 backup_logical.run_client(psql + ["-c", create], env, "CREATE TABLE %s.%s" % (scratch_schema, table))
                 _copy_rows(pg_restore, psql, dump, env, schema, table, scratch_schema)
@@ -113,11 +113,11 @@ def restore_logical(repository, conn_params, database, pg_bin=pg_connection.DEFA
         else:
             lookup = "SELECT count(*) FROM pg_database WHERE datname = '%s'" % target_database
             exists = backup_logical.run_client(psql[:-2] + ["-d", "postgres", "-Atc", lookup], env,
-                          "look up database %s" % target_database).stdout.strip()
+                                               "look up database %s" % target_database).stdout.strip()
             if exists == "0":
                 backup_logical.run_client(psql[:-2] + ["-d", "postgres", "-c",
                                                        "CREATE DATABASE %s" % _quote_ident(target_database)],
-                     env, "CREATE DATABASE %s" % target_database)
+                                          env, "CREATE DATABASE %s" % target_database)
             argv = [pg_restore, "-j", str(max(1, int(jobs))), "--no-password", "--exit-on-error"]
             argv += pg_connection.conn_argv(conn_params) + ["-d", target_database]
             if clean:
@@ -176,4 +176,5 @@ def _copy_rows(pg_restore, psql, dump, env, schema, table, scratch):
         crc = consumer.wait(timeout=3600)
     if prc != 0 or crc != 0:
         raise backup_catalog.BackupError("copying the rows of %s.%s into %s failed: %s" % (schema, table, scratch,
-                                                                                    (perr + cerr).strip()[-1500:]))
+                                                                                           (perr + cerr).strip()[
+                                                                                               -1500:]))

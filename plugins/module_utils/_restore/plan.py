@@ -74,38 +74,38 @@ def plan(repositories, target, system_identifier=None, backup_id=None, use_parti
     backups = all_backups(repositories)
     if not backups:
         raise restore_target.RestoreError("no valid backup in %s: take one first (playbooks/backup.yml)"
-                           % ", ".join(r.describe() for r in repositories))
+                                          % ", ".join(r.describe() for r in repositories))
     identities = sorted(set(b["system_identifier"] for b in backups))
     if system_identifier:
         backups = [b for b in backups if b["system_identifier"] == str(system_identifier)]
         if not backups:
             raise restore_target.RestoreError(
                 "no backup of cluster %s in the repositories (they hold %s): wrong region or wrong "
-                               "repository?" % (system_identifier, ", ".join(identities)))
+                "repository?" % (system_identifier, ", ".join(identities)))
     elif len(identities) > 1:
         raise restore_target.RestoreError(
             "the repositories hold backups of %d clusters (%s): say which with system_identifier"
-                           % (len(identities), ", ".join(identities)))
+            % (len(identities), ", ".join(identities)))
     oldest = backups[0]
     if backup_id:
         chosen = [b for b in backups if b["id"] == backup_id]
         if not chosen:
             raise restore_target.RestoreError("backup %s is not a valid backup here; valid: %s"
-                               % (backup_id, ", ".join(b["id"] for b in backups)))
+                                              % (backup_id, ", ".join(b["id"] for b in backups)))
         candidates = chosen
     elif target["type"] == "time":
         candidates = [b for b in backups if backup_catalog.parse_iso(b["stop_time"]) < target["moment"]]
         if not candidates:
             raise restore_target.RestoreError(
                 "target time %s is before the oldest backup's end, %s: no backup can restore it. The "
-                               "earliest point these repositories can restore is %s"
-                               % (target["value"], _describe(oldest), oldest["stop_time"]))
+                "earliest point these repositories can restore is %s"
+                % (target["value"], _describe(oldest), oldest["stop_time"]))
     elif target["type"] == "lsn":
         candidates = [b for b in backups if wal_naming.lsn_to_int(b["stop_lsn"]) <= target["lsn_int"]]
         if not candidates:
             raise restore_target.RestoreError(
                 "target LSN %s is before the oldest backup's end, %s: no backup can restore it"
-                               % (target["value"], _describe(oldest)))
+                % (target["value"], _describe(oldest)))
     else:
         candidates = backups
     record = candidates[-1]
@@ -118,10 +118,10 @@ def plan(repositories, target, system_identifier=None, backup_id=None, use_parti
     if tablespaces:
         raise restore_target.RestoreError(
             "backup %s has tablespace archives (%s): this version restores only the main data "
-                           "directory, so it refuses here, before anything stops. Restore a backup taken without "
-                           "tablespaces (backup_id), or move the tables into pg_default (ALTER TABLE ... SET "
-                           "TABLESPACE pg_default) and take a new backup. Nothing was changed."
-                           % (record["id"], ", ".join(tablespaces)))
+            "directory, so it refuses here, before anything stops. Restore a backup taken without "
+            "tablespaces (backup_id), or move the tables into pg_default (ALTER TABLE ... SET "
+            "TABLESPACE pg_default) and take a new backup. Nothing was changed."
+            % (record["id"], ", ".join(tablespaces)))
     seg_size = record.get("wal_segment_size") or wal_naming.DEFAULT_SEGMENT_SIZE
     catalog = restore_timeline.WalCatalog(repositories, seg_size)
     tl = restore_timeline.choose_timeline(catalog, record, target["timeline"])

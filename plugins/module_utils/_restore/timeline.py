@@ -98,7 +98,7 @@ def timeline_path(histories, target_tl):
     if target_tl not in histories:
         raise restore_target.RestoreError(
             "timeline %d has no history file in the repositories (%08X.history): it cannot be "
-                           "followed" % (target_tl, target_tl))
+            "followed" % (target_tl, target_tl))
     path, begin = [], 0
     for parent, switch in histories[target_tl]:
         path.append((parent, begin, switch))
@@ -127,7 +127,7 @@ def choose_timeline(catalog, backup, requested):
         if not passes(tl):
             raise restore_target.RestoreError(
                 "timeline %d does not descend from backup %s's timeline %d after its start %s"
-                               % (tl, backup["id"], btl, backup["start_lsn"]))
+                % (tl, backup["id"], btl, backup["start_lsn"]))
         return tl
     candidates = [tl for tl in catalog.timelines() if tl >= btl and passes(tl)]
     return max(candidates) if candidates else btl

@@ -99,8 +99,8 @@ def wait_for_recovery(connect, data_dir, log_file, log_offset=0, timeout=3600, p
                 aside = (restore_datadir.read_state(data_dir) or {}).get("moved_aside")
                 raise restore_target.RestoreError(
                     "PostgreSQL stopped during recovery: %s. It did not open at an earlier point; %s"
-                                   % (reason, "the data directory it replaced is untouched in %s" % aside if aside
-                                      else "nothing else was changed")) from None
+                    % (reason, "the data directory it replaced is untouched in %s" % aside if aside
+                       else "nothing else was changed")) from None
             seen_running = seen_running or running
             answer = ping() if (running and ping) else None
             starting = answer == "rejecting" if answer else any(word in text for word in STILL_STARTING)
@@ -153,7 +153,7 @@ def wait_for_recovery(connect, data_dir, log_file, log_offset=0, timeout=3600, p
         time.sleep(poll)
     raise restore_target.RestoreError(
         "recovery did not reach its target within %d s (last seen: %s); PostgreSQL is still "
-                       "replaying: look at its log, or raise the timeout" % (timeout, last))
+        "replaying: look at its log, or raise the timeout" % (timeout, last))
 
 
 def pg_controldata(pg_bin, data_dir):

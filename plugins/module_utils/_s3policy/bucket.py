@@ -33,7 +33,7 @@ def _call(client, bucket, op, missing=(), **kwargs):
         if code in ("NoSuchBucket",):
             raise s3policy_derive.LifecycleError(
                 "bucket %s does not exist: create it first (playbooks/lab.yml does in the lab)"
-                                 % bucket) from exc
+                % bucket) from exc
         raise s3policy_derive.LifecycleError("bucket %s: %s failed: %s" % (bucket, op, exc)) from exc
 
 
@@ -286,8 +286,8 @@ def reconcile(client, spec, check_mode=False):
         if rep_foreign and cur_repl.get("Role") and cur_repl["Role"] != repl["role_arn"]:
             raise s3policy_derive.PolicyError(
                 "refused, nothing was changed: bucket %s already replicates (rules %s) as role %s; a "
-                              "bucket has one replication role, so use that role_arn or move those rules"
-                              % (bucket, ", ".join(r.get("ID", "?") for r in rep_foreign), cur_repl["Role"]))
+                "bucket has one replication role, so use that role_arn or move those rules"
+                % (bucket, ", ".join(r.get("ID", "?") for r in rep_foreign), cur_repl["Role"]))
         first = max([r.get("Priority", 0) for r in rep_foreign] + [0]) + 1
         want_rules = replication_rules(prefix, repl["destinations"], id_prefix, first_priority=first)
         cur_mine = sorted((r for r in cur_repl.get("Rules") or [] if _owned(r, root, want_ids, id_prefix)),
@@ -306,7 +306,7 @@ def reconcile(client, spec, check_mode=False):
             except Exception as exc:  # noqa: BLE001 - reported with what was already done
                 done = [action[0] for action in actions[:index]]
                 raise s3policy_derive.LifecycleError("bucket %s: applying %s failed (already applied: %s): %s"
-                                     % (bucket, name, ", ".join(done) or "nothing", exc)) from exc
+                                                     % (bucket, name, ", ".join(done) or "nothing", exc)) from exc
     changes = [action[0] for action in actions]
     return {
         "changed": bool(changes),

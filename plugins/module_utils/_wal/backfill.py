@@ -130,8 +130,8 @@ def _stored_copy(sources, key, name, want):
                           "copied once that one answers" % (name, "; ".join(problems)))
     raise wal_objects.WalArchiveError(
         "no repository holds a good copy of %s to backfill from (%s): it cannot be copied. If it "
-                          "was expired, remove its owed marker and take a new full backup"
-                          % (name, "; ".join(problems)))
+        "was expired, remove its owed marker and take a new full backup"
+        % (name, "; ".join(problems)))
 
 
 def reconcile(config, everything=False, max_seconds=None, log=None):

@@ -170,8 +170,8 @@ def _settle(config, ids, name, key, digest, failed, tried):
             except OSError as exc:
                 raise wal_objects.WalArchiveError(
                     "%s could not be stored in %s and the spool cannot record that it is owed "
-                                      "(%s): not archived, PostgreSQL keeps it and retries; free the spool %s"
-                                      % (name, rid, exc, config.spool)) from None
+                    "(%s): not archived, PostgreSQL keeps it and retries; free the spool %s"
+                    % (name, rid, exc, config.spool)) from None
         else:
             changed = wal_config.remove_file(config.path("owed", rid, name)) or changed
     wal_status.note_outcomes(config, {ids[i]: failed.get(i) for i in tried}, force=changed)

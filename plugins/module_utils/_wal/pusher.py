@@ -137,7 +137,7 @@ def _push_async(config, path, name):
     config.pg_wal = config.pg_wal or os.path.dirname(os.path.abspath(path))
     ensure_pusher(config)
     if wal_status.all_failing(
-        config):  # the pusher cannot get through (it backs off): try here at once, not after waiting
+            config):  # the pusher cannot get through (it backs off): try here at once, not after waiting
         wal_push.push_file(config, path, name)
         return "sync"
     deadline = time.monotonic() + config.wait_seconds

@@ -54,8 +54,9 @@ def desired_settings(params):
     if params.get("state", "present") == "absent":
         return dict(ABSENT_SETTINGS), notes
     if params.get("archive_command") is None:
-        raise pg_settings.SettingError("archive_command is required with state=present (for example "
-                             "'/usr/local/bin/immersiverse-dr-wal push %p', installed by the wal_archive role)")
+        raise pg_settings.SettingError(
+            "archive_command is required with state=present (for example '/usr/local/bin/immersiverse-dr-wal push "
+            "%p', installed by the wal_archive role)")
     if not str(params["archive_command"]).strip():
         raise pg_settings.SettingError(
             "archive_command is empty: that archives nothing; use state=absent to turn archiving off")
@@ -65,11 +66,12 @@ def desired_settings(params):
         archive_timeout = derive_archive_timeout(params.get("rpo_seconds"))
         notes.append("archive_timeout=%ds derived from rpo_seconds=%s" % (archive_timeout, params.get("rpo_seconds")))
     archive_mode = pg_settings.normalise(params.get("archive_mode", "on"),
-                             {"name": "archive_mode", "vartype": "enum", "enumvals": ["always", "on", "off"]})
+                                         {"name": "archive_mode", "vartype": "enum", "enumvals": ["always", "on",
+                                                                                                  "off"]})
     if archive_mode not in ("on", "always"):
         raise pg_settings.SettingError(
             "archive_mode=%s with state=present: use on or always (state=absent turns archiving off)"
-                             % archive_mode)
+            % archive_mode)
     desired = {
         "wal_level": params.get("wal_level") or "replica",
         "max_wal_senders": params.get("max_wal_senders", 10),

@@ -86,7 +86,7 @@ def test_s3_errors_say_what_to_do(code, words):
     from botocore.stub import Stubber
 
     repo = repo_s3.S3Repository("bucket-x", prefix="auth-db", endpoint_url="http://127.0.0.1:9",
-                                 access_key="ak", secret_key="very-secret", region="us-east-1")
+                                access_key="ak", secret_key="very-secret", region="us-east-1")
     with Stubber(repo.client) as stub:
         stub.add_client_error("list_objects_v2", service_error_code=code, http_status_code=403)
         with pytest.raises(repo_base.RepositoryError) as err:
@@ -97,7 +97,7 @@ def test_s3_errors_say_what_to_do(code, words):
 
 def test_s3_unreachable_endpoint_is_a_network_error():
     repo = repo_s3.S3Repository("bucket-x", endpoint_url="http://127.0.0.1:9", access_key="a", secret_key="b",
-                                 region="us-east-1", max_attempts=1)
+                                region="us-east-1", max_attempts=1)
     with pytest.raises(repo_base.RepositoryError, match="cannot reach the S3 endpoint"):
         repo.list("backup/")
 
@@ -137,7 +137,7 @@ def test_extra_args_may_not_override_what_the_module_owns(extra):
 
 def test_extra_args_that_are_allowed():
     argv = backup_full.basebackup_argv("pg_basebackup", "/stage", CONN, "lbl",
-                                   extra_args=["--no-verify-checksums", "-S", "backup_slot"])
+                                       extra_args=["--no-verify-checksums", "-S", "backup_slot"])
     assert argv[-3:] == ["--no-verify-checksums", "-S", "backup_slot"]
 
 

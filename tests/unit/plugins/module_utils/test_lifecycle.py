@@ -244,7 +244,7 @@ def test_refused_policies_name_the_numbers(change, expected):
 def test_every_conflict_is_reported_at_once():
     with pytest.raises(s3policy_derive.PolicyError) as err:
         s3policy_derive.derive({"pitr_window_days": 30, "full_interval_days": 7, "retention_days": 14,
-                  "archive_storage_class": "COLD", "wal_expire_days": 3})
+                                "archive_storage_class": "COLD", "wal_expire_days": 3})
     text = str(err.value)
     assert "COLD" in text and "pitr_window_days (30)" in text and "wal_expire_days (3)" in text
 
@@ -292,7 +292,7 @@ def test_actions_happen_at_the_next_midnight_utc():
     assert s3policy_simulate.action_time(created, 3) == datetime.datetime(2014, 1, 19, tzinfo=UTC)
     assert s3policy_simulate.action_time(datetime.datetime(2014, 1, 15, tzinfo=UTC), 3) == datetime.datetime(2014, 1,
                                                                                                              18,
-    tzinfo=UTC)
+                                                                                                             tzinfo=UTC)
     rule = {"ID": "r", "Status": "Enabled", "Filter": {"Prefix": "x/"}, "Expiration": {"Days": 3}}
     assert s3policy_simulate.simulate([rule], "x/a", created, datetime.datetime(2014, 1, 18, 23, 59,
                                                                                 tzinfo=UTC))["present"]
@@ -311,7 +311,7 @@ def test_expiration_wins_and_the_cheapest_transition_wins():
     created = at(0)
     assert s3policy_simulate.simulate(rules, "key", created, at(11)) == {"present": True, "storage_class": "GLACIER",
                                                                          "slow": True,
-                                                         "rule": "a"}
+                                                                         "rule": "a"}
     assert s3policy_simulate.simulate(rules, "key", created, at(30))["present"] is False
     assert s3policy_simulate.simulate(rules, "key", created, at(2), tags={"t": "1"})["present"] is False
     assert s3policy_simulate.simulate(rules, "key", created, at(2))["present"] is True

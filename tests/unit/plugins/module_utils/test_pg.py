@@ -32,8 +32,8 @@ def test_timeline_of_walfile():
 
 def test_connect_kwargs_prefers_socket_and_never_puts_empty_password():
     kw = pg_connection.connect_kwargs({"login_unix_socket": "/run/pg", "login_host": "db1", "login_port": 5433,
-                             "login_user": "postgres", "login_password": "", "login_db": "authdb",
-                             "connect_timeout": 3, "ssl_mode": "require"})
+                                       "login_user": "postgres", "login_password": "", "login_db": "authdb",
+                                       "connect_timeout": 3, "ssl_mode": "require"})
     assert kw["host"] == "/run/pg"
     assert "password" not in kw
     assert "sslmode" not in kw, "sslmode means nothing on a unix socket"
@@ -42,7 +42,7 @@ def test_connect_kwargs_prefers_socket_and_never_puts_empty_password():
 
 def test_describe_target_never_shows_the_password():
     text = pg_connection.describe_target({"login_host": "db1", "login_user": "u", "login_password": "s3cret-value",
-                                "login_port": 5432, "login_db": "d"})
+                                          "login_port": 5432, "login_db": "d"})
     assert "s3cret-value" not in text
     assert text == "u@db1:5432/d"
 

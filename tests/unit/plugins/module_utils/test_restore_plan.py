@@ -201,7 +201,7 @@ def test_a_time_target_is_bounded_by_the_wals_own_commits_not_by_late_uploads(re
     with pytest.raises(restore_target.RestoreError, match="after the last transaction"):
         restore_plan.plan([repo], {"type": "time", "value": ts(t0 + 20)}, commit_times=commits_in)
     assert restore_plan.plan([repo], {"type": "time", "value": ts(t0 + 20), "inclusive": False},
-                         commit_times=commits_in)["backup"]["id"] == "B1"
+                             commit_times=commits_in)["backup"]["id"] == "B1"
     # without a reader (or with WAL it cannot read) the old bound stays, and the plan says so
     assert restore_plan.plan([repo], {"type": "time",
                                       "value": ts(t0 + 600)})["wal"]["archive_ends_from"] == "upload time"

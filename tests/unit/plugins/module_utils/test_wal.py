@@ -45,5 +45,3 @@ def test_wal_file_names(name, ok):
 def test_wal_keys_group_by_timeline_and_log():
     assert wal_naming.wal_key("000000020000000A000000FF") == "wal/000000020000000A/000000020000000A000000FF"
     assert wal_naming.wal_key("00000002.history") == "wal/00000002.history"
-
-

@@ -64,13 +64,14 @@ def test_contiguous_end_of_stored_pieces():
 def test_pg_receivewal_argv_never_holds_a_password():
     settings = wal_stream.StreamSettings({"stream": {
         "conninfo": "host=a,b user=r passfile=/p target_session_attrs=read-write",
-                                             "dir": "/s", "slot": "dr_stream", "pg_bin_dir": "/bin15"}})
+        "dir": "/s", "slot": "dr_stream", "pg_bin_dir": "/bin15"}})
     assert wal_stream.create_slot_argv(settings) == ["/bin15/pg_receivewal", "--create-slot", "--if-not-exists",
                                                      "--slot",
-                                             "dr_stream", "--no-password", "--dbname", settings.conninfo]
+                                                     "dr_stream", "--no-password", "--dbname", settings.conninfo]
     assert wal_stream.receive_argv(settings) == ["/bin15/pg_receivewal", "--directory", "/s/wal", "--slot", "dr_stream",
-                                         "--synchronous", "--no-loop", "--no-password", "--status-interval", "1",
-                                         "--dbname", settings.conninfo]
+                                                 "--synchronous", "--no-loop", "--no-password", "--status-interval",
+                                                 "1",
+                                                 "--dbname", settings.conninfo]
 
 
 @pytest.mark.parametrize("stream, message", [

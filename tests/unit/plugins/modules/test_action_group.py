@@ -14,7 +14,7 @@ def test_every_module_with_the_connection_options_is_in_the_postgres_group():
     pg = "".join(p.read_text() for p in (ROOT / "plugins" / "module_utils" / "_pg").glob("*.py"))
     built_on = set(re.findall(
         r"def (\w+_argument_spec)\(\):\n    spec = (?:pg_connection\.)?connection_argument_spec\(\)",
-                              pg))
+        pg))
     assert built_on, "no argument spec of _pg is built on connection_argument_spec: the test reads the wrong files"
     takes = {p.stem for p in (ROOT / "plugins" / "modules").glob("*.py")
              if "connection_argument_spec()" in p.read_text() or any(f".{f}()" in p.read_text() for f in built_on)}

@@ -71,7 +71,7 @@ def test_unreachable_fails_when_asked_to_and_the_message_is_the_engines():
 def test_without_psycopg2_on_the_target_the_message_says_what_to_install():
     # -S: no site-packages, so no psycopg2 (and no Ansible): the bundle still imports, the task says what is missing
     out = run_script(_remote.script("_pg.promote", "promote_task", params(wait_seconds=5, replay_lsn=None,
-                                                                  catchup_seconds=1)), "-S")
+                                                                          catchup_seconds=1)), "-S")
     assert out["failed"] is True and "python3-psycopg2" in out["msg"], out
 
 
