@@ -430,6 +430,10 @@ def test_the_scheduled_command_runs_the_modules_operations(source, work, capsys)
     assert first["offsite"] == ["offsite"]
     assert [b["id"] for b in backup_catalog.list_backups(repo_local.LocalRepository(str(work / "away")))] == [
         first["backup_id"]]
+    deadline = time.monotonic() + 5
+    while backup_catalog.new_backup_id() == first["backup_id"]:  # backup ids are per second
+        assert time.monotonic() < deadline, "the clock did not reach the next second"
+        time.sleep(0.05)
     second = command("full")
     info = command("info")  # this region's repository only
     assert info["backups"] == [first["backup_id"], second["backup_id"]]
