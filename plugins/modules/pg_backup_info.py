@@ -97,8 +97,8 @@ problems:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations
-from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 
 def run_module(module):
@@ -118,7 +118,7 @@ def main():
             verify_scope=dict(type="str", default="newest", choices=["newest", "all"]),
             backup_id=dict(type="str"),
             scratch_dir=dict(type="path"),
-            pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
+            pg_bin_dir=dict(type="path", default=pg_version.DEFAULT_PG_BIN),
             fail_on_problems=dict(type="bool", default=True),
         ),
         supports_check_mode=True,

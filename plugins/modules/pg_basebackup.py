@@ -227,6 +227,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._backup import ful
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations
 from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 
 def run_module(module):
@@ -256,7 +257,7 @@ def main():
         compression_workers=dict(type="int"),
         max_rate=dict(type="str"),
         staging_dir=dict(type="path"),
-        pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
+        pg_bin_dir=dict(type="path", default=pg_version.DEFAULT_PG_BIN),
         extra_args=dict(type="list", elements="str", default=[]),
         progress_file=dict(type="path"),
         region=dict(type="str", default=""),

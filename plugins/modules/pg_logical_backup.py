@@ -144,6 +144,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations
 from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 
 def run_module(module):
@@ -170,7 +171,7 @@ def main():
         include_globals=dict(type="bool", default=True),
         label=dict(type="str"),
         staging_dir=dict(type="path"),
-        pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
+        pg_bin_dir=dict(type="path", default=pg_version.DEFAULT_PG_BIN),
         region=dict(type="str", default=""),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

@@ -112,6 +112,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._backup import log
 from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._restore import logical as restore_logical
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 
 def run_module(module):
@@ -144,7 +145,7 @@ def main():
         clean=dict(type="bool", default=False),
         jobs=dict(type="int", default=2),
         staging_dir=dict(type="path"),
-        pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
+        pg_bin_dir=dict(type="path", default=pg_version.DEFAULT_PG_BIN),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("scratch_schema", "clean")])

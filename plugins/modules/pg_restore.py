@@ -204,6 +204,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._restore import da
 from ansible_collections.immersiverse.dr.plugins.module_utils._restore import plan as restore_plan
 from ansible_collections.immersiverse.dr.plugins.module_utils._restore import target as restore_target
 from ansible_collections.immersiverse.dr.plugins.module_utils._restore import watch as restore_watch
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 
 def _progress_writer(path):
@@ -336,7 +337,7 @@ def main():
         use_partial=dict(type="bool", default=True),
         keep_replaced_days=dict(type="int", default=7),
         system_identifier=dict(type="str"),
-        pg_bin_dir=dict(type="path", default=pg_connection.DEFAULT_PG_BIN),
+        pg_bin_dir=dict(type="path", default=pg_version.DEFAULT_PG_BIN),
         progress_file=dict(type="path"),
         log_file=dict(type="path"),
         log_offset=dict(type="int", default=0),

@@ -24,8 +24,8 @@ import sys
 
 from ansible_collections.immersiverse.dr.plugins.module_utils import _errors
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations
-from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 
 def _int_or_none(value):
@@ -39,7 +39,7 @@ def run(command, cfg):
     offsite = [repo_spec.open_repository(spec) for spec in cfg.get("offsite", [])]
     conn = cfg.get("connection", {})
     region = cfg.get("region", "")
-    pg_bin = cfg.get("pg_bin_dir") or pg_connection.DEFAULT_PG_BIN
+    pg_bin = cfg.get("pg_bin_dir") or pg_version.DEFAULT_PG_BIN
     on_standby = "skip" if cfg.get("only_on_primary", True) else "run"
     if command == "full":
         full = cfg.get("full", {})

@@ -34,6 +34,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connect
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import base as repo_base
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import local as repo_local
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 COMPRESSION_SUFFIX = {"none": "", "gzip": ".gz", "lz4": ".lz4", "zstd": ".zst"}
 # Options of pg_basebackup the module owns: extra_args may not override them.
@@ -196,7 +197,7 @@ class _HashOnly:
         pass
 
 
-def take_backup(repository, conn_params, identity, pg_bin=pg_connection.DEFAULT_PG_BIN, label=None,
+def take_backup(repository, conn_params, identity, pg_bin=pg_version.DEFAULT_PG_BIN, label=None,
                 staging_dir=None, checkpoint="fast", compression="lz4", compression_location="server",
                 compression_level=None, compression_workers=None, max_rate=None, extra_args=None,
                 region="", progress_file=None, now=None):

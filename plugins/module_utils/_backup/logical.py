@@ -24,6 +24,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._backup import cat
 from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import base as repo_base
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import local as repo_local
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 AREA = "logical"
 
@@ -52,7 +53,7 @@ def run_client(argv, env, what, timeout=24 * 3600):
     return result
 
 
-def take_logical_backup(repository, conn_params, identity, databases, pg_bin=pg_connection.DEFAULT_PG_BIN,
+def take_logical_backup(repository, conn_params, identity, databases, pg_bin=pg_version.DEFAULT_PG_BIN,
                         schemas=(), tables=(), exclude_tables=(), jobs=2, include_globals=True, label=None,
                         staging_dir=None, region="", now=None):
     """Dump each database with pg_dump -Fd -j into staging, upload every file with its sha256, then commit."""

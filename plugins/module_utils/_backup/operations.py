@@ -39,6 +39,21 @@ def cluster_identity(conn_params):
         conn.close()
 
 
+def _check_on_standby(on_standby):
+    if on_standby not in ON_STANDBY:
+        raise ValueError("on_standby must be one of %s, not %r" % (", ".join(ON_STANDBY), on_standby))
+
+
+def _standby_skip(identity, conn_params, on_standby):
+    """On a standby: "run" goes on (None), "skip" gives the reason to skip, "fail" refuses (BackupError)."""
+    if not identity["in_recovery"] or on_standby == "run":
+        return None
+    why = "%s is a standby" % pg_connection.describe_target(conn_params)
+    if on_standby == "skip":
+        return why + "; backups run on the primary"
+    raise backup_catalog.BackupError(why + " and allow_standby is false")
+
+
 def _summary(record):
     out = {"backup_id": record["id"], "label": record.get("label")}
     for key in FULL_RESULT_KEYS:
@@ -68,21 +83,16 @@ def full_backup(repository, conn_params, pg_bin, offsite=(), label=None, on_stan
 
     Returns {"changed", "backup_id", "label", ..., "offsite": [copy reports], "incomplete_removed": [ids]}.
     """
-    if on_standby not in ON_STANDBY:
-        raise ValueError("on_standby must be one of %s, not %r" % (", ".join(ON_STANDBY), on_standby))
+    _check_on_standby(on_standby)
     if label:
         repo_base.validate_name(label, "label")
     backup_full.check_extra_args(extra_args)
     identity = cluster_identity(conn_params)
     result = {"changed": False, "offsite": [], "incomplete_removed": []}
-    if identity["in_recovery"]:
-        if on_standby == "skip":
-            result["skipped"] = "%s is a standby; backups run on the primary" % pg_connection.describe_target(
-                conn_params)
-            return result
-        if on_standby == "fail":
-            raise backup_catalog.BackupError("%s is a standby and allow_standby is false"
-                                             % pg_connection.describe_target(conn_params))
+    skipped = _standby_skip(identity, conn_params, on_standby)
+    if skipped:
+        result["skipped"] = skipped
+        return result
     if label:
         same = backup_catalog.find_by_label(backup_catalog.list_backups(repository), label)
         foreign = [b for b in same if b.get("system_identifier") != identity["system_identifier"]]
@@ -124,20 +134,17 @@ def logical_backup(repository, conn_params, pg_bin, databases, offsite=(), label
                    staging_dir=None, region=""):
     """A logical backup (pg_dump, directory format, one per database) into ``repository``, copied to ``offsite``;
     labels and standbys as for :func:`full_backup`."""
-    if on_standby not in ON_STANDBY:
-        raise ValueError("on_standby must be one of %s, not %r" % (", ".join(ON_STANDBY), on_standby))
+    _check_on_standby(on_standby)
     for db in databases:
         repo_base.validate_name(db, "database name")
     if label:
         repo_base.validate_name(label, "label")
     identity = cluster_identity(conn_params)
     result = {"changed": False, "offsite": []}
-    if identity["in_recovery"] and on_standby != "run":
-        why = "%s is a standby" % pg_connection.describe_target(conn_params)
-        if on_standby == "skip":
-            result["skipped"] = why + "; backups run on the primary"
-            return result
-        raise backup_catalog.BackupError(why + " and allow_standby is false")
+    skipped = _standby_skip(identity, conn_params, on_standby)
+    if skipped:
+        result["skipped"] = skipped
+        return result
     area = backup_logical.AREA
     if label:
         same = backup_catalog.find_by_label(backup_catalog.list_backups(repository, area), label)

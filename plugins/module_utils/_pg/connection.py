@@ -60,11 +60,6 @@ except ImportError as exc:  # pragma: no cover - reported by the module
     HAS_PSYCOPG2 = False
     PSYCOPG2_IMPORT_ERROR = exc
 
-# The PostgreSQL this collection is tested with, when a caller names no bin dir. The roles always pass the one
-# ``dr_pg_version`` selects (roles/postgresql_server/defaults: dr_pg_bin_dir).
-DEFAULT_PG_MAJOR = 15
-DEFAULT_PG_BIN = "/usr/lib/postgresql/%d/bin" % DEFAULT_PG_MAJOR
-
 
 class PgError(_errors.DrError):
     """A PostgreSQL problem the operator can act on; the message says what to do next."""

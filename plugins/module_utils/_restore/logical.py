@@ -19,6 +19,7 @@ from ansible_collections.immersiverse.dr.plugins.module_utils._backup import cat
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import logical as backup_logical
 from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import base as repo_base
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 
 def fetch_logical(repository, record, database, dest):
@@ -72,7 +73,7 @@ def rewrite_copy_target(line, schema, table, scratch):
     return line
 
 
-def restore_logical(repository, conn_params, database, pg_bin=pg_connection.DEFAULT_PG_BIN, backup_id=None,
+def restore_logical(repository, conn_params, database, pg_bin=pg_version.DEFAULT_PG_BIN, backup_id=None,
                     target_database=None, schemas=(), tables=(), scratch_schema=None, jobs=2, staging_dir=None,
                     clean=False):
     """pg_restore a logical backup. With ``scratch_schema``: each of ``tables`` is created in that schema (its

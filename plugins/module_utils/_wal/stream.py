@@ -33,19 +33,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import base as repo_base
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import config as wal_config
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import objects as wal_objects
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import push as wal_push
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import pusher as wal_pusher
+from ansible_collections.immersiverse.dr.plugins.module_utils._pg import version as pg_version
 
 PAGE = 8192  # XLOG_BLCKSZ: every written WAL page starts with a non-zero header (xlp_magic)
 DEFAULTS = {
     "slot": "immersiverse_dr_stream",
     "dir": "/var/lib/postgresql/immersiverse-dr/stream",
-    "pg_bin_dir": pg_connection.DEFAULT_PG_BIN,
+    "pg_bin_dir": pg_version.DEFAULT_PG_BIN,
     "upload_interval": 0.2,
     "poll_interval": 0.02,
     "spool_max": 16,
