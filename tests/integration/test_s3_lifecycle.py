@@ -85,6 +85,23 @@ def test_check_then_apply_then_nothing_to_do(s3_endpoint, base_args):
     assert not run_module(base_args(bucket), check=True)["changed"]
 
 
+def test_sse_none_leaves_default_encryption_alone(s3_endpoint, base_args):
+    """For servers without default bucket encryption (Ceph RGW 16.2 refuses PutBucketEncryption): none applies the
+    rest and never calls it; an existing default encryption stays; asking to deny unencrypted uploads is refused."""
+    client = s3_endpoint.client()
+    bucket = s3_endpoint.create_bucket()
+    applied = run_module(base_args(bucket, encryption={"sse_algorithm": "none"}))
+    assert applied["changed"] and "encryption" not in applied["changes"], applied
+    assert bucket_state(client, bucket)["encryption"] is None
+    client.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
+        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+    again = run_module(base_args(bucket, encryption={"sse_algorithm": "none"}))
+    assert not again["changed"], again
+    assert bucket_state(client, bucket)["encryption"]["sse_algorithm"] == "AES256"
+    refused = run_module(base_args(bucket, encryption={"sse_algorithm": "none"}, deny_unencrypted_uploads=True))
+    assert refused.get("failed") and "deny_unencrypted_uploads needs encryption" in refused["msg"], refused
+
+
 def test_a_policy_change_touches_only_its_rules(s3_endpoint, base_args):
     client = s3_endpoint.client()
     bucket = s3_endpoint.create_bucket()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from drlab import s3 as lab_s3
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
@@ -35,6 +37,7 @@ LAB_ORDER = [
     "test_wal_lab.py",
     "test_wal_restore_lab.py",
     "test_wal_restore_verify_lab.py",
+    "test_s3_server_lab.py",
 ]
 LAB_DIR = Path(__file__).resolve().parent
 
@@ -102,8 +105,9 @@ def lab_secrets() -> dict[str, str]:
     inventory, and the SSH client key's body."""
     secrets = {name: (REPO / ".lab" / "secrets" / name).read_text().split()[0] for name in ("replicator", "auth_app")}
     inv = (REPO / "inventories" / "lab" / "group_vars" / "all" / "main.yml").read_text()
-    for var in ("dr_s3_secret_key", "dr_k8s_api_key"):
-        secrets[var] = re.search(rf"^{var}: (\S+)$", inv, re.M).group(1)
+    secrets["dr_k8s_api_key"] = re.search(r"^dr_k8s_api_key: (\S+)$", inv, re.M).group(1)
+    for region in lab_s3.REGIONS:
+        secrets[f"s3_secret_key_{region}"] = lab_s3.credentials(region)["secret_key"]
     key = (REPO / ".lab" / "secrets" / "lab_ssh_ed25519").read_text().splitlines()
     secrets["ssh_key"] = max(key[1:-1], key=len)
     return secrets
@@ -122,5 +126,5 @@ def podman(*args: str) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def lab_is_up():
     names = podman("ps", "--filter", "label=io.immersiverse.dr.lab=1", "--format", "{{.Names}}").split()
-    if len(names) < 6:
+    if len(names) < 7:
         pytest.fail("the lab is not running: run scripts/lab.sh up first (make lab-tests does)")

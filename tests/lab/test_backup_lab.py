@@ -6,8 +6,9 @@ import json
 import subprocess
 import time
 
-import boto3
 from conftest import REPO, assert_no_secret, playbook
+
+from drlab import s3 as lab_s3
 
 INVENTORY = str(REPO / "inventories" / "lab")
 REGIONS = {"primary": (19000, "immersiverse-dr-primary"), "secondary": (29000, "immersiverse-dr-secondary"),
@@ -15,8 +16,7 @@ REGIONS = {"primary": (19000, "immersiverse-dr-primary"), "secondary": (29000, "
 
 
 def s3_client(region: str):
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{REGIONS[region][0]}", region_name="us-east-1",
-                        aws_access_key_id="lab-access-key", aws_secret_access_key="lab-secret-key")
+    return lab_s3.client(region)
 
 
 def bucket_keys(region: str, prefix: str = "auth-db/") -> list[str]:

@@ -22,6 +22,8 @@ import psycopg2
 from conftest import REPO, playbook
 from test_wal_lab import INVENTORY, REGIONS, newest_backup, serving_region, superuser_sql
 
+from drlab import s3 as lab_s3
+
 sys.path.insert(0, str(REPO / ".collections"))
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import tar as backup_tar  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec  # noqa: E402
@@ -93,9 +95,7 @@ def as_postgres(path: Path) -> Path:
 
 
 def lab_repository(region: str) -> dict:
-    return {"type": "s3", "name": region, "bucket": f"immersiverse-dr-{region}", "prefix": "auth-db",
-            "endpoint_url": f"http://127.0.0.1:{REGIONS[region]}9000", "region": "us-east-1",
-            "access_key": "lab-access-key", "secret_key": "lab-secret-key"}
+    return lab_s3.repository(region)
 
 
 class ScratchRecovery:

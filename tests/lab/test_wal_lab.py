@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 
-import boto3
 import botocore.exceptions
 import psycopg2
 from conftest import REPO, assert_no_secret, playbook
+
+from drlab import s3 as lab_s3
 
 sys.path.insert(0, str(REPO / ".collections"))
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming  # noqa: E402
@@ -23,8 +24,7 @@ REGIONS = {"primary": 1, "secondary": 2, "tertiary": 3}
 
 
 def s3(region):
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{REGIONS[region]}9000", region_name="us-east-1",
-                        aws_access_key_id="lab-access-key", aws_secret_access_key="lab-secret-key")
+    return lab_s3.client(region)
 
 
 def serving_region() -> str:

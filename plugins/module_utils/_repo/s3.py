@@ -137,6 +137,7 @@ class S3Repository(repo_base.Repository):
                                 access_key=access_key or None, secret_key=secret_key or None,
                                 session_token=session_token or None)
         self._lock_enabled = None
+        self._versions_unlistable = False
         # create(): a per-thread flag read by the before-sign hook, which adds the conditional header; retries of
         # that request are signed again and carry it too.
         self._if_none_match = threading.local()
@@ -334,15 +335,61 @@ class S3Repository(repo_base.Repository):
     def create(self, key, data):
         # The header goes on the request itself (botocore's before-sign event), so a botocore too old to know the
         # IfNoneMatch parameter (Debian 12's, on the database hosts) sends it as well. A server that ignores it (S3
-        # before 2024-08, old MinIO/Ceph) makes this a plain PUT: the caller's read-before-write still refuses
-        # different content seen at that moment, but two writers in the same instant are no longer kept apart.
+        # before 2024-08, old MinIO) makes this a plain PUT. On a versioned bucket the PUT is then checked against
+        # the bucket's versions (first_version below), which keeps two writers apart again; on an unversioned
+        # bucket only the caller's read-before-write is left (different content seen at that moment is refused,
+        # two writers in the same instant are not kept apart).
         digest = hashlib.sha256(data).hexdigest()
         try:
-            self.call("put_object", Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": digest},
-                      _if_none_match=True, **self.put_args)
+            resp = self.call("put_object", Bucket=self.bucket, Key=self._key(key), Body=data,
+                             Metadata={"sha256": digest}, _if_none_match=True, **self.put_args)
         except repo_base.ObjectExists:
             return False
+        version = resp.get("VersionId")
+        if version and version != "null" and not self._versions_unlistable:
+            return self.first_version(key, version)
         return True
+
+    def first_version(self, key, mine):
+        """After a create-only PUT on a versioned bucket: True when version ``mine`` is the first version of ``key``
+        since the key was last deleted, i.e. the create really created it.
+
+        Ceph RGW 16.2 honours ``If-None-Match: *`` on unversioned buckets only: on a versioned one the PUT adds a
+        version whatever exists. Of two writers, the first version wins; the other one's version is taken back
+        (deleted by version id, or, where Object Lock keeps it, the winner's version copied over it so that the
+        key reads the winner's content again) and its create returns False, as a 412 would have. A server that
+        honours the header never gets here with a rival. Needs s3:ListBucketVersions; without it (AccessDenied)
+        the header is trusted, as AWS S3 honours it."""
+        full = self._key(key)
+        try:
+            resp = self.call("list_object_versions", Bucket=self.bucket, Prefix=full, MaxKeys=1000)
+        except repo_base.RepositoryError as exc:
+            if "AccessDenied" in str(exc):
+                self._versions_unlistable = True
+                return True
+            raise
+        versions = [v for v in resp.get("Versions", []) if v.get("Key") == full]  # newest first
+        ids = [v.get("VersionId") for v in versions]
+        if mine not in ids:
+            raise repo_base.RepositoryError(
+                "%s: the version %s just written to %s is not in the bucket's version listing: cannot tell whether "
+                "another writer created it first; nothing is assumed, run again" % (self.describe(), mine, key))
+        ours = versions[ids.index(mine)]
+        deleted = [m["LastModified"] for m in resp.get("DeleteMarkers", [])
+                   if m.get("Key") == full and m["LastModified"] <= ours["LastModified"]]
+        cut = max(deleted) if deleted else None
+        rivals = [v for v in versions[ids.index(mine) + 1:] if cut is None or v["LastModified"] > cut]
+        if not rivals:
+            return True
+        winner = rivals[-1]
+        try:
+            self.call("delete_object", Bucket=self.bucket, Key=full, VersionId=mine)
+        except repo_base.RepositoryError:
+            # Object Lock keeps our version: make the winner's content the current one again
+            self.call("copy_object", Bucket=self.bucket, Key=full, MetadataDirective="COPY",
+                      CopySource={"Bucket": self.bucket, "Key": full, "VersionId": winner["VersionId"]},
+                      **{k: v for k, v in self.put_args.items() if k != "Tagging"})
+        return False
 
     def same_store(self, other):
         return (isinstance(other, S3Repository) and other.endpoint_url == self.endpoint_url

@@ -36,6 +36,9 @@ class Config:
         self.prefetch = max(0, int(doc.get("prefetch", 8)))
         self.wait_seconds = float(doc.get("async_wait_seconds", 30))
         self.idle_exit = float(doc.get("idle_exit_seconds", 30))
+        # the pusher stays this much longer while a repository is owed segments (its back-off reaches 60 s), so a
+        # region back from a short outage gets them without waiting for PostgreSQL to archive again
+        self.owed_linger = max(0.0, float(doc.get("owed_linger_seconds", 180)))
         self.pg_wal = doc.get("pg_wal_dir")
         self.fetch_partial = bool(doc.get("fetch_partial", False))
         # the cluster this archive belongs to: segments of another are never stored nor served

@@ -552,7 +552,7 @@ def test_the_cli_backfill_and_status(tmp_path, capsys):
 
 
 def test_the_background_pusher_backfills_beside_its_pushes_once_the_back_off_ran_out(tmp_path, capsys):
-    config = regions(tmp_path, idle_exit_seconds=1)
+    config = regions(tmp_path, idle_exit_seconds=1, owed_linger_seconds=0)
     pg_wal, segs = pg_wal_with_ready(tmp_path, 1)
     owed_seg = segment(tmp_path, 0x80)
     break_(tmp_path, "there")
@@ -575,6 +575,26 @@ def test_the_background_pusher_backfills_beside_its_pushes_once_the_back_off_ran
     assert stored(there, owed_seg.name) == owed_seg.read_bytes()
     assert stored(there, segs[0].name) == segs[0].read_bytes()
     assert f"backfilled {owed_seg.name} to there (copied)" in capsys.readouterr().err
+
+
+def test_the_pusher_lingers_while_a_region_is_owed_and_exits_once_it_got_everything(tmp_path):
+    """A region back from an outage on a database that archives nothing more: the pusher does not exit idle while
+    the region is owed segments; it waits out the back-off, backfills, then exits (owed_linger_seconds bounds it)."""
+    config = regions(tmp_path, idle_exit_seconds=0.5, owed_linger_seconds=20)
+    owed_seg = segment(tmp_path, 0x81)
+    break_(tmp_path, "there")
+    wal_push.push_file(config, str(owed_seg))
+    mend(tmp_path, "there")
+    with wal_status.status_update(config) as doc:  # back in 2 s
+        doc["repositories"]["there"]["retry_after_time"] = time.time() + 2
+    config.pg_wal = str(tmp_path / "empty-pg_wal")
+    os.makedirs(config.pg_wal)
+    started = time.monotonic()
+    wal_pusher.run_pusher(config)
+    took = time.monotonic() - started
+    assert wal_status.owed_names(config, "there") == []
+    assert stored(config.repositories()[1], owed_seg.name) == owed_seg.read_bytes()
+    assert 1.5 < took < 15, took
 
 
 # -- reconcile: what the markers cannot cover (a failover, a rebuild), from the repositories' listings ---------------
