@@ -3,7 +3,8 @@
 Five configurations, interleaved in each round (the order rotates by one every round), after one untimed warm-up
 of each so every run reads a hot cache:
 
-    ours_s3            _backup.take_backup into an S3 repository (moto's server over HTTPS), verified while streaming
+    ours_s3            _backup.take_backup into an S3 repository (moto's server over HTTPS, or with --s3 rgw the
+                       running lab's Ceph RGW over HTTPS), verified while streaming
     pgbackrest_local   pgbackrest backup --type=full to repo1, a posix repository (process-max=2, compress-type=lz4,
                        start-fast=y)
     pgbackrest_s3      the same to repo2, the same S3 endpoint as ours
@@ -14,13 +15,15 @@ of each so every run reads a hot cache:
 Each run is timed from the command's start to its end (pgBackRest: the whole `pgbackrest backup` process, archive
 check and its end-of-backup expire pass included; ours: the take_backup call, manifest and WAL verification
 included). Between runs, untimed, the backup just taken is removed (ours: remove_backup; pgBackRest: expire --set
-of the older full backup), so repositories and the S3 store do not grow. Writes bench/results/backup.json: date,
-machine, versions, every run, medians, throughput, sizes and the time ratios ours/pgBackRest.
+of the older full backup), so repositories and the S3 store do not grow. Writes bench/results/backup.json
+(backup-rgw.json with --s3 rgw, so the moto figures stay comparable run to run): date, machine, versions (Ceph's
+with --s3 rgw), which S3 it was, every run, medians, throughput, sizes and the time ratios ours/pgBackRest.
 
-    sudo .venv/bin/python bench/backup.py [--rounds 5] [--scale 120]
+    sudo .venv/bin/python bench/backup.py [--rounds 5] [--scale 120] [--s3 moto|rgw]
 
 The cluster and everything else live under /var/tmp/immersiverse-dr-bench (see harness.py); the pgbench database
-is built on the first run (~1 min at scale 120) and reused.
+is built on the first run (~1 min at scale 120) and reused. With --s3 rgw the lab must be up (make lab-up): the
+S3 repositories go to a fresh bucket on its bench gateway, deleted at the end.
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ MIB = 1024 * 1024
 
 
 class Bench:
-    def __init__(self, scale: int):
+    def __init__(self, scale: int, s3: str = "moto"):
         self.cluster = h.Cluster(scale)
-        self.s3 = h.S3Server()
+        self.s3 = h.make_s3(s3, h.ROOT)
         self.pgbr = h.PgBackRest(self.cluster, self.s3)
         self.ours_dir = h.ROOT / "ours"
         self.identity: dict | None = None
@@ -62,7 +65,7 @@ class Bench:
         info = self.cluster.ensure_built()
         self.s3.start()
         log_ = h.log
-        log_(f"S3 endpoint (moto, HTTPS) at {self.s3.endpoint_url}")
+        log_(f"S3 endpoint ({self.s3.kind}, HTTPS) at {self.s3.endpoint_url}, bucket {self.s3.bucket}")
         self.cluster.port = h.free_port()
         self.pgbr.prepare()
         # stanza-create before PostgreSQL starts archiving into the fresh repositories (offline: reads pg_control)
@@ -160,7 +163,7 @@ def versions(bench: Bench) -> dict:
         "python": platform.python_version(),
         "boto3": h.package_version("boto3"),
         "botocore": h.package_version("botocore"),
-        "moto": h.package_version("moto"),
+        **h.s3_versions(bench.s3.kind),
         "lz4": h.package_version("lz4"),
         "crc32c": h.package_version("crc32c"),
         "psycopg2": h.package_version("psycopg2-binary"),
@@ -229,7 +232,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (each runs the five configurations)")
     ap.add_argument("--scale", type=int, default=120, help="pgbench scale of the database (built once)")
-    ap.add_argument("--out", default=None, help="result file (default bench/results/backup.json)")
+    h.add_s3_argument(ap)
+    ap.add_argument("--out", default=None, help="result file (default bench/results/backup.json; backup-rgw.json "
+                                                  "with --s3 rgw)")
     args = ap.parse_args()
     if not 1 <= args.rounds <= 20:
         ap.error("--rounds must be 1..20")
@@ -237,7 +242,7 @@ def main() -> int:
         ap.error("--scale must be 10..2000")
     h.require_root_or_postgres()
     h.install_signal_handlers()
-    bench = Bench(args.scale)
+    bench = Bench(args.scale, args.s3)
     started = time.monotonic()
     runs: list[dict] = []
     try:
@@ -260,9 +265,10 @@ def main() -> int:
                 "(pg_basebackup -Ft -X stream, client-lz4, fast checkpoint, streamed into the repository and "
                 "verified against the manifest while streaming) and by pgBackRest (process-max=2, "
                 "compress-type=lz4, start-fast=y, archive check on), to a local directory and to one S3 endpoint "
-                "(moto's server over HTTPS on 127.0.0.1); configurations interleaved per round, medians",
+                f"({h.S3_WHAT[args.s3]}); configurations interleaved per round, medians",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": h.machine(),
+        "s3": args.s3,
         "versions": vers,
         "pgbench_scale": args.scale,
         "cluster": {k: info[k] for k in ("built", "build_seconds", "database_bytes")},
@@ -272,14 +278,15 @@ def main() -> int:
         **summarize(runs),
         "wall_seconds": round(time.monotonic() - started, 1),
         "notes": [
-            "S3 is moto's server (the lab's S3 software) over HTTPS with a self-signed certificate that both "
-            "tools verify; it is a slow, pure-Python S3: per-request cost (~15 ms) and body decoding dominate "
-            "S3 times, so the S3 figures compare the tools against this endpoint, not against AWS S3",
+            ("S3 is moto's server (the lab's S3 software) over HTTPS with a self-signed certificate that both "
+             "tools verify; it is a slow, pure-Python S3: per-request cost (~15 ms) and body decoding dominate "
+             "S3 times, so the S3 figures compare the tools against this endpoint, not against AWS S3")
+            if args.s3 == "moto" else h.RGW_NOTE,
             "pgBackRest writes one object per database file (~1000 here); ours writes a few tar archives",
             "times are wall clock on a shared 2-core machine; compare ratios and medians, not single runs",
         ],
     }
-    out = Path(args.out) if args.out else h.write_result("backup", result)
+    out = Path(args.out) if args.out else h.write_result(h.result_name("backup", args.s3), result)
     if args.out:
         out.write_text(json.dumps(result, indent=2) + "\n")
     print_summary(result)

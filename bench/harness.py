@@ -6,7 +6,9 @@ Everything lives under one directory (``/var/tmp/immersiverse-dr-bench``, or ``$
                                  once (READY is the marker: scale, PostgreSQL version) and reused by later runs
     tls/                         a self-signed certificate for 127.0.0.1 (the S3 endpoint speaks HTTPS only:
                                  pgBackRest 2.45 has no plain-HTTP S3 client)
-    s3/                          moto's S3 server (the same software as the lab's S3), a fresh, empty store per run
+    s3/                          moto's S3 server, a fresh, empty store per run (the default); with --s3 rgw the
+                                 running lab's Ceph RADOS Gateway instead (RgwServer: a fresh bucket per run, the
+                                 tls/ certificate copied to the repository's .lab/ceph/bench-tls/ for it)
     pgbackrest/                  pgBackRest's configuration, posix repository, logs, locks and spool
     ours/                        the collection's local repository and its S3 staging directory
 
@@ -43,6 +45,22 @@ PGBACKREST = "/usr/bin/pgbackrest"
 PG_OS_USER = "postgres"
 STANZA = "bench"
 S3 = {"bucket": "bench", "region": "us-east-1", "access_key": "bench-access-key", "secret_key": "bench-secret-key"}
+# --s3 rgw: the lab's Ceph container (scripts/lab.sh), its /export directory on the controller, and the benchmarks'
+# gateway there (lab-ceph bench-gateway: realm, zonegroup "bench", zone "bench-a", HTTPS on 9443 published here)
+LAB_CEPH = "dr-lab-ceph"
+LAB_CEPH_DIR = REPO / ".lab" / "ceph"
+RGW_PORT = 49443
+RGW_REALM = "bench"
+LAB_NOT_UP = "the lab is not up: run scripts/lab.sh up (make lab-up) first"
+S3_KINDS = ("moto", "rgw")
+# how the result files describe the endpoint: "what" and the note on reading the S3 figures
+S3_WHAT = {"moto": "moto's server over HTTPS on 127.0.0.1",
+           "rgw": "the running lab's Ceph RADOS Gateway over HTTPS on 127.0.0.1:49443"}
+RGW_NOTE = ("S3 is the running lab's Ceph RADOS Gateway (lab-ceph bench-gateway on dr-lab-ceph: one radosgw, one "
+            "BlueStore OSD on a sparse file, in a container on this same machine) over HTTPS with the bench's "
+            "self-signed certificate that both tools verify, a fresh unversioned bucket per run; a real S3 server, "
+            "but its cluster shares the machine's cores with the benchmark, so the S3 figures compare the tools "
+            "against this endpoint, not against AWS S3")
 
 
 def log(msg: str) -> None:
@@ -342,20 +360,63 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class S3Server:
-    """moto's S3 server over HTTPS on a free 127.0.0.1 port, an empty store each start."""
+class S3Endpoint:
+    """What the benchmarks use of an S3 endpoint, whichever it is (moto's server or the lab's RGW): a boto3 client,
+    the collection's repository option, the bytes stored under a prefix. Subclasses set ``kind``, ``port``,
+    ``cert`` (the bench certificate, the CA bundle every client verifies against), ``bucket``, ``region``,
+    ``access_key`` and ``secret_key``, and start and stop the server."""
 
-    def __init__(self, root: Path = ROOT):
-        self.dir = root / "s3"
-        self.tls = root / "tls"
-        self.pidfile = self.dir / "moto.pid"
-        self.proc: subprocess.Popen | None = None
+    kind = ""
+
+    def __init__(self) -> None:
         self.port: int | None = None
         self.cert: Path | None = None
+        self.bucket = self.region = self.access_key = self.secret_key = ""
 
     @property
     def endpoint_url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    def client(self):
+        import boto3
+        import botocore.config
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                            verify=str(self.cert), config=botocore.config.Config(s3={"addressing_style": "path"}))
+
+    def repository_spec(self, prefix: str) -> dict:
+        """The collection's repository option for this endpoint (TLS verified against the bench certificate)."""
+        return {"type": "s3", "bucket": self.bucket, "prefix": prefix, "endpoint_url": self.endpoint_url,
+                "region": self.region, "access_key": self.access_key, "secret_key": self.secret_key,
+                "ca_bundle": str(self.cert)}
+
+    def stored_bytes(self, prefix: str) -> int:
+        total = 0
+        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            total += sum(o["Size"] for o in page.get("Contents", []))
+        return total
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class S3Server(S3Endpoint):
+    """moto's S3 server over HTTPS on a free 127.0.0.1 port, an empty store each start."""
+
+    kind = "moto"
+
+    def __init__(self, root: Path = ROOT):
+        super().__init__()
+        self.dir = root / "s3"
+        self.tls = root / "tls"
+        self.pidfile = self.dir / "moto.pid"
+        self.proc: subprocess.Popen | None = None
+        self.bucket, self.region = S3["bucket"], S3["region"]
+        self.access_key, self.secret_key = S3["access_key"], S3["secret_key"]
 
     def start(self) -> None:
         self._stop_stale()
@@ -393,7 +454,7 @@ class S3Server:
                 if time.monotonic() > deadline:
                     raise BenchError("moto_server did not answer over HTTPS within 30 s") from None
                 time.sleep(0.2)
-        self.client().create_bucket(Bucket=S3["bucket"])
+        self.client().create_bucket(Bucket=self.bucket)
 
     def _stop_stale(self) -> None:
         try:
@@ -405,31 +466,269 @@ class S3Server:
             stop_pid(pid)
         self.pidfile.unlink(missing_ok=True)
 
-    def client(self):
-        import boto3
-        import botocore.config
-
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=S3["region"],
-                            aws_access_key_id=S3["access_key"], aws_secret_access_key=S3["secret_key"],
-                            verify=str(self.cert), config=botocore.config.Config(s3={"addressing_style": "path"}))
-
-    def repository_spec(self, prefix: str) -> dict:
-        """The collection's repository option for this endpoint (TLS verified against the bench certificate)."""
-        return {"type": "s3", "bucket": S3["bucket"], "prefix": prefix, "endpoint_url": self.endpoint_url,
-                "region": S3["region"], "access_key": S3["access_key"], "secret_key": S3["secret_key"],
-                "ca_bundle": str(self.cert)}
-
-    def stored_bytes(self, prefix: str) -> int:
-        total = 0
-        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=S3["bucket"], Prefix=prefix):
-            total += sum(o["Size"] for o in page.get("Contents", []))
-        return total
-
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             stop_pid(self.proc.pid)
         self.proc = None
         self.pidfile.unlink(missing_ok=True)
+
+
+def lab_ceph(argv: list[str], timeout: float, what: str, hint: str = "") -> subprocess.CompletedProcess:
+    """``argv`` in the lab's Ceph container (podman exec). A failure says what failed with its stderr, never its
+    stdout, which may hold keys (radosgw-admin user info)."""
+    shown = f"podman exec {LAB_CEPH} {' '.join(argv)}"
+    try:
+        proc = run(["podman", "exec", LAB_CEPH, *argv], timeout=timeout, check=False, quiet=True)
+    except OSError as exc:
+        raise BenchError(f"could not run podman ({exc}): {LAB_NOT_UP}") from None
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"could not {what}: `{shown}` did not return within {timeout:.0f} s{hint}") from None
+    if proc.returncode != 0:
+        raise BenchError(f"could not {what}: `{shown}` failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or '').strip()[-1500:]}{hint}")
+    return proc
+
+
+class RgwServer(S3Endpoint):
+    """The running lab's Ceph RADOS Gateway as the bench endpoint (--s3 rgw): a real S3 server, the software the
+    lab's regions run, where moto is a pure-Python one whose per-request cost dominates the S3 figures.
+
+    The gateway is lab-ceph's "bench" one on dr-lab-ceph: a realm of its own (no region's buckets or keys are
+    touched), HTTPS on 127.0.0.1:49443 with the bench's self-signed certificate, which this writes into the
+    controller's .lab/ceph/bench-tls/ (the container's /export/bench-tls/) before starting it: pgBackRest has no
+    plain-HTTP S3 client, and it matches 127.0.0.1 against the certificate's DNS names. Each start creates a fresh,
+    unversioned bucket (RGW ignores If-None-Match on versioned buckets, and the collection's writes rely on it);
+    stop() empties and deletes it, then stops the gateway. The user's keys are read from radosgw-admin and kept in
+    memory: never logged, never on a command line (pgBackRest reads them from its 0640 configuration file, our
+    WAL commands from their 0600 one).
+
+    One run at a time: starting the gateway restarts it, so .lab/ceph/bench-tls/owner.json names the run using
+    it (pid, command line) and the buckets it still has to delete. A live owner is refused; a dead one's buckets
+    (a run killed before its stop()) are deleted by the next start."""
+
+    kind = "rgw"
+
+    def __init__(self, root: Path = ROOT):
+        super().__init__()
+        self.tls = root / "tls"
+        self.export = LAB_CEPH_DIR / "bench-tls"
+        self.owner = self.export / "owner.json"
+        self.port = RGW_PORT
+        self.region = "us-east-1"  # the bench zonegroup's API name (lab-ceph's realm())
+        self.pending: list[str] = []  # buckets to delete: a dead owner's, then this run's
+        self._claimed = False  # owner.json is this object's: stop() may clean up
+        self._gateway = False  # this object started the gateway: stop() stops it
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self._check_lab()
+        self._claim()
+        self.cert, key = self_signed_cert(self.tls)
+        self._export_tls(key)
+        self._gateway = True  # from here on stop() stops it, even if starting it fails halfway
+        # the first start also creates the realm and its user (radosgw-admin: a few seconds)
+        lab_ceph(["lab-ceph", "bench-gateway", "start"], timeout=300, what="start the lab's bench gateway",
+                 hint=self._log_hint)
+        self.access_key, self.secret_key = self._keys()
+        self._wait_tls(timeout=60)
+        client = self.client()
+        for bucket in list(self.pending):
+            log(f"deleting the bucket {bucket} an earlier --s3 rgw run left on the lab's bench gateway")
+            self._delete_bucket(client, bucket)
+            self.pending.remove(bucket)
+        # a name no earlier run used: nothing of a previous run can be read back as this run's
+        self.bucket = f"bench-{time.time_ns()}"
+        self.pending.append(self.bucket)
+        self._write_owner()
+        client.create_bucket(Bucket=self.bucket)
+        log(f"the lab's bench gateway answers at {self.endpoint_url} (bucket {self.bucket}) after "
+            f"{time.monotonic() - t0:.1f} s")
+
+    @property
+    def _log_hint(self) -> str:
+        return f"; see podman exec {LAB_CEPH} cat /var/log/lab/rgw-{RGW_REALM}.log"
+
+    @staticmethod
+    def _check_lab() -> None:
+        try:
+            exists = run(["podman", "container", "exists", LAB_CEPH], timeout=60, check=False, quiet=True)
+            running = run(["podman", "container", "inspect", "--format", "{{.State.Running}}", LAB_CEPH],
+                          timeout=60, check=False, quiet=True) if exists.returncode == 0 else None
+        except OSError as exc:
+            raise BenchError(f"{LAB_NOT_UP} (podman: {exc})") from None
+        if running is None or running.returncode != 0 or running.stdout.strip() != "true":
+            raise BenchError(LAB_NOT_UP)
+        try:
+            ready = (LAB_CEPH_DIR / "ready").exists()
+        except PermissionError:
+            raise BenchError(f"cannot read {LAB_CEPH_DIR}: run the benchmark as root, as the lab runs") from None
+        if not ready:
+            raise BenchError(f"the lab's Ceph cluster is not ready (no {LAB_CEPH_DIR / 'ready'}): run scripts/lab.sh "
+                             "up (make lab-up) and let it finish")
+
+    def _claim(self) -> None:
+        """Take the gateway for this run (owner.json), after checking that no other live run holds it."""
+        try:
+            self.export.mkdir(mode=0o755, exist_ok=True)
+            self.export.chmod(0o755)
+        except PermissionError:
+            raise BenchError(f"cannot write {self.export}: run the benchmark as root, as the lab runs") from None
+        try:
+            old = json.loads(self.owner.read_text())
+        except (OSError, ValueError):
+            old = {}
+        pid = old.get("pid") if isinstance(old, dict) else None
+        if isinstance(pid, int) and pid != os.getpid() and _alive(pid) and _cmdline(pid) == old.get("cmdline"):
+            raise BenchError(f"another benchmark run (pid {pid}: {old.get('cmdline', '')[:120]}) is using the lab's "
+                             "bench gateway: wait for it to end (starting the gateway again would restart it "
+                             "under that run)")
+        if isinstance(old, dict):
+            self.pending = [b for b in old.get("buckets", []) if isinstance(b, str) and b.startswith("bench-")]
+        self._write_owner()
+        self._claimed = True
+
+    def _write_owner(self) -> None:
+        tmp = self.owner.with_name(self.owner.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "cmdline": _cmdline(os.getpid()),
+                                   "buckets": self.pending}) + "\n")
+        os.replace(tmp, self.owner)
+
+    def _export_tls(self, key: Path) -> None:
+        """The bench certificate and key where the gateway reads them; written to a temporary name and renamed, the
+        key created 0600 (the gateway runs as root in the container)."""
+        for src, mode in ((self.cert, 0o644), (key, 0o600)):
+            dst = self.export / src.name
+            tmp = dst.with_name(dst.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(src.read_bytes())
+            os.replace(tmp, dst)
+
+    def _keys(self) -> tuple[str, str]:
+        proc = lab_ceph(["radosgw-admin", "user", "info", "--uid=dr-lab", f"--rgw-realm={RGW_REALM}",
+                         f"--rgw-zonegroup={RGW_REALM}", f"--rgw-zone={RGW_REALM}-a"], timeout=60,
+                        what="read the bench gateway user's keys")
+        try:
+            key = json.loads(proc.stdout)["keys"][0]
+            return key["access_key"], key["secret_key"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            # nothing of the output in the message: it may hold a key
+            raise BenchError(f"radosgw-admin user info --uid=dr-lab (realm {RGW_REALM}) printed no keys: the lab's "
+                             "bench realm is incomplete; recreate the lab (scripts/lab.sh down, then up)") from None
+
+    def _wait_tls(self, timeout: float) -> None:
+        """Until the gateway answers over TLS verified against the bench certificate (radosgw daemonizes: the exec
+        returns before it listens). Any HTTP answer counts, an S3 error to this anonymous request included."""
+        import http.client
+        import ssl
+        import urllib.error
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=str(self.cert))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint_url + "/", timeout=2, context=ctx).read()
+                return
+            except urllib.error.HTTPError:
+                return
+            except (OSError, http.client.HTTPException) as exc:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the lab's bench gateway did not answer over HTTPS at {self.endpoint_url} "
+                                     f"within {timeout:.0f} s ({exc}){self._log_hint}") from None
+                time.sleep(0.5)
+
+    @staticmethod
+    def _delete_bucket(client, bucket: str, timeout: float = 300) -> None:
+        """Every object and unfinished multipart upload of ``bucket``, then the bucket (it must be empty to go);
+        retried until ``timeout``. A bucket already gone is fine."""
+        from botocore.exceptions import ClientError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                    keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                    if keys:
+                        client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+                    for upload in page.get("Uploads", []):
+                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                client.delete_bucket(Bucket=bucket)
+                return
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "NoSuchBucket":
+                    return
+                if time.monotonic() > deadline:
+                    raise BenchError(f"could not delete the bucket {bucket} on the lab's bench gateway within "
+                                     f"{timeout:.0f} s ({code}); the next --s3 rgw run tries again") from None
+                time.sleep(1)
+
+    def stop(self) -> None:
+        """Delete this run's bucket, then stop the gateway; nothing if this object never took the gateway (another
+        run's stays untouched). A bucket that could not be deleted stays in owner.json for the next run."""
+        if not self._claimed:
+            return
+        errors = []
+        if self.pending and self.access_key:
+            try:
+                client = self.client()
+                for bucket in list(self.pending):
+                    self._delete_bucket(client, bucket)
+                    self.pending.remove(bucket)
+            except Exception as exc:  # keep going: the gateway must stop too
+                errors.append(f"deleting the bucket: {exc}")
+        self.bucket = ""
+        if self._gateway:
+            self._gateway = False
+            try:
+                lab_ceph(["lab-ceph", "bench-gateway", "stop"], timeout=60, what="stop the lab's bench gateway")
+            except BenchError as exc:
+                errors.append(str(exc))
+        if self.pending:
+            self._write_owner()
+        else:
+            self.owner.unlink(missing_ok=True)
+        self._claimed = False
+        if errors:
+            raise BenchError("; ".join(errors))
+
+
+def make_s3(kind: str, root: Path = ROOT) -> S3Endpoint:
+    """The benchmark's S3 endpoint: moto's server (the default, as the committed figures were measured) or the
+    running lab's Ceph RGW."""
+    if kind == "moto":
+        return S3Server(root)
+    if kind == "rgw":
+        return RgwServer(root)
+    raise BenchError(f"unknown S3 endpoint {kind!r}: moto or rgw")
+
+
+def add_s3_argument(parser) -> None:
+    parser.add_argument("--s3", choices=S3_KINDS, default="moto",
+                        help="the S3 endpoint: moto (default; a moto server of its own over HTTPS, as for the "
+                             "committed figures) or rgw (the running lab's Ceph RADOS Gateway over HTTPS, a fresh "
+                             "bucket; the lab must be up: make lab-up); rgw results go to "
+                             "bench/results/<name>-rgw.json")
+
+
+def result_name(base: str, kind: str) -> str:
+    """The result file's name: moto's figures stay in <name>.json (continuity), RGW's go beside them."""
+    return base if kind == "moto" else f"{base}-{kind}"
+
+
+def s3_versions(kind: str) -> dict:
+    """The S3 server's version for the result: moto's package, or the lab's Ceph (`ceph --version` in its
+    container)."""
+    if kind == "moto":
+        return {"moto": package_version("moto")}
+    try:
+        out = run(["podman", "exec", LAB_CEPH, "ceph", "--version"], timeout=60, check=False, quiet=True)
+        return {"ceph": out.stdout.strip() or "unknown"}
+    except (OSError, subprocess.SubprocessError):
+        return {"ceph": "unknown"}
 
 
 def serve_moto_tls(argv: list[str]) -> None:
@@ -473,7 +772,7 @@ class PgBackRest:
     path-style URIs). archive_command is pgBackRest's archive-push, which pushes each WAL segment to both; the
     backups keep the default archive check (the backup waits until the WAL it needs is in the repository)."""
 
-    def __init__(self, cluster: Cluster, s3: S3Server, root: Path = ROOT, process_max: int = 2,
+    def __init__(self, cluster: Cluster, s3: S3Endpoint, root: Path = ROOT, process_max: int = 2,
                  compress_type: str = "lz4"):
         self.cluster = cluster
         self.s3 = s3
@@ -505,12 +804,12 @@ repo1-path={self.dir / 'repo'}
 repo1-retention-full=100
 repo2-type=s3
 repo2-path={self.s3_path}
-repo2-s3-bucket={S3['bucket']}
+repo2-s3-bucket={s3.bucket}
 repo2-s3-endpoint=127.0.0.1
 repo2-storage-port={s3.port}
-repo2-s3-region={S3['region']}
-repo2-s3-key={S3['access_key']}
-repo2-s3-key-secret={S3['secret_key']}
+repo2-s3-region={s3.region}
+repo2-s3-key={s3.access_key}
+repo2-s3-key-secret={s3.secret_key}
 repo2-s3-uri-style=path
 repo2-storage-ca-file={s3.cert}
 repo2-retention-full=100

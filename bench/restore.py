@@ -10,7 +10,8 @@ Target: at most 0.8 of pgBackRest's time.
 Part 1, restore (the data directory only: PostgreSQL is not started). Configurations, interleaved per round (the
 order rotates by one every round):
 
-    ours_s3              plan + prepare_data_dir from an S3 repository (moto's server over HTTPS)
+    ours_s3              plan + prepare_data_dir from an S3 repository (moto's server over HTTPS, or with --s3 rgw
+                         the running lab's Ceph RGW over HTTPS)
     pgbackrest_s3        pgbackrest restore --repo=2 (S3, the same endpoint), process-max=2, into an empty directory
     ours_local           the same as ours_s3 from a local repository
     pgbackrest_local     pgbackrest restore --repo=1 (posix)
@@ -25,7 +26,7 @@ untimed: the target removed and everything flushed (`sync`), so no run pays for 
 
 Part 2, PITR (bench/wal.py's fetch set-up, reused: a small cluster of its own, a base backup taken with
 pg_basebackup -X none, then >= --segments segments of real WAL archived by cp, ours and pgBackRest to their own
-repositories on one moto endpoint). One run restores a copy of the base backup, writes recovery.signal, the
+repositories on one S3 endpoint). One run restores a copy of the base backup, writes recovery.signal, the
 restore_command under test and recovery_target_lsn (the middle of the second-to-last generated segment,
 recovery_target_action promote, hot_standby off), and times from `pg_ctl start` until postmaster.pid says "ready"
 (the target reached, the server promoted); the log must show "recovery stopping" and every segment up to the
@@ -37,16 +38,19 @@ target restored:
     pgbackrest_get_async_s3  the same with archive-async=y, process-max=2 (prefetch)
     cp_local                 reference, first round only: cp from a directory (start-up and replay floor)
 
-Writes bench/results/restore.json: date, machine, versions, every run, medians, ratios ours/pgBackRest (paired
-within each round too).
+Writes bench/results/restore.json (restore-rgw.json with --s3 rgw, so the moto figures stay comparable run to
+run): date, machine, versions (Ceph's with --s3 rgw), which S3 it was, every run, medians, ratios ours/pgBackRest
+(paired within each round too).
 
     sudo .venv/bin/python bench/restore.py [--rounds 3] [--pitr-rounds 2] [--segments 34] [--skip-pitr]
+                                           [--s3 moto|rgw]
 
 Everything lives under /var/tmp/immersiverse-dr-bench/restore (its own moto server, pgBackRest stanza and
-repositories, restore targets) and /var/tmp/immersiverse-dr-bench/wal (the PITR part), both removed at the end; the
-pgbench cluster under /var/tmp/immersiverse-dr-bench/pg is shared with backup.py (built once, ~1 min, kept). Every
-process the run starts is stopped at the end, on failure and on Ctrl-C/SIGTERM/SIGHUP; a run killed with SIGKILL is
-cleaned up by the next.
+repositories, restore targets) and /var/tmp/immersiverse-dr-bench/wal (the PITR part), both removed at the end; with
+--s3 rgw (the lab up) the S3 repositories are a fresh bucket on the lab's bench gateway per part instead of the moto
+server, deleted at the end. The pgbench cluster under /var/tmp/immersiverse-dr-bench/pg is shared with backup.py
+(built once, ~1 min, kept). Every process the run starts is stopped at the end, on failure and on
+Ctrl-C/SIGTERM/SIGHUP; a run killed with SIGKILL is cleaned up by the next.
 """
 
 from __future__ import annotations
@@ -101,9 +105,9 @@ def flush() -> float:
 
 # -- part 1: restore ---------------------------------------------------------------------------------------------------
 class RestoreBench:
-    def __init__(self, scale: int):
+    def __init__(self, scale: int, s3: str = "moto"):
         self.cluster = h.Cluster(scale)
-        self.s3 = h.S3Server(RR)
+        self.s3 = h.make_s3(s3, RR)
         self.pgbr = h.PgBackRest(self.cluster, self.s3, root=RR)
         self.ours_dir = RR / "ours"
         self.target = RR / "target"
@@ -119,7 +123,7 @@ class RestoreBench:
         RR.mkdir(parents=True)
         RR.chmod(0o755)
         self.s3.start()
-        log(f"S3 endpoint (moto, HTTPS) at {self.s3.endpoint_url}")
+        log(f"S3 endpoint ({self.s3.kind}, HTTPS) at {self.s3.endpoint_url}, bucket {self.s3.bucket}")
         self.cluster.port = h.free_port()
         self.pgbr.prepare()
         self.pgbr.cmd("stanza-create", "--no-online", timeout=300)
@@ -322,7 +326,7 @@ def restore_gaps(text: str) -> dict:
 
 
 # -- reporting ---------------------------------------------------------------------------------------------------------
-def versions() -> dict:
+def versions(s3: str) -> dict:
     def out(argv: list[str]) -> str:
         try:
             return subprocess.run(argv, cwd=h.REPO, capture_output=True, text=True, timeout=30,
@@ -338,7 +342,7 @@ def versions() -> dict:
         "python": platform.python_version(),
         "boto3": h.package_version("boto3"),
         "botocore": h.package_version("botocore"),
-        "moto": h.package_version("moto"),
+        **h.s3_versions(s3),
         "lz4": h.package_version("lz4"),
         "crc32c": h.package_version("crc32c"),
         "lz4_cli": out(["lz4", "--version"]).split(",")[0],
@@ -421,7 +425,9 @@ def main() -> int:
     ap.add_argument("--skip-pitr", action="store_true", help="the restore part only")
     ap.add_argument("--skip-restore", action="store_true", help="the PITR part only")
     ap.add_argument("--only", default="", help="comma-separated configurations (development)")
-    ap.add_argument("--out", default=None, help="result file (default bench/results/restore.json)")
+    h.add_s3_argument(ap)
+    ap.add_argument("--out", default=None, help="result file (default bench/results/restore.json; restore-rgw.json "
+                                                  "with --s3 rgw)")
     args = ap.parse_args()
     if not 1 <= args.rounds <= 20 or not 1 <= args.pitr_rounds <= 20:
         ap.error("--rounds and --pitr-rounds must be 1..20")
@@ -440,18 +446,19 @@ def main() -> int:
         "what": "restore of one base backup of a pgbench database into an empty data directory (PostgreSQL not "
                 "started) by the collection's engine (plan + prepare_data_dir: fetch, stored-sha256 and manifest "
                 "checks while extracting) and by pgbackrest restore (process-max=2), from a local repository and "
-                "from one S3 endpoint (moto's server over HTTPS on 127.0.0.1); and a point-in-time recovery "
+                f"from one S3 endpoint ({h.S3_WHAT[args.s3]}); and a point-in-time recovery "
                 "(recovery_target_lsn, >= 32 segments restored and replayed) with immersiverse-dr-wal fetch vs "
                 "pgbackrest archive-get from that endpoint; configurations interleaved per round, medians",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": h.machine(),
+        "s3": args.s3,
         "target_ratio": TARGET_RATIO,
         "rounds": args.rounds,
         "pitr_rounds": args.pitr_rounds,
         "pgbench_scale": args.scale,
     }
     if restore_configs:
-        bench = RestoreBench(args.scale)
+        bench = RestoreBench(args.scale, args.s3)
         runs: list[dict] = []
         try:
             info = bench.setup()
@@ -476,7 +483,7 @@ def main() -> int:
             "ratio": ratio, "ratio_per_round": per_round,
         }
     if pitr_configs:
-        pitr = PitrBench(args.segments)
+        pitr = PitrBench(args.segments, args.s3)
         runs = []
         try:
             pitr.setup()
@@ -501,7 +508,7 @@ def main() -> int:
         result["pitr"] = {"source": source, "ours_options": wal.OURS_OPTIONS,
                           "pgbackrest_options": "compress-type=lz4; async: archive-async=y process-max=2",
                           "runs": runs, "median": med, "ratio": ratio, "ratio_per_round": per_round}
-    result["versions"] = versions()
+    result["versions"] = versions(args.s3)
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     result["notes"] = [
         "restore: 'seconds' is until the command returned with the data directory complete; 'durable_seconds' adds "
@@ -511,9 +518,10 @@ def main() -> int:
         "ours runs in the benchmark's process (the venv's Python, boto3, lz4) as root; pgBackRest as the postgres "
         "user; the PITR restore_command runs as PostgreSQL's postgres user with the system python3 (as the "
         "wal_archive role installs it)",
-        "S3 is moto's server (the lab's S3 software) over HTTPS with a self-signed certificate both tools verify: a "
-        "slow, pure-Python S3 (~15 ms a request, slow bodies); pgBackRest reads one object per database file "
-        "(~1000), ours one tar archive per tablespace plus pg_wal; compare the tools on the same endpoint",
+        ("S3 is moto's server (the lab's S3 software) over HTTPS with a self-signed certificate both tools verify: "
+         "a slow, pure-Python S3 (~15 ms a request, slow bodies)" if args.s3 == "moto" else h.RGW_NOTE)
+        + "; pgBackRest reads one object per database file (~1000), ours one tar archive per tablespace plus "
+        "pg_wal; compare the tools on the same endpoint",
         "PITR seconds include PostgreSQL's start-up and the replay itself (cp_local is that floor)",
         "times are wall clock on a shared 2-core machine; compare ratios and medians, not single runs",
     ]
@@ -521,7 +529,7 @@ def main() -> int:
         out = Path(args.out)
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     else:
-        out = h.write_result("restore", json.loads(json.dumps(result, default=str)))
+        out = h.write_result(h.result_name("restore", args.s3), json.loads(json.dumps(result, default=str)))
     print_summary(result)
     log(f"wrote {out} ({result['wall_seconds']} s)")
     return 0

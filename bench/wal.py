@@ -1,10 +1,10 @@
 """Benchmark: WAL archiving and WAL fetch during recovery, the collection's commands vs pgBackRest vs `cp`.
 
 Issue 5: with 32 or more segments queued, the segments/s of our push (immersiverse-dr-wal, the installed shell
-wrapper rendered from roles/wal_archive/templates/immersiverse-dr-wal.j2) to the lab's S3 (moto over HTTPS),
-against pgBackRest archive-push (synchronous, and asynchronous with process-max 2) and a bare `cp`, all driven by
-PostgreSQL's own archiver loop. Target: at least 0.9 of the `cp` rate, to S3, with checksums. Also the fetch rate
-during recovery against pgBackRest archive-get.
+wrapper rendered from roles/wal_archive/templates/immersiverse-dr-wal.j2) to the lab's S3 (moto over HTTPS, or
+with --s3 rgw the running lab's Ceph RGW over HTTPS), against pgBackRest archive-push (synchronous, and
+asynchronous with process-max 2) and a bare `cp`, all driven by PostgreSQL's own archiver loop. Target: at least
+0.9 of the `cp` rate, to S3, with checksums. Also the fetch rate during recovery against pgBackRest archive-get.
 
 Push, one run: the same >= --segments segments of real WAL (generated once per run with archiving paused:
 inserts of md5 text rows, then pg_switch_wal) are queued again (.done renamed back to .ready, archiving still
@@ -15,7 +15,7 @@ rotates by one every round):
 
     cp_local                 cp %p <dir>/%f
     pgbackrest_sync_local    pgbackrest archive-push, posix repository (compress-type=lz4)
-    pgbackrest_sync_s3       pgbackrest archive-push, S3 repository on the same moto endpoint
+    pgbackrest_sync_s3       pgbackrest archive-push, S3 repository on the same S3 endpoint
     pgbackrest_async_s3      the same with archive-async=y, process-max=2, spool-path
     ours_async_s3            immersiverse-dr-wal push %p (async, concurrency 4, lz4): the background pusher starts
                              on the first push and reads ahead of the archiver
@@ -35,12 +35,14 @@ and times from `pg_ctl start` until postmaster.pid says "ready" (archive recover
 Reference, once: the S3 endpoint's own ceiling for objects of the size ours stored (PUTs of random bytes from
 4 threads of one process, the system boto3 our commands use).
 
-Writes bench/results/wal.json: date, machine, versions, every run, medians, rates and ratios.
+Writes bench/results/wal.json (wal-rgw.json with --s3 rgw, so the moto figures stay comparable run to run):
+date, machine, versions (Ceph's with --s3 rgw), which S3 it was, every run, medians, rates and ratios.
 
-    sudo .venv/bin/python bench/wal.py [--rounds 3] [--segments 32] [--reference-rounds 1]
+    sudo .venv/bin/python bench/wal.py [--rounds 3] [--segments 32] [--reference-rounds 1] [--s3 moto|rgw]
 
 Everything lives under /var/tmp/immersiverse-dr-bench/wal (a small cluster of its own, built fresh each run; its
-own moto server); every process it starts is stopped, and a run killed with SIGKILL is cleaned up by the next.
+own moto server, or with --s3 rgw a fresh bucket on the lab's gateway, deleted at the end: the lab must be up);
+every process it starts is stopped, and a run killed with SIGKILL is cleaned up by the next.
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ class PgbrConf:
     """One pgBackRest configuration with one repository (archive-push pushes to every configured repository, so
     each destination gets a config file of its own), its own log, lock and spool directories."""
 
-    def __init__(self, name: str, cluster: WalCluster, s3: h.S3Server | None, repo_path: str):
+    def __init__(self, name: str, cluster: WalCluster, s3: h.S3Endpoint | None, repo_path: str):
         self.dir = W / "pgbackrest" / name
         self.conf = self.dir / "pgbackrest.conf"
         self.cluster, self.s3, self.repo_path = cluster, s3, repo_path
@@ -248,10 +250,10 @@ class PgbrConf:
             h.pg_dir(Path(self.repo_path), 0o750)
             repo = f"repo1-type=posix\nrepo1-path={self.repo_path}\n"
         else:
-            repo = (f"repo1-type=s3\nrepo1-path={self.repo_path}\nrepo1-s3-bucket={h.S3['bucket']}\n"
+            repo = (f"repo1-type=s3\nrepo1-path={self.repo_path}\nrepo1-s3-bucket={self.s3.bucket}\n"
                     f"repo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={self.s3.port}\n"
-                    f"repo1-s3-region={h.S3['region']}\nrepo1-s3-key={h.S3['access_key']}\n"
-                    f"repo1-s3-key-secret={h.S3['secret_key']}\nrepo1-s3-uri-style=path\n"
+                    f"repo1-s3-region={self.s3.region}\nrepo1-s3-key={self.s3.access_key}\n"
+                    f"repo1-s3-key-secret={self.s3.secret_key}\nrepo1-s3-uri-style=path\n"
                     f"repo1-storage-ca-file={self.s3.cert}\n")
         self.conf.write_text(f"""# written by bench/wal.py
 [global]
@@ -289,10 +291,10 @@ pg1-user=postgres
 
 
 class Bench:
-    def __init__(self, segments: int):
+    def __init__(self, segments: int, s3: str = "moto"):
         self.segments = segments
         self.cluster = WalCluster(W / "pg")
-        self.s3 = h.S3Server(W)
+        self.s3 = h.make_s3(s3, W)
         self.cp_dir = W / "cp"
         self.raw_dir = W / "fetch" / "raw"
         self.base = W / "fetch" / "base"
@@ -309,7 +311,7 @@ class Bench:
             c.stop_leftover()
         h.reap_leftovers(W)
         self.s3.start()
-        log(f"S3 endpoint (moto, HTTPS) at {self.s3.endpoint_url}")
+        log(f"S3 endpoint ({self.s3.kind}, HTTPS) at {self.s3.endpoint_url}, bucket {self.s3.bucket}")
         log("building a small cluster (initdb) and the pgBackRest stanzas")
         self.cluster.build()
         self.cluster.port = h.free_port()
@@ -432,7 +434,7 @@ class Bench:
         prefix = "ours-push/wal/" if config.startswith("ours") else "pgbackrest-push/archive/"
         total = 0
         client = self.s3.client()
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=h.S3["bucket"], Prefix=prefix):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.s3.bucket, Prefix=prefix):
             total += sum(o["Size"] for o in page.get("Contents", [])
                          if o["Key"].rsplit("/", 1)[-1][:24] in wanted)
         return total
@@ -458,10 +460,10 @@ class Bench:
 
     def delete_s3(self, prefix: str) -> None:
         client = self.s3.client()
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=h.S3["bucket"], Prefix=prefix):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.s3.bucket, Prefix=prefix):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
-                client.delete_objects(Bucket=h.S3["bucket"], Delete={"Objects": keys, "Quiet": True})
+                client.delete_objects(Bucket=self.s3.bucket, Delete={"Objects": keys, "Quiet": True})
 
     # -- fetch -----------------------------------------------------------------------------------------------------
     def prepare_fetch(self) -> dict:
@@ -497,14 +499,16 @@ class Bench:
     def s3_put_ceiling(self, object_bytes: int, threads: int = 4) -> dict:
         """Reference: the endpoint's own ceiling for these objects. The system python3 and boto3 (what our
         commands run with) PUT as many objects of random bytes (incompressible), each the size ours stored per
-        segment, from ``threads`` threads in one process: no checksums, no compression, no process start-up."""
+        segment, from ``threads`` threads in one process: no checksums, no compression, no process start-up. The
+        keys go through its environment, not its command line (with --s3 rgw they are the lab's)."""
         code = """
 import sys, os, time, boto3, botocore.config
 from concurrent.futures import ThreadPoolExecutor
-url, cert, bucket, key_id, secret, n, size, threads = sys.argv[1:9]
+url, cert, bucket, region, n, size, threads = sys.argv[1:8]
 n, size, threads = int(n), int(size), int(threads)
-c = boto3.client("s3", endpoint_url=url, verify=cert, region_name="us-east-1", aws_access_key_id=key_id,
-                 aws_secret_access_key=secret,
+c = boto3.client("s3", endpoint_url=url, verify=cert, region_name=region,
+                 aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
                  config=botocore.config.Config(s3={"addressing_style": "path"}, max_pool_connections=threads + 4))
 bodies = [os.urandom(size) for _ in range(n)]
 c.put_object(Bucket=bucket, Key="ceiling/warm", Body=b"x")
@@ -514,8 +518,9 @@ with ThreadPoolExecutor(threads) as pool:
 print(time.monotonic() - t0)
 """
         n = len(self.names)
-        out = h.run([SYSTEM_PYTHON, "-c", code, self.s3.endpoint_url, str(self.s3.cert), h.S3["bucket"],
-                     h.S3["access_key"], h.S3["secret_key"], str(n), str(object_bytes), str(threads)], timeout=300)
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.s3.access_key, "AWS_SECRET_ACCESS_KEY": self.s3.secret_key}
+        out = h.run([SYSTEM_PYTHON, "-c", code, self.s3.endpoint_url, str(self.s3.cert), self.s3.bucket,
+                     self.s3.region, str(n), str(object_bytes), str(threads)], timeout=300, env=env)
         seconds = float(out.stdout.strip().splitlines()[-1])
         self.delete_s3("ceiling/")
         return {"objects": n, "object_bytes": object_bytes, "threads": threads, "seconds": round(seconds, 3),
@@ -571,7 +576,7 @@ print(time.monotonic() - t0)
 
 
 # -- reporting -------------------------------------------------------------------------------------------------------
-def versions() -> dict:
+def versions(s3: str) -> dict:
     def out(argv: list[str]) -> str:
         try:
             return subprocess.run(argv, cwd=h.REPO, capture_output=True, text=True, timeout=30,
@@ -584,7 +589,7 @@ def versions() -> dict:
     return {
         "postgresql": h.pg_version(),
         "pgbackrest": out([h.PGBACKREST, "version"]),
-        "moto": h.package_version("moto"),
+        **h.s3_versions(s3),
         "bench_python": platform.python_version(),
         "wal_commands_python": dict(zip(("python", "boto3", "botocore", "lz4"), sys_py, strict=False)),
         "collection_commit": out(["git", "rev-parse", "--short", "HEAD"]),
@@ -655,7 +660,9 @@ def main() -> int:
                     help="rounds that also run the reference configurations (push ours_sync_s3; fetch cp_local, "
                          "pgbackrest_get_s3)")
     ap.add_argument("--only", default="", help="comma-separated push/fetch configurations (development)")
-    ap.add_argument("--out", default=None, help="result file (default bench/results/wal.json)")
+    h.add_s3_argument(ap)
+    ap.add_argument("--out", default=None, help="result file (default bench/results/wal.json; wal-rgw.json with "
+                                                  "--s3 rgw)")
     args = ap.parse_args()
     if not 1 <= args.rounds <= 20:
         ap.error("--rounds must be 1..20")
@@ -666,7 +673,7 @@ def main() -> int:
     fetch_configs = () if args.skip_fetch else tuple(c for c in FETCH if not only or c in only)
     h.require_root_or_postgres()
     h.install_signal_handlers()
-    bench = Bench(args.segments)
+    bench = Bench(args.segments, args.s3)
     started = time.monotonic()
     push_runs: list[dict] = []
     fetch_runs: list[dict] = []
@@ -700,7 +707,7 @@ def main() -> int:
             ceiling = bench.s3_put_ceiling(int(statistics.median(ours_stored)))
             log(f"S3 endpoint ceiling: {ceiling['objects']} PUTs of {ceiling['object_bytes'] / 1e6:.1f} MB, "
                 f"{ceiling['threads']} threads: {ceiling['objects_per_second']} objects/s")
-        vers = versions()
+        vers = versions(args.s3)
     finally:
         bench.teardown()
     push_med = medians(push_runs, PUSH)
@@ -715,10 +722,11 @@ def main() -> int:
         "what": "WAL archiving as PostgreSQL's archiver drives it (>= 32 segments queued while archiving was "
                 "paused, then the archive_command set and reloaded; timed until no .ready file is left) and WAL "
                 "fetch during archive recovery of a base backup (timed from pg_ctl start until postmaster.pid "
-                "says ready: recovery ended, promoted), immersiverse-dr-wal vs pgBackRest vs cp, to moto's S3 "
-                "over HTTPS on 127.0.0.1; configurations interleaved per round (order rotating), medians",
+                "says ready: recovery ended, promoted), immersiverse-dr-wal vs pgBackRest vs cp, to "
+                f"{h.S3_WHAT[args.s3]}; configurations interleaved per round (order rotating), medians",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": h.machine(),
+        "s3": args.s3,
         "versions": vers,
         "rounds": args.rounds,
         "reference_rounds": args.reference_rounds,
@@ -741,9 +749,9 @@ def main() -> int:
         "wall_seconds": round(time.monotonic() - started, 1),
         "notes": [
             "ratios are of segments/s (higher is better for the first named)",
-            "S3 is moto's server (the lab's S3 software) over HTTPS with a self-signed certificate that both tools "
-            "verify; it is a slow, pure-Python S3 (per-request cost and body handling dominate), so the S3 figures "
-            "compare the tools against this endpoint, not against AWS S3",
+            ("S3 is moto's server (the lab's S3 software) over HTTPS with a self-signed certificate that both tools "
+             "verify; it is a slow, pure-Python S3 (per-request cost and body handling dominate), so the S3 figures "
+             "compare the tools against this endpoint, not against AWS S3") if args.s3 == "moto" else h.RGW_NOTE,
             "fetch seconds include PostgreSQL's start-up and the replay itself (the cp_local row is that floor)",
             "times are wall clock on a shared 2-core machine; compare ratios and medians, not single runs",
         ],
@@ -752,7 +760,7 @@ def main() -> int:
         out = Path(args.out)
         out.write_text(json.dumps(result, indent=2) + "\n")
     else:
-        out = h.write_result("wal", result)
+        out = h.write_result(h.result_name("wal", args.s3), result)
     print_summary(result)
     log(f"wrote {out} ({result['wall_seconds']} s)")
     return 0

@@ -15,10 +15,14 @@ VENV=$ROOT/.venv
 LAB_DIR=$ROOT/.lab
 CACHE=$ROOT/.cache/lab
 NET=dr-lab
-# The lab network has a fixed subnet: the Ceph monitor's address is in its monmap and must not change on a restart.
-NET_SUBNET=10.89.240.0/24
+# The regions' object store has a network of its own, as each region's S3 has its storage network: the gateways
+# (on the service hosts) reach the Ceph cluster over dr-lab-storage, so a partition of a region (its containers cut
+# off dr-lab) cuts it from the other regions, not its gateway from its disks. Fixed subnet: the monitor's address
+# is in its monmap and must not change on a restart.
+STORAGE_NET=dr-lab-storage
+STORAGE_SUBNET=10.89.241.0/24
 CEPH=dr-lab-ceph
-CEPH_IP=10.89.240.250
+CEPH_IP=10.89.241.250
 CEPH_DIR=$LAB_DIR/ceph
 BASE_IMAGE=localhost/immersiverse-dr-base:bookworm
 IMAGE_REPO=localhost/immersiverse-dr-lab
@@ -162,9 +166,10 @@ ensure_container() {
       return 0
     fi
   fi
-  podman run -d --name "$name" --hostname "$name" --network "$NET" --stop-timeout=1 \
+  podman run -d --name "$name" --hostname "$name" "${NETS[@]}" --stop-timeout=1 \
     --label io.immersiverse.dr.lab=1 "$@" >/dev/null
 }
+NETS=(--network "$NET")  # the networks ensure_container attaches a new container to
 
 standin_up() {
   local region=$1 port pidfile
@@ -196,26 +201,35 @@ standin_down() {
 # The lab's object store (docs/lab.md): dr-lab-ceph runs the cluster and writes each region's gateway config into
 # .lab/ceph/<region>/, which that region's service host mounts as /etc/ceph; the gateways run on the service hosts.
 network_up() {
-  if podman network exists "$NET"; then
+  podman network exists "$NET" || podman network create "$NET" >/dev/null
+  if podman network exists "$STORAGE_NET"; then
     local subnet
-    subnet=$(podman network inspect --format '{{range .Subnets}}{{.Subnet}}{{end}}' "$NET")
-    [ "$subnet" = "$NET_SUBNET" ] && return 0
-    log "network $NET has subnet $subnet, not $NET_SUBNET (an older lab): removing its containers and it"
+    subnet=$(podman network inspect --format '{{range .Subnets}}{{.Subnet}}{{end}}' "$STORAGE_NET")
+    [ "$subnet" = "$STORAGE_SUBNET" ] && return 0
+    log "network $STORAGE_NET has subnet $subnet, not $STORAGE_SUBNET: removing the lab's containers and it"
     local c
     for c in $(podman ps -a --filter label=io.immersiverse.dr.lab=1 --format '{{.Names}}'); do podman rm -f -t 1 "$c" >/dev/null; done
-    podman network rm -f "$NET" >/dev/null
+    podman network rm -f "$STORAGE_NET" >/dev/null
   fi
-  podman network create --subnet "$NET_SUBNET" "$NET" >/dev/null
+  podman network create --subnet "$STORAGE_SUBNET" "$STORAGE_NET" >/dev/null
 }
 
 ceph_up() {
   mkdir -p "$CEPH_DIR"; chmod 0700 "$CEPH_DIR"
   local running=false t0=$SECONDS
+  # running now, and kept: a container built from an older image is recreated by ensure_container (a new cluster,
+  # new keys), which is a start like any other
   podman container exists "$CEPH" && [ "$(podman container inspect --format '{{.State.Running}}' "$CEPH")" = true ] \
-    && running=true
+    && [ "$(podman container inspect --format '{{.Image}}' "$CEPH")" = \
+         "$(podman image inspect --format '{{.Id}}' "$IMAGE_REPO:latest")" ] && running=true
   # a container that starts now writes "ready" again once its daemons run
   $running || rm -f "$CEPH_DIR/ready"
-  ensure_container "$CEPH" --ip "$CEPH_IP" -v "$CEPH_DIR:/export" "$IMAGE_REPO:latest" ceph "$CEPH_IP" "${REGIONS[@]}"
+  # 127.0.0.1:49000: the lifecycle test's own gateway (lab-ceph lifecycle-gateway), started only by that test;
+  # 127.0.0.1:49443: the benchmarks' (lab-ceph bench-gateway, HTTPS), started only by bench/ --s3 rgw
+  NETS=(--network "$STORAGE_NET")
+  ensure_container "$CEPH" --ip "$CEPH_IP" -p 127.0.0.1:49000:9100 -p 127.0.0.1:49443:9443 -v "$CEPH_DIR:/export" \
+    "$IMAGE_REPO:latest" ceph "$CEPH_IP" "${REGIONS[@]}"
+  NETS=(--network "$NET")
   local i
   for i in $(seq 1 240); do
     [ -f "$CEPH_DIR/ready" ] && break
@@ -270,9 +284,11 @@ cmd_up() {
       && [ "$(podman container inspect --format '{{.State.Running}}' "dr-lab-$r-svc")" = true ] && svc_was_up=true
     ensure_container "dr-lab-$r-db" -p "127.0.0.1:$(pg_port "$r"):5432" -p "127.0.0.1:$(ssh_port "$r"):22" \
       "$IMAGE_REPO:latest" db
+    NETS=(--network "$NET" --network "$STORAGE_NET")
     ensure_container "dr-lab-$r-svc" -p "127.0.0.1:$(s3_port "$r"):9000" -p "127.0.0.1:$(redis_port "$r"):6379" \
       -p "127.0.0.1:$(kafka_port "$r"):9092" -v "$CEPH_DIR/$r:/etc/ceph:ro" \
       "$IMAGE_REPO:latest" svc "tcp://127.0.0.1:$(kafka_port "$r")" "$r"
+    NETS=(--network "$NET")
     if $CEPH_STARTED && $svc_was_up; then
       # its gateway was connected to a cluster that went away (or was recreated, with new keys): restart it
       podman exec "dr-lab-$r-svc" lab-ceph rgw-stop
@@ -297,6 +313,7 @@ cmd_down() {
   podman rm -f -t 1 "$CEPH" >/dev/null 2>&1 || true
   rm -rf "$CEPH_DIR" "$LAB_DIR"/secrets/s3-*.json
   podman network exists "$NET" && podman network rm -f "$NET" >/dev/null
+  podman network exists "$STORAGE_NET" && podman network rm -f "$STORAGE_NET" >/dev/null
   ssh_forget
   rm -rf "$LAB_DIR/run" "$SSH_DIR"
   log "lab is down (image kept; secrets in .lab/secrets kept, but the S3 keys, which die with the Ceph cluster)"

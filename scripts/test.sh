@@ -63,7 +63,7 @@ lab() {
   pytest tests/lab -q --durations=0 || rc=$?
   [ $rc -ne 0 ] || lab_scenarios || rc=$?
   scripts/lab.sh down
-  left=$(podman ps -a --filter label=io.immersiverse.dr.lab=1 --format '{{.Names}}'; podman network ls --format '{{.Name}}' | grep -x dr-lab || true)
+  left=$(podman ps -a --filter label=io.immersiverse.dr.lab=1 --format '{{.Names}}'; podman network ls --format '{{.Name}}' | grep -xE 'dr-lab(-storage)?' || true)
   if [ -n "$left" ]; then echo "FAIL: lab-down left behind: $left" >&2; return 1; fi
   echo "lab-down left no container or network behind"
   return $rc

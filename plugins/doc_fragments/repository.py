@@ -87,6 +87,17 @@ options:
       ca_bundle:
         description: A CA bundle to verify the endpoint's certificate with.
         type: path
+      create_check:
+        description:
+          - How a create-only write (a WAL segment, the runbook lock) to a versioned bucket is proven first.
+          - C(versions) lists the key's versions after the write (needs C(s3:ListBucketVersions)); a second writer
+            takes its version back. Ceph RGW 16.2 needs it, since it ignores C(If-None-Match) on versioned buckets.
+          - C(header) trusts C(If-None-Match), for servers that honour it on versioned buckets (AWS S3); one
+            request fewer per write.
+        type: str
+        choices: [versions, header]
+        default: versions
+        version_added: 0.10.0
 requirements:
   - boto3 for S3 repositories, on the host the module runs on
 """
@@ -169,6 +180,17 @@ options:
       ca_bundle:
         description: A CA bundle to verify the endpoint's certificate with.
         type: path
+      create_check:
+        description:
+          - How a create-only write (a WAL segment, the runbook lock) to a versioned bucket is proven first.
+          - C(versions) lists the key's versions after the write (needs C(s3:ListBucketVersions)); a second writer
+            takes its version back. Ceph RGW 16.2 needs it, since it ignores C(If-None-Match) on versioned buckets.
+          - C(header) trusts C(If-None-Match), for servers that honour it on versioned buckets (AWS S3); one
+            request fewer per write.
+        type: str
+        choices: [versions, header]
+        default: versions
+        version_added: 0.10.0
 """
 
     REPOSITORIES = r"""
@@ -247,6 +269,17 @@ options:
       ca_bundle:
         description: A CA bundle to verify the endpoint's certificate with.
         type: path
+      create_check:
+        description:
+          - How a create-only write (a WAL segment, the runbook lock) to a versioned bucket is proven first.
+          - C(versions) lists the key's versions after the write (needs C(s3:ListBucketVersions)); a second writer
+            takes its version back. Ceph RGW 16.2 needs it, since it ignores C(If-None-Match) on versioned buckets.
+          - C(header) trusts C(If-None-Match), for servers that honour it on versioned buckets (AWS S3); one
+            request fewer per write.
+        type: str
+        choices: [versions, header]
+        default: versions
+        version_added: 0.10.0
 """
 
     # The options pg_backup_verify and pg_backup_info share for a verification (both call

@@ -52,7 +52,8 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 FIELDS = (("bucket", "dr_s3_bucket"), ("prefix", "dr_s3_prefix"), ("region", "dr_s3_region"),
-          ("access_key", "dr_s3_access_key"), ("secret_key", "dr_s3_secret_key"))
+          ("access_key", "dr_s3_access_key"), ("secret_key", "dr_s3_secret_key"),
+          ("create_check", "dr_s3_create_check"))
 
 
 def region_repository(hostvars, name, reached_from="hosts"):

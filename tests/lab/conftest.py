@@ -38,6 +38,7 @@ LAB_ORDER = [
     "test_wal_restore_lab.py",
     "test_wal_restore_verify_lab.py",
     "test_s3_server_lab.py",
+    "test_lifecycle_lab.py",
 ]
 LAB_DIR = Path(__file__).resolve().parent
 

@@ -9,6 +9,7 @@ Private to the collection; plain Python, no Ansible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -94,7 +95,7 @@ class S3Repository(repo_base.Repository):
     def __init__(self, bucket, prefix="", endpoint_url=None, region=None, access_key=None, secret_key=None,
                  session_token=None, sse=None, sse_kms_key_id=None, storage_class=None, tags=None,
                  part_size_mb=16, concurrency=4, max_attempts=5, validate_certs=True, ca_bundle=None, name="",
-                 connect_timeout=5, read_timeout=60):
+                 connect_timeout=5, read_timeout=60, create_check="versions"):
         super().__init__(name)
         if not load_boto3():
             raise repo_base.RepositoryError(
@@ -137,7 +138,9 @@ class S3Repository(repo_base.Repository):
                                 access_key=access_key or None, secret_key=secret_key or None,
                                 session_token=session_token or None)
         self._lock_enabled = None
-        self._versions_unlistable = False
+        if create_check not in ("versions", "header"):
+            raise ValueError("repository.create_check must be versions or header, got %r" % (create_check,))
+        self.create_check = create_check
         # create(): a per-thread flag read by the before-sign hook, which adds the conditional header; retries of
         # that request are signed again and carry it too.
         self._if_none_match = threading.local()
@@ -336,7 +339,7 @@ class S3Repository(repo_base.Repository):
         # The header goes on the request itself (botocore's before-sign event), so a botocore too old to know the
         # IfNoneMatch parameter (Debian 12's, on the database hosts) sends it as well. A server that ignores it (S3
         # before 2024-08, old MinIO) makes this a plain PUT. On a versioned bucket the PUT is then checked against
-        # the bucket's versions (first_version below), which keeps two writers apart again; on an unversioned
+        # the bucket's versions (settle_create below), which keeps two writers apart again; on an unversioned
         # bucket only the caller's read-before-write is left (different content seen at that moment is refused,
         # two writers in the same instant are not kept apart).
         digest = hashlib.sha256(data).hexdigest()
@@ -346,50 +349,92 @@ class S3Repository(repo_base.Repository):
         except repo_base.ObjectExists:
             return False
         version = resp.get("VersionId")
-        if version and version != "null" and not self._versions_unlistable:
-            return self.first_version(key, version)
-        return True
+        if not version or version == "null" or self.create_check == "header":
+            return True
+        try:
+            return self.settle_create(key, version)
+        except BaseException:
+            # not proven first: our version is taken back, so that a loser's content never stays current
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(key), VersionId=version)
+            raise
 
-    def first_version(self, key, mine):
-        """After a create-only PUT on a versioned bucket: True when version ``mine`` is the first version of ``key``
-        since the key was last deleted, i.e. the create really created it.
+    def settle_create(self, key, mine):
+        """After a create-only PUT that made version ``mine`` on a versioned bucket: True when it is the first
+        version of ``key`` since the key was last deleted (the create created it), False when another writer was
+        first (``mine`` is then taken back). Raises RepositoryError when the listing cannot tell.
 
         Ceph RGW 16.2 honours ``If-None-Match: *`` on unversioned buckets only: on a versioned one the PUT adds a
-        version whatever exists. Of two writers, the first version wins; the other one's version is taken back
-        (deleted by version id, or, where Object Lock keeps it, the winner's version copied over it so that the
-        key reads the winner's content again) and its create returns False, as a 412 would have. A server that
-        honours the header never gets here with a rival. Needs s3:ListBucketVersions; without it (AccessDenied)
-        the header is trusted, as AWS S3 honours it."""
+        version whatever exists. Of two writers the first version wins; the other takes its version back (deleted
+        by version id, or, where Object Lock keeps it, the first writer's version copied over it, so that the key
+        reads the first writer's content again) and its create returns False, as a 412 would have. The order is
+        the server's version order; a delete marker with the same timestamp as a version around it cannot be
+        ordered and is an error (nothing assumed). Needs s3:ListBucketVersions; ``create_check: header`` trusts the
+        header instead, for servers that honour it on versioned buckets (AWS S3)."""
         full = self._key(key)
         try:
             resp = self.call("list_object_versions", Bucket=self.bucket, Prefix=full, MaxKeys=1000)
         except repo_base.RepositoryError as exc:
             if "AccessDenied" in str(exc):
-                self._versions_unlistable = True
-                return True
+                raise repo_base.RepositoryError(
+                    "%s: create-only writes to a versioned bucket are checked against the key's versions, which "
+                    "needs s3:ListBucketVersions on the bucket: grant it, or set repository.create_check: header "
+                    "only if this server honours If-None-Match on versioned buckets (AWS S3 does; Ceph RGW 16.2 "
+                    "does not). Nothing was written." % self.describe()) from None
             raise
-        versions = [v for v in resp.get("Versions", []) if v.get("Key") == full]  # newest first
+        if resp.get("IsTruncated") and resp.get("NextKeyMarker", full) <= full:
+            raise repo_base.RepositoryError("%s: %s has more than 1000 versions: cannot tell whether another writer "
+                                            "created it first; nothing is assumed" % (self.describe(), key))
+        versions = [v for v in resp.get("Versions", []) if v.get("Key") == full]  # the server's order, newest first
+        markers = [m["LastModified"] for m in resp.get("DeleteMarkers", []) if m.get("Key") == full]
         ids = [v.get("VersionId") for v in versions]
         if mine not in ids:
             raise repo_base.RepositoryError(
                 "%s: the version %s just written to %s is not in the bucket's version listing: cannot tell whether "
                 "another writer created it first; nothing is assumed, run again" % (self.describe(), mine, key))
-        ours = versions[ids.index(mine)]
-        deleted = [m["LastModified"] for m in resp.get("DeleteMarkers", [])
-                   if m.get("Key") == full and m["LastModified"] <= ours["LastModified"]]
-        cut = max(deleted) if deleted else None
-        rivals = [v for v in versions[ids.index(mine) + 1:] if cut is None or v["LastModified"] > cut]
+        idx = ids.index(mine)
+        ours = versions[idx]["LastModified"]
+        older = versions[idx + 1:]
+        cut = max((t for t in markers if t < ours), default=None)
+        # among versions the server's order is the truth (it is what makes one of them current; RGW's order need
+        # not follow LastModified); a delete marker can only be placed by its time
+        if ours in markers or (cut is not None and any(v["LastModified"] == cut for v in older)):
+            raise repo_base.RepositoryError(
+                "%s: the versions of %s cannot be ordered (a delete at the same moment as a write): nothing is "
+                "assumed, run again" % (self.describe(), key))
+        rivals = [v for v in older if cut is None or v["LastModified"] > cut]
         if not rivals:
             return True
-        winner = rivals[-1]
+        winner = rivals[-1]["VersionId"]
         try:
             self.call("delete_object", Bucket=self.bucket, Key=full, VersionId=mine)
-        except repo_base.RepositoryError:
-            # Object Lock keeps our version: make the winner's content the current one again
+        except repo_base.RepositoryError as exc:
+            if not self._locked_version(full, mine):
+                raise repo_base.RepositoryError("%s: another writer created %s first, and this writer's version "
+                                                "could not be taken back: %s" % (self.describe(), key, exc)) from None
+            # Object Lock keeps it: the first writer's content is made current again, if the first writer is still
+            # the first since the last delete (a release and a new create meanwhile must not be overwritten)
+            now = self.call("list_object_versions", Bucket=self.bucket, Prefix=full, MaxKeys=1000)
+            current = [v for v in now.get("Versions", []) if v.get("Key") == full]
+            later_deletes = [m for m in now.get("DeleteMarkers", []) if m.get("Key") == full
+                             and (cut is None or m["LastModified"] > cut)]
+            if later_deletes or winner not in [v.get("VersionId") for v in current]:
+                raise repo_base.RepositoryError(
+                    "%s: another writer created %s first, this writer's version is kept by Object Lock, and the key "
+                    "changed since: look at its versions before going on" % (self.describe(), key)) from None
             self.call("copy_object", Bucket=self.bucket, Key=full, MetadataDirective="COPY",
-                      CopySource={"Bucket": self.bucket, "Key": full, "VersionId": winner["VersionId"]},
+                      CopySource={"Bucket": self.bucket, "Key": full, "VersionId": winner},
                       **{k: v for k, v in self.put_args.items() if k != "Tagging"})
         return False
+
+    def _locked_version(self, full, version):
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=full, VersionId=version)
+        except botocore.exceptions.ClientError:
+            return False
+        until = head.get("ObjectLockRetainUntilDate")
+        return head.get("ObjectLockLegalHoldStatus") == "ON" or bool(
+            head.get("ObjectLockMode") and until and until > repo_base.now_utc())
 
     def same_store(self, other):
         return (isinstance(other, S3Repository) and other.endpoint_url == self.endpoint_url

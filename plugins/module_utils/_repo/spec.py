@@ -47,6 +47,7 @@ def repository_argument_spec():
         max_attempts=dict(type="int", default=5),
         validate_certs=dict(type="bool", default=True),
         ca_bundle=dict(type="path"),
+        create_check=dict(type="str", default="versions", choices=["versions", "header"]),
     )
 
 
@@ -69,6 +70,7 @@ def open_repository(spec):
             concurrency=spec.get("concurrency") or 4,
             max_attempts=5 if spec.get("max_attempts") is None else spec["max_attempts"],
             validate_certs=spec.get("validate_certs", True), ca_bundle=spec.get("ca_bundle"), name=name,
+            create_check=spec.get("create_check") or "versions",
             # not module options: the WAL engine's configuration sets them (a streaming standby's fetch)
             connect_timeout=spec.get("connect_timeout") or 5, read_timeout=spec.get("read_timeout") or 60)
     raise ValueError("repository.type must be s3 or local, got %r" % (kind,))

@@ -294,9 +294,10 @@ def run_pusher(config):
                     if backfill_rounds == 0 and backfilling is None and wal_status.any_owed(config):
                         next_backfill = 0.0  # owed segments: one round before the pusher exits, however short idle
                         continue
-                    if (backfilling is not None or time.monotonic() - idle_since <= config.idle_exit +
-                            config.owed_linger) and wal_status.any_owed(config):
-                        time.sleep(0.2)  # lingering for a region to come back: its rounds every BACKFILL_INTERVAL
+                    if time.monotonic() - idle_since <= config.idle_exit + config.owed_linger and \
+                            wal_status.any_owed(config):
+                        # lingering (bounded) for a region to come back: a backfill round every BACKFILL_INTERVAL
+                        time.sleep(0.2)
                         continue
                     break
                 # ok markers PostgreSQL will never ask for again (it archived them another way) do not pile up
