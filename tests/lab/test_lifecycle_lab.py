@@ -32,7 +32,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / ".collections"))
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import catalog as backup_catalog  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import full as backup_full  # noqa: E402
-from ansible_collections.immersiverse.dr.plugins.module_utils._pg import connection as pg_connection  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._restore import datadir as restore_datadir  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._restore import plan as restore_plan  # noqa: E402
@@ -138,11 +138,7 @@ def test_the_server_runs_the_derived_rules_and_every_promised_point_restores(lif
         params = {"login_host": source.host, "login_port": source.port, "login_user": "postgres",
                   "login_password": source.password, "login_db": "postgres", "login_unix_socket": "",
                   "connect_timeout": 5, "ssl_mode": "disable"}
-        conn = pg_connection.connect(params)
-        try:
-            ident = backup_catalog.cluster_identity(conn)
-        finally:
-            conn.close()
+        ident = backup_operations.cluster_identity(params)
 
         # the weeks (DAYS x DAY seconds): a full backup at the start of each day, a tick every 0.25 s, a WAL
         # switch every 2 s; the server runs its lifecycle rounds all along
