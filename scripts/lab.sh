@@ -152,7 +152,8 @@ cmd_image() {
   rm -rf "$ctx"
 }
 
-# ensure_container NAME ARGS... : create if missing (or built from an older image), start if stopped.
+# ensure_container NAME ARGS... : create if missing, built from an older image or made for another lab directory;
+# start if stopped.
 ensure_container() {
   local name=$1; shift
   local want_image
@@ -161,14 +162,30 @@ ensure_container() {
     if [ "$(podman container inspect --format '{{.Image}}' "$name")" != "$want_image" ]; then
       log "$name runs an older lab image: recreating it"
       podman rm -f -t 1 "$name" >/dev/null
+    elif ! ours "$name"; then
+      # its mounts, keys and cluster belong to a .lab/ that is gone (a removed .lab, a fresh clone, another checkout)
+      log "$name was made for another lab directory than $LAB_DIR: recreating it"
+      podman rm -f -t 1 "$name" >/dev/null
     else
       [ "$(podman container inspect --format '{{.State.Running}}' "$name")" = true ] || podman start "$name" >/dev/null
       return 0
     fi
   fi
   podman run -d --name "$name" --hostname "$name" "${NETS[@]}" --stop-timeout=1 \
-    --label io.immersiverse.dr.lab=1 "$@" >/dev/null
+    --label io.immersiverse.dr.lab=1 --label "io.immersiverse.dr.lab.id=$LAB_ID" "$@" >/dev/null
 }
+
+# ours NAME: the container was made by this lab directory (the label holds .lab/id, written by its first up)
+ours() {
+  [ "$(podman container inspect --format '{{index .Config.Labels "io.immersiverse.dr.lab.id"}}' "$1")" = "$LAB_ID" ]
+}
+
+# .lab/id: this lab directory's identity, new when .lab/ is; containers carry it (ensure_container)
+lab_id() {
+  [ -s "$LAB_DIR/id" ] || od -An -N8 -tx1 /dev/urandom | tr -d ' \n' >"$LAB_DIR/id"
+  LAB_ID=$(cat "$LAB_DIR/id")
+}
+LAB_ID=""
 NETS=(--network "$NET")  # the networks ensure_container attaches a new container to
 
 standin_up() {
@@ -220,7 +237,7 @@ ceph_up() {
   # running now, and kept: a container built from an older image is recreated by ensure_container (a new cluster,
   # new keys), which is a start like any other
   podman container exists "$CEPH" && [ "$(podman container inspect --format '{{.State.Running}}' "$CEPH")" = true ] \
-    && [ "$(podman container inspect --format '{{.Image}}' "$CEPH")" = \
+    && ours "$CEPH" && [ "$(podman container inspect --format '{{.Image}}' "$CEPH")" = \
          "$(podman image inspect --format '{{.Id}}' "$IMAGE_REPO:latest")" ] && running=true
   # a container that starts now writes "ready" again once its daemons run
   $running || rm -f "$CEPH_DIR/ready"
@@ -272,6 +289,7 @@ cmd_up() {
   [ -x "$VENV/bin/ansible-playbook" ] || die "no virtualenv: run scripts/setup.sh (make setup) first"
   mkdir -p "$LAB_DIR/run" "$LAB_DIR/log" "$LAB_DIR/secrets"
   chmod 0700 "$LAB_DIR/secrets"
+  lab_id
   cmd_image
   ssh_client_key
   network_up
@@ -292,7 +310,7 @@ cmd_up() {
     if $CEPH_STARTED && $svc_was_up; then
       # its gateway was connected to a cluster that went away (or was recreated, with new keys): restart it
       podman exec "dr-lab-$r-svc" lab-ceph rgw-stop
-      podman exec -d "dr-lab-$r-svc" lab-ceph rgw "$r"
+      podman exec -d "dr-lab-$r-svc" lab-ceph rgw "$r" >/dev/null
     fi
     standin_up "$r"
   done
