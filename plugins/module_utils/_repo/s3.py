@@ -72,6 +72,18 @@ def s3_client(config, verify, endpoint_url=None, region=None, access_key=None, s
                                           aws_secret_access_key=secret_key, aws_session_token=session_token)
 
 
+def checksum_options(endpoint_url):
+    """botocore Config options for an S3-compatible server (endpoint_url set): checksums only where the operation
+    requires one. botocore 1.36 and later otherwise send every PutObject over HTTPS as aws-chunked with a trailing
+    CRC32, which servers that predate that (Ceph RGW 16.2 in the lab: MissingContentLength; older MinIO) refuse.
+    The collection's own SHA-256 (object metadata, checked on every read) is the integrity check either way. AWS
+    itself (no endpoint_url) keeps botocore's default; an older botocore has no such options and sends none."""
+    known = getattr(botocore.config.Config, "OPTION_DEFAULTS", {})
+    if not endpoint_url or "request_checksum_calculation" not in known:
+        return {}
+    return {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+
+
 # -- S3 ------------------------------------------------------------------------------------------------------------
 S3_ERROR_HINTS = {
     "NoSuchBucket": "the bucket does not exist: create it (playbooks/lab.yml, your IaC) or fix repository.bucket",
@@ -132,6 +144,7 @@ class S3Repository(repo_base.Repository):
             max_pool_connections=self.concurrency + 4,
             connect_timeout=float(connect_timeout), read_timeout=float(read_timeout),
             s3={"addressing_style": "path"} if endpoint_url else {},
+            **checksum_options(self.endpoint_url),
         )
         verify = ca_bundle if ca_bundle else bool(validate_certs)
         self.client = s3_client(config, verify, endpoint_url=self.endpoint_url, region=self.region,
