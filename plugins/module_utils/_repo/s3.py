@@ -9,6 +9,7 @@ Private to the collection; plain Python, no Ansible.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -72,12 +73,22 @@ def s3_client(config, verify, endpoint_url=None, region=None, access_key=None, s
                                           aws_secret_access_key=secret_key, aws_session_token=session_token)
 
 
+def content_md5(data):
+    """The Content-MD5 header of a body: transport integrity, not security (FIPS builds allow it as such)."""
+    try:
+        digest = hashlib.md5(data, usedforsecurity=False)
+    except TypeError:  # pragma: no cover - Python before 3.9
+        digest = hashlib.md5(data)  # nosec B324
+    return base64.b64encode(digest.digest()).decode()
+
+
 def checksum_options(endpoint_url):
     """botocore Config options for an S3-compatible server (endpoint_url set): checksums only where the operation
     requires one. botocore 1.36 and later otherwise send every PutObject over HTTPS as aws-chunked with a trailing
     CRC32, which servers that predate that (Ceph RGW 16.2 in the lab: MissingContentLength; older MinIO) refuse.
-    The collection's own SHA-256 (object metadata, checked on every read) is the integrity check either way. AWS
-    itself (no endpoint_url) keeps botocore's default; an older botocore has no such options and sends none."""
+    Bodies carry a Content-MD5 instead (S3Repository.call), and the collection's own SHA-256 (object metadata,
+    checked on every read) is the integrity check. AWS itself (no endpoint_url) keeps botocore's default; an older
+    botocore has no such options."""
     known = getattr(botocore.config.Config, "OPTION_DEFAULTS", {})
     if not endpoint_url or "request_checksum_calculation" not in known:
         return {}
@@ -184,7 +195,12 @@ class S3Repository(repo_base.Repository):
 
     def call(self, operation, _if_none_match=False, **kwargs):
         """One S3 call with errors turned into RepositoryError that say what to do. ``_if_none_match``: the request
-        carries ``If-None-Match: *`` (create only); an existing object is ObjectExists."""
+        carries ``If-None-Match: *`` (create only); an existing object is ObjectExists. Every body sent (PutObject,
+        UploadPart) carries its Content-MD5: S3 requires one on buckets with Object Lock retention, which botocore
+        before 1.36 never adds and later ones replace by a trailing checksum only where checksum_options allows."""
+        if operation in ("put_object", "upload_part") and "ContentMD5" not in kwargs \
+                and isinstance(kwargs.get("Body"), (bytes, bytearray, memoryview)):
+            kwargs["ContentMD5"] = content_md5(kwargs["Body"])
         try:
             if _if_none_match:
                 self._if_none_match.on = True

@@ -1,6 +1,8 @@
 """S3 repositories of one process share one boto3 session (the S3 model is loaded once), yet each keeps its own
 credentials, endpoint and region; a forked process makes a session of its own."""
 
+import base64
+import hashlib
 import os
 import signal
 import threading
@@ -114,5 +116,17 @@ def test_an_s3_compatible_server_gets_plain_puts_over_https():
     assert "aws-chunked" not in headers.get("content-encoding", ""), headers
     assert headers.get("content-length") == "100", headers
     assert "x-amz-trailer" not in headers, headers
+    repo = s3(3, endpoint_url="https://127.0.0.1:9443")
+    seen = {}
+
+    def catch(request, **_kwargs):
+        seen.update({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
+        raise _Sent()
+
+    repo.client.meta.events.register_first("before-send.s3.PutObject", catch)
+    with pytest.raises(_Sent):
+        repo.put_bytes("k", b"x" * 100, overwrite=True)
+    # what S3 demands on an Object Lock bucket, and what a body that changed on the way fails against
+    assert seen.get("content-md5") == base64.b64encode(hashlib.md5(b"x" * 100).digest()).decode(), seen
     aws = s3(2, endpoint_url=None, region="eu-west-1")
     assert getattr(aws.client.meta.config, "request_checksum_calculation", None) != "when_required"
