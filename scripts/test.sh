@@ -2,8 +2,8 @@
 # The whole test suite (make test, and CI through .ci/run). Stages run in this order; each can run alone:
 #   scripts/test.sh [all|lint|unit|integration|molecule|lab]
 #   lint         ruff, ansible-lint (production profile, offline), antsibull-changelog, ansible-test sanity
-#   unit         pytest tests/unit, then the same tests through ansible-test units
-#   integration  pytest tests/integration: real PostgreSQL, Kafka (Tansu), Redis, Kubernetes stand-in, started here
+#   unit         pytest tests/tools, then tests/unit through ansible-test units
+#   integration  pytest -n 2 tests/integration: real PostgreSQL, Kafka (Tansu), Redis, Kubernetes stand-in, started here
 #   molecule     molecule test -s replication (two region hosts in podman)
 #   lab          scripts/lab.sh up, pytest tests/lab (includes a full drill), the lab's Molecule scenarios (failover,
 #                partition, switchover: molecule/<name>/), scripts/lab.sh down, nothing left
@@ -31,13 +31,16 @@ lint() {
   scripts/ansible-test.sh sanity --venv --python 3.11
 }
 
+# tests/unit runs once, through ansible-test units (the collection's layout, the same 691 tests pytest would run)
 unit() {
-  pytest tests/unit tests/tools -q
+  pytest tests/tools -q
   scripts/ansible-test.sh units --venv --python 3.11
 }
 
+# two workers (pytest-xdist): the tests mostly wait on their servers, and each starts its own on free ports under
+# its own temporary directory (444 s in one process, 173 s in two, measured side by side)
 integration() {
-  pytest tests/integration -q
+  pytest tests/integration -q -n 2
 }
 
 molecule_stage() {
