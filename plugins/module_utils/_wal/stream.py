@@ -248,11 +248,20 @@ class Uploader:
             self._error("read %s.partial: %s" % (name, exc))
             return
         end = start + len(raw)
-        blob = wal_objects.pack(raw, self.config.compression)[0]
+        blob, digest = wal_objects.pack(raw, self.config.compression)
+        piece = wal_naming.piece_key(name, start, end)
         try:
-            # pieces are immutable: one already stored under this range (a restarted streamer) is kept
-            repo.create(wal_naming.piece_key(name, start, end), blob)
-        except repo_base.RepositoryError as exc:
+            # pieces are immutable: one already stored under this range (a restarted streamer) is kept when it holds
+            # the same WAL; different WAL there (another streamer or cluster on this prefix) is never taken as ours
+            if not repo.create(piece, blob):
+                stored = wal_objects.peek_header(repo, piece)
+                if stored != digest:
+                    self._error("%s in %s already holds other WAL for %s.partial [%d, %d) than this host receives "
+                                "(content sha256 %s, not %s): another streamer or cluster writes this prefix; "
+                                "nothing was overwritten, and this range is not counted as stored there"
+                                % (piece, repo.describe(), name, start, end, stored, digest))
+                    return
+        except (repo_base.RepositoryError, wal_objects.WalArchiveError) as exc:
             self._error("store %s.partial [%d, %d) in %s: %s" % (name, start, end, repo.describe(), exc))
             return
         self.sent[key] = end

@@ -126,3 +126,40 @@ def test_the_archive_wins_over_the_stream():
     objects = {wal_naming.wal_key(SEG): wal_objects.pack(b"archived", "lz4")[0],
                wal_naming.stream_key(SEG): wal_objects.pack(b"streamed", "lz4")[0]}
     assert wal_fetch.fetch_raw(_config(objects), SEG) == b"archived"
+
+
+def test_a_piece_stored_meanwhile_with_other_wal_is_an_error_and_not_counted_as_ours(tmp_path):
+    """Between the streamer's listing and its create-only PUT another writer (a second streamer, another cluster on
+    this prefix) stores the same range with other WAL: the piece is not overwritten, not counted as stored, and the
+    error says so; the same WAL stored meanwhile (a restarted streamer) is fine."""
+    (tmp_path / "repo").mkdir()
+    config = wal_config.Config({"repository": {"type": "local", "path": str(tmp_path / "repo")},
+                                "compression": "none"})
+    settings = wal_stream.StreamSettings({"stream": {"dir": str(tmp_path / "stream"), "upload_interval": 0}},
+                                         require_conninfo=False)
+    os.makedirs(settings.path("wal"))
+    partial = settings.path("wal", SEG + ".partial")
+    page = 8192
+    with open(partial, "wb") as f:
+        f.write(b"\0" * 2 * page)
+    repo = config.repositories()[0]
+    for foreign, errors in ((b"\x02" * page, 1), (b"\x01" * page, 0)):
+        uploader = wal_stream.Uploader(config, settings, lambda _msg: None)
+        try:
+            uploader.tick(final=True)  # lists the pieces (none of this range yet): nothing written to send
+            piece = wal_naming.piece_key(SEG, 0, page)
+            repo.delete([piece])
+            assert repo.create(piece, wal_objects.pack(foreign, "none")[0])
+            with open(partial, "r+b") as f:
+                f.write(b"\x01" * page)
+            uploader.tick(final=True)
+        finally:
+            uploader.close()
+        assert uploader.status["errors"] == errors, uploader.status
+        if errors:
+            assert "other WAL" in uploader.status["last_error"] and uploader.sent[(0, SEG)] == 0
+            assert wal_objects.unpack(repo.read(piece)[0]) == foreign  # untouched
+        else:
+            assert uploader.sent[(0, SEG)] == page
+        with open(partial, "wb") as f:
+            f.write(b"\0" * 2 * page)
