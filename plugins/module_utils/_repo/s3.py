@@ -74,11 +74,15 @@ def s3_client(config, verify, endpoint_url=None, region=None, access_key=None, s
 
 
 def content_md5(data):
-    """The Content-MD5 header of a body: transport integrity, not security (FIPS builds allow it as such)."""
+    """The Content-MD5 header of a body: transport integrity, not security (FIPS builds allow it as such); None
+    where this Python has no MD5 at all (the request then goes without, as botocore's own would)."""
     try:
-        digest = hashlib.md5(data, usedforsecurity=False)
-    except TypeError:  # pragma: no cover - Python before 3.9
-        digest = hashlib.md5(data)  # nosec B324
+        try:
+            digest = hashlib.md5(data, usedforsecurity=False)
+        except TypeError:  # pragma: no cover - Python before 3.9
+            digest = hashlib.md5(data)  # nosec B324
+    except ValueError:  # pragma: no cover - MD5 disabled outright
+        return None
     return base64.b64encode(digest.digest()).decode()
 
 
@@ -87,8 +91,8 @@ def checksum_options(endpoint_url):
     requires one. botocore 1.36 and later otherwise send every PutObject over HTTPS as aws-chunked with a trailing
     CRC32, which servers that predate that (Ceph RGW 16.2 in the lab: MissingContentLength; older MinIO) refuse.
     Bodies carry a Content-MD5 instead (S3Repository.call), and the collection's own SHA-256 (object metadata,
-    checked on every read) is the integrity check. AWS itself (no endpoint_url) keeps botocore's default; an older
-    botocore has no such options."""
+    checked on every read of a WAL segment or backup file) is the integrity check. AWS itself (no endpoint_url)
+    keeps botocore's default; an older botocore has no such options (and adds a Content-MD5 itself)."""
     known = getattr(botocore.config.Config, "OPTION_DEFAULTS", {})
     if not endpoint_url or "request_checksum_calculation" not in known:
         return {}
@@ -196,11 +200,14 @@ class S3Repository(repo_base.Repository):
     def call(self, operation, _if_none_match=False, **kwargs):
         """One S3 call with errors turned into RepositoryError that say what to do. ``_if_none_match``: the request
         carries ``If-None-Match: *`` (create only); an existing object is ObjectExists. Every body sent (PutObject,
-        UploadPart) carries its Content-MD5: S3 requires one on buckets with Object Lock retention, which botocore
-        before 1.36 never adds and later ones replace by a trailing checksum only where checksum_options allows."""
+        UploadPart) carries its Content-MD5, which S3 requires on buckets with Object Lock retention: botocore
+        before 1.36 added it itself, later ones send a trailing checksum instead, which checksum_options turns off
+        against an endpoint_url."""
         if operation in ("put_object", "upload_part") and "ContentMD5" not in kwargs \
                 and isinstance(kwargs.get("Body"), (bytes, bytearray, memoryview)):
-            kwargs["ContentMD5"] = content_md5(kwargs["Body"])
+            md5 = content_md5(kwargs["Body"])
+            if md5:
+                kwargs["ContentMD5"] = md5
         try:
             if _if_none_match:
                 self._if_none_match.on = True
