@@ -29,8 +29,8 @@ def params(**more):
 
 
 def needs_psycopg2():
-    """The script runs on this interpreter: the tests that connect need psycopg2 here (ansible-test's own
-    interpreter for its units run has none; the project's venv has it)."""
+    """The script runs on this interpreter: the tests that connect need psycopg2 here (tests/unit/requirements.txt
+    gives ansible-test's units venv psycopg2-binary, as the project's venv has it)."""
     pytest.importorskip("psycopg2")
 
 
