@@ -163,8 +163,16 @@ ensure_container() {
       log "$name runs an older lab image: recreating it"
       podman rm -f -t 1 "$name" >/dev/null
     elif ! ours "$name"; then
-      # its mounts, keys and cluster belong to a .lab/ that is gone (a removed .lab, a fresh clone, another checkout)
-      log "$name was made for another lab directory than $LAB_DIR: recreating it"
+      local dir id
+      dir=$(podman container inspect --format '{{index .Config.Labels "io.immersiverse.dr.lab.dir"}}' "$name")
+      id=$(podman container inspect --format '{{index .Config.Labels "io.immersiverse.dr.lab.id"}}' "$name")
+      if [ -n "$dir" ] && [ "$dir" != "$LAB_DIR" ] && [ -n "$id" ] && [ "$(cat "$dir/id" 2>/dev/null)" = "$id" ]; then
+        die "$name belongs to the lab of $dir, which is still there: run scripts/lab.sh down in that checkout first \
+(container names are the same for every checkout; nothing was changed here)"
+      fi
+      # its mounts, keys and cluster belong to a .lab/ that is gone (a removed .lab, a fresh clone) or predate the
+      # label: a new one, with a new cluster and keys
+      log "$name was made for another lab directory than $LAB_DIR (gone or unlabelled): recreating it"
       podman rm -f -t 1 "$name" >/dev/null
     else
       [ "$(podman container inspect --format '{{.State.Running}}' "$name")" = true ] || podman start "$name" >/dev/null
@@ -172,7 +180,8 @@ ensure_container() {
     fi
   fi
   podman run -d --name "$name" --hostname "$name" "${NETS[@]}" --stop-timeout=1 \
-    --label io.immersiverse.dr.lab=1 --label "io.immersiverse.dr.lab.id=$LAB_ID" "$@" >/dev/null
+    --label io.immersiverse.dr.lab=1 --label "io.immersiverse.dr.lab.id=$LAB_ID" \
+    --label "io.immersiverse.dr.lab.dir=$LAB_DIR" "$@" >/dev/null
 }
 
 # ours NAME: the container was made by this lab directory (the label holds .lab/id, written by its first up)
