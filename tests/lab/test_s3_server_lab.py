@@ -2,14 +2,17 @@
 
 Each region's S3 has its own keys and namespace; create-only writes (the WAL push, the runbook lock) hold on
 unversioned, versioned and Object Lock buckets against writers racing in the same instant; the server's Object Lock
-keeps a backup that retention wants gone; and a region's gateway stopped (the process gone, not paused) while the
-generator writes loses no WAL segment in any region. Test buckets are named ``lab-test-*``; the lab's repositories
-are read, never changed, except that the outage test archives WAL into them as the lab always does.
+keeps a backup that retention wants gone; SSE-KMS is ciphertext at rest and SSE-S3 is not; the lifecycle role's
+encryption-header policy is enforced, its TLS-only one is not; and a region's gateway stopped (the process gone, not
+paused) while the generator writes loses no WAL segment in any region. Test buckets are named ``lab-test-*``; the
+lab's repositories are read, never changed, except that the outage test archives WAL into them as the lab always
+does.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -27,8 +30,10 @@ from drlab import s3 as lab_s3
 sys.path.insert(0, str(REPO / ".collections"))
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import catalog as backup_catalog  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._backup import operations as backup_operations  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._repo import base as repo_base  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._repo import spec as repo_spec  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._runbook import lock as runbook_lock  # noqa: E402
+from ansible_collections.immersiverse.dr.plugins.module_utils._s3policy import bucket as s3policy_bucket  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import naming as wal_naming  # noqa: E402
 from ansible_collections.immersiverse.dr.plugins.module_utils._wal import objects as wal_objects  # noqa: E402
 
@@ -200,6 +205,102 @@ def test_a_locked_backup_survives_retention():
     assert again["deleted"] == [] and list(again["skipped"]) == [older], again
 
 
+def rados_head(region: str, bucket: str, key: str) -> bytes:
+    """What RADOS holds for a small object (its head object, ``<bucket marker>_<key>`` in the zone's data pool), read
+    out of band on dr-lab-ceph: the bytes at rest, whatever the gateway answers."""
+    pool = f"{region}-a.rgw.buckets.data"
+    listed = subprocess.run(["podman", "exec", "dr-lab-ceph", "rados", "-p", pool, "ls"], check=True, timeout=60,
+                            capture_output=True, text=True).stdout.split()
+    oids = [oid for oid in listed if oid.endswith("_" + key)]
+    assert len(oids) == 1, f"{bucket}/{key}: head objects {oids} in {pool}"
+    return subprocess.run(["podman", "exec", "dr-lab-ceph", "rados", "-p", pool, "get", oids[0], "-"], check=True,
+                          timeout=60, capture_output=True).stdout
+
+
+@pytest.mark.parametrize("sse", ["aws:kms", "AES256"])
+def test_server_side_encryption_is_what_the_server_stores(sse):
+    """A repository with ``sse`` writes through the engine (one PUT, and a multipart upload whose parts carry their
+    Content-MD5): the gateway reports the encryption and reads the content back. At rest, SSE-KMS (RGW's testing
+    KMS backend, key lab-kms-key) is ciphertext; SSE-S3 (AES256) is accepted and reported by RGW 16.2 but stored in
+    plaintext and not reported back, as docs/lab.md says: on such a server it protects nothing."""
+    region = "primary"
+    bucket = scratch_bucket(region, "sse")
+    prefix = f"sse-{uuid.uuid4().hex[:12]}"
+    spec = {**lab_s3.repository(region, prefix=prefix), "bucket": bucket, "sse": sse, "part_size_mb": 5,
+            **({"sse_kms_key_id": "lab-kms-key"} if sse == "aws:kms" else {})}
+    repo = repo_spec.open_repository(spec)
+    marker = f"immersiverse-dr plaintext {uuid.uuid4().hex} ".encode()
+    small = marker * 64
+    repo.put_bytes("small", small)
+    big = os.urandom(11 << 20) + marker
+    writer = repo.writer("big")
+    for at in range(0, len(big), 1 << 20):
+        writer.write(big[at:at + (1 << 20)])
+    writer.commit()
+    client = lab_s3.client(region)
+    for key, body in (("small", small), ("big", big)):
+        head = client.head_object(Bucket=bucket, Key=f"{prefix}/{key}")
+        # RGW 16.2 reports SSE-KMS back and says nothing of SSE-S3, which it does not apply
+        reported = sse if sse == "aws:kms" else None
+        assert head.get("ServerSideEncryption") == reported, (key, head.get("ServerSideEncryption"))
+        data, _info = repo.read(key)
+        assert data == body, key
+    assert client.head_object(Bucket=bucket, Key=f"{prefix}/big")["ETag"].strip('"').endswith("-3")  # multipart
+    at_rest = rados_head(region, bucket, f"{prefix}/small")
+    assert len(at_rest) >= len(small)
+    if sse == "aws:kms":
+        assert marker not in at_rest, "SSE-KMS: the plaintext is in RADOS"
+    else:
+        assert marker in at_rest, "RGW 16.2 now encrypts SSE-S3 objects: docs/lab.md and this test are out of date"
+
+
+def test_the_bucket_policies_the_lifecycle_role_writes_are_enforced_by_the_server():
+    """The statements s3_backup_lifecycle writes, each on a scratch bucket of its own: under deny_unencrypted_uploads
+    (aws:kms) RGW refuses an engine upload without the encryption header or with another algorithm and takes one
+    with it. Under deny_insecure_transport RGW 16.2 still takes requests over plain HTTP: it leaves
+    aws:SecureTransport unset there, so the statement's condition (\"false\") never matches. The test asserts that,
+    so that it fails the day the server enforces it; docs/s3-lifecycle.md says what to do meanwhile (a gateway with
+    no plain-HTTP listener)."""
+    region = "primary"
+    client = lab_s3.client(region)
+    tag = uuid.uuid4().hex[:10]
+
+    def policy(bucket, insecure, unencrypted):
+        statements = s3policy_bucket.policy_statements(bucket, insecure, unencrypted, "aws:kms")
+        document = {"Version": "2012-10-17", "Statement": statements}
+        client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(document))
+
+    def put(bucket, sse):
+        spec = {**lab_s3.repository(region, prefix="policy"), "bucket": bucket, "sse": sse,
+                **({"sse_kms_key_id": "lab-kms-key"} if sse == "aws:kms" else {})}
+        repo_spec.open_repository(spec).put_bytes(f"obj-{sse.replace(':', '-')}", b"policy test", overwrite=True)
+
+    encrypted, tls = f"lab-test-enc-{tag}", f"lab-test-tls-{tag}"
+    for bucket in (encrypted, tls):
+        client.create_bucket(Bucket=bucket)
+    try:
+        policy(encrypted, insecure=False, unencrypted=True)
+        for sse in ("none", "AES256"):
+            with pytest.raises(repo_base.RepositoryError, match="AccessDenied"):
+                put(encrypted, sse)
+        put(encrypted, "aws:kms")
+        policy(tls, insecure=True, unencrypted=False)
+        assert json.loads(client.get_bucket_policy(Bucket=tls)["Policy"])["Statement"][0]["Condition"] == {
+            "Bool": {"aws:SecureTransport": "false"}}
+        put(tls, "none")  # over http://: AWS would refuse it (AccessDenied); RGW 16.2 does not
+        client.get_object(Bucket=tls, Key="policy/obj-none")
+    finally:
+        for bucket in (encrypted, tls):
+            try:
+                client.delete_bucket_policy(Bucket=bucket)
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                    for o in page.get("Contents", []):
+                        client.delete_object(Bucket=bucket, Key=o["Key"])
+                client.delete_bucket(Bucket=bucket)
+            except botocore.exceptions.ClientError:
+                pass  # a scratch bucket left behind dies with the lab's cluster
+
+
 def committed_backups(region: str) -> list[str]:
     client, bucket = lab_s3.client(region), lab_s3.bucket(region)
     ids = set()
@@ -219,7 +320,7 @@ def test_a_regions_s3_outage_loses_no_segment(tmp_path):
     gen = subprocess.Popen([sys.executable, "-m", "drlab.generator", "--journal", str(tmp_path / "journal.jsonl"),
                             "--user", "auth_app", "--dbname", "authdb", "--endpoint",
                             f"{serving}=127.0.0.1:{REGIONS[serving] * 10000 + 5432}", "--rate", "200",
-                            "--duration", "20"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            "--duration", "30"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first = superuser_sql(serving, "SELECT pg_walfile_name(pg_current_wal_lsn())")
     rgw(down, "stop")
     try:
