@@ -94,8 +94,9 @@ class _Sent(Exception):
     pass
 
 
-def _put_headers(repo):
-    """The headers of the PutObject request the repository's client would send (caught before it leaves)."""
+def _put_headers(repo, send=None):
+    """The headers of the PutObject request ``send(repo)`` makes (by default a plain client PUT of 100 bytes), caught
+    before it leaves."""
     seen = {}
 
     def catch(request, **_kwargs):
@@ -104,7 +105,10 @@ def _put_headers(repo):
 
     repo.client.meta.events.register_first("before-send.s3.PutObject", catch)
     with pytest.raises(_Sent):
-        repo.client.put_object(Bucket=repo.bucket, Key="k", Body=b"x" * 100, Metadata={"sha256": "0"})
+        if send is None:
+            repo.client.put_object(Bucket=repo.bucket, Key="k", Body=b"x" * 100, Metadata={"sha256": "0"})
+        else:
+            send(repo)
     return {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in seen.items()}
 
 
@@ -116,16 +120,8 @@ def test_an_s3_compatible_server_gets_plain_puts_over_https():
     assert "aws-chunked" not in headers.get("content-encoding", ""), headers
     assert headers.get("content-length") == "100", headers
     assert "x-amz-trailer" not in headers, headers
-    repo = s3(3, endpoint_url="https://127.0.0.1:9443")
-    seen = {}
-
-    def catch(request, **_kwargs):
-        seen.update({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
-        raise _Sent()
-
-    repo.client.meta.events.register_first("before-send.s3.PutObject", catch)
-    with pytest.raises(_Sent):
-        repo.put_bytes("k", b"x" * 100, overwrite=True)
+    seen = _put_headers(s3(3, endpoint_url="https://127.0.0.1:9443"),
+                        lambda repo: repo.put_bytes("k", b"x" * 100, overwrite=True))
     # what S3 demands on an Object Lock bucket, and what a body that changed on the way fails against
     assert seen.get("content-md5") == base64.b64encode(hashlib.md5(b"x" * 100).digest()).decode(), seen
     aws = s3(2, endpoint_url=None, region="eu-west-1")
