@@ -169,6 +169,7 @@ previous:
     - O(state=planned) with O(data_dir) - the last restore's phase in this data directory (C(restoring),
       C(restored), C(paused), C(recovered), C(failed)), whether it was this same request (backup, target, timeline)
       and where it moved the old data directory. A caller skips a request already C(recovered).
+    - Its C(recovery) is where that restore's recovery stopped (as RV(recovery)), or null.
   returned: O(state=planned)
   type: dict
 moved_aside:
@@ -302,14 +303,15 @@ def run_module(module):
                 % (found_in, system_identifier, exc)) from None
         raise
     previous = restore_datadir.read_state(p["data_dir"]) if p["data_dir"] else None
-    same = bool(previous and previous.get("request") == restore_datadir.restore_request(plan))
+    same = restore_datadir.same_request(previous, plan)
     if p["data_dir"] and not (same and previous.get(
             "phase") in restore_datadir.STAGED_PHASES + restore_datadir.DONE_PHASES):
         restore_datadir.check_data_dir(plan, p["data_dir"])
     if state == "planned":
         return {"changed": False, "plan": plan,
                 "previous": {"phase": (previous or {}).get("phase"), "same_request": same,
-                             "moved_aside": (previous or {}).get("moved_aside")}}
+                             "moved_aside": (previous or {}).get("moved_aside"),
+                             "recovery": (previous or {}).get("recovery")}}
     if not p["data_dir"]:
         module.fail_json(msg="state=restored needs data_dir")
     progress = _progress_writer(p["progress_file"])

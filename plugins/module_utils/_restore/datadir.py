@@ -83,6 +83,19 @@ def restore_request(plan_doc):
     return {"backup_id": plan_doc["backup"]["id"], "target": plan_doc["target"], "timeline": plan_doc["timeline"]}
 
 
+def same_request(previous_state, plan_doc):
+    """Is the plan the request the data directory's last restore was? A restore that opened (``recovered``) made a
+    new timeline, which a target on the ``latest`` timeline now resolves to: the same backup and target is still
+    that restore, never a second one (which would throw away every write since it opened)."""
+    if not previous_state or not previous_state.get("request"):
+        return False
+    before, now = previous_state["request"], restore_request(plan_doc)
+    if before == now:
+        return True
+    return (previous_state.get("phase") == "recovered" and before.get("backup_id") == now["backup_id"]
+            and before.get("target") == now["target"])
+
+
 SPACE_MARGIN = 64 * 1024 * 1024
 RECOVERY_WAL_ALLOWANCE = 1024 * 1024 * 1024  # WAL restored into pg_wal during recovery, about max_wal_size
 MARKER = "immersiverse-dr-restored.json"  # in the restored data directory: which request made it

@@ -386,3 +386,19 @@ def test_a_wal_reader_that_fails_falls_back_with_a_warning_and_no_transaction_at
     assert any("could not read" in w and "upload times" in w for w in plan["warnings"])
     with pytest.raises(restore_target.RestoreError, match="holds no transaction.*full restore"):
         restore_plan.plan([repo], {"type": "time", "value": ts(t0 + 50)}, commit_times=commits_in)
+
+
+def test_a_restore_that_opened_is_the_same_request_on_the_timeline_it_created():
+    """After a PITR opened (promoted: a new timeline), target_timeline=latest resolves to that new timeline. A re-run
+    with the same backup and target is that finished restore, never a second one that would throw away every write
+    made since it opened."""
+    pitr = dict(PLAN_DOC, target={"type": "time", "value": "2026-12-04T05:00:00+00:00", "timeline": "latest"})
+    opened = {"request": restore_datadir.restore_request(pitr), "phase": "recovered"}
+    assert restore_datadir.same_request(opened, dict(pitr, timeline=2))
+    # not finished yet (paused, restoring): the timeline still decides
+    assert not restore_datadir.same_request(dict(opened, phase="paused"), dict(pitr, timeline=2))
+    # another target or another backup is another restore
+    other = dict(pitr, target=dict(pitr["target"], value="2026-12-04T05:00:01+00:00"))
+    assert not restore_datadir.same_request(opened, dict(other, timeline=2))
+    assert not restore_datadir.same_request(opened, dict(pitr, backup=dict(PLAN_DOC["backup"], id="B2"), timeline=2))
+    assert not restore_datadir.same_request(None, pitr)
