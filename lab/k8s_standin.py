@@ -5,8 +5,17 @@ No Kubernetes API server can run on the lab machine, so each region gets this
 stand-in instead: PyPI ``kmock`` 0.8's ``KubernetesEmulator`` served over HTTP on
 a loopback port, plus a thin layer of API semantics that kmock 0.8 lacks.  It is
 a STAND-IN, NOT A CLUSTER: no admission, no controllers, no scheduler, no pods,
-no defaulting, no schema validation.  Nothing ever produces ``status.readyReplicas``.
-See docs/kubernetes-standin.md for exactly what works and what does not.
+no defaulting, no schema validation.  By default nothing ever produces
+``status.readyReplicas``.  See docs/kubernetes-standin.md for exactly what works
+and what does not.
+
+The rollout stand-in (``--ready-after SECONDS``, off by default) is the one
+exception, and it is NOT a controller either: no ReplicaSet or pod exists.  When
+a Deployment is created or its ``spec`` changes, it waits SECONDS and then writes
+the ``status`` a deployment controller would report once a rollout finished
+(``observedGeneration`` = ``generation``, all replica counts = ``spec.replicas``,
+``Available`` True), as an ordinary MODIFIED write.  A Deployment annotated
+``lab.immersiverse.dr/never-ready: "true"`` never gets that status.
 
 Who does what:
 
@@ -25,7 +34,7 @@ Who does what:
 
 Usage::
 
-    python lab/k8s_standin.py --port 18443 --region primary [--pidfile F]
+    python lab/k8s_standin.py --port 18443 --region primary [--pidfile F] [--ready-after SECONDS]
 
 It binds 127.0.0.1 (or another loopback address given with ``--host``; anything
 else is refused), logs one ``ready`` line to stderr when it accepts requests, and
@@ -93,14 +102,26 @@ RESOURCES: tuple[ResourceSpec, ...] = (
     ResourceSpec("", "v1", "services", "Service", True, ("svc",), ("status",)),
     ResourceSpec("apps", "v1", "deployments", "Deployment", True, ("deploy",), ("scale", "status")),
     ResourceSpec("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), ("status",)),
-    ResourceSpec("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True,
-                 ("hpa",), ("status",)),
+    ResourceSpec(
+        "autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ("hpa",), ("status",)
+    ),
+    # The deny-all policy that isolates a failed region's app. No status subresource, as in Kubernetes 1.26
+    # without the alpha NetworkPolicyStatus gate. Nothing enforces it: the stand-in has no network.
+    ResourceSpec("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, ("netpol",)),
 )
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
+_DEPLOYMENTS = _BY_PATH[("apps", "v1", "deployments")]
 
 # Server-managed metadata: never taken from a client's body.
-_SERVER_META = ("uid", "resourceVersion", "creationTimestamp", "generation", "deletionTimestamp",
-                "selfLink", "managedFields")
+_SERVER_META = (
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "deletionTimestamp",
+    "selfLink",
+    "managedFields",
+)
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -109,20 +130,32 @@ _REGION = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _RETURNS_DELETED_OBJECT = {"services"}
 _END_OF_WATCH: dict[str, Any] = {"type": "_END_OF_WATCH"}  # never sent: ends watch streams at shutdown
 
+# Rollout stand-in (--ready-after): a Deployment carrying this annotation with value "true" never reports ready.
+NEVER_READY_ANNOTATION = "lab.immersiverse.dr/never-ready"
+READY_AFTER_MAX = 600.0
+
 
 # --------------------------------------------------------------------------------------------
 # Errors in the shape of a Kubernetes Status
 # --------------------------------------------------------------------------------------------
 
+
 def api_error(code: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
-    return kmock.KubernetesError(status=code, reason=reason, message=message,
-                                 details={k: v for k, v in details.items() if v is not None})
+    return kmock.KubernetesError(
+        status=code, reason=reason, message=message, details={k: v for k, v in details.items() if v is not None}
+    )
 
 
-def status_body(code: int, reason: str, message: str, details: Mapping[str, Any] | None = None,
-                ok: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {"apiVersion": "v1", "kind": "Status", "metadata": {},
-                            "status": "Success" if ok else "Failure", "code": code}
+def status_body(
+    code: int, reason: str, message: str, details: Mapping[str, Any] | None = None, ok: bool = False
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Success" if ok else "Failure",
+        "code": code,
+    }
     if reason:
         body["reason"] = reason
     if message:
@@ -134,8 +167,7 @@ def status_body(code: int, reason: str, message: str, details: Mapping[str, Any]
 
 def _not_found(spec: ResourceSpec, name: str) -> kmock.KubernetesError:
     qualified = f"{spec.plural}.{spec.group}" if spec.group else spec.plural
-    return api_error(404, "NotFound", f'{qualified} "{name}" not found',
-                     name=name, group=spec.group, kind=spec.plural)
+    return api_error(404, "NotFound", f'{qualified} "{name}" not found', name=name, group=spec.group, kind=spec.plural)
 
 
 def _bad_request(message: str) -> kmock.KubernetesError:
@@ -143,13 +175,15 @@ def _bad_request(message: str) -> kmock.KubernetesError:
 
 
 def _invalid(spec: ResourceSpec, name: str | None, message: str) -> kmock.KubernetesError:
-    return api_error(422, "Invalid", f'{spec.kind} "{name}" is invalid: {message}',
-                     name=name, group=spec.group, kind=spec.kind)
+    return api_error(
+        422, "Invalid", f'{spec.kind} "{name}" is invalid: {message}', name=name, group=spec.group, kind=spec.kind
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # URL routing (kmock 0.8's parser cannot handle the namespaces resource itself)
 # --------------------------------------------------------------------------------------------
+
 
 class Target(NamedTuple):
     group: str
@@ -188,6 +222,7 @@ def parse_resource_path(path: str) -> Target | None:
 # Patches
 # --------------------------------------------------------------------------------------------
 
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -203,10 +238,20 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 # patchMergeKey of the list fields the app's objects use (from the Kubernetes API types).
 # Matched by field name, not by full path: "ports" means containerPort in a container, port in a Service.
+# A NetworkPolicy needs none: its lists (ingress, egress, policyTypes, and the ports/from/to inside a rule)
+# have no patchMergeKey in the API types, so a strategic merge replaces them whole, which is the default below.
+# (The NetworkPolicy rule's "ports" is never reached by the "ports" rule: ingress/egress are replaced whole.)
 _MERGE_KEYS = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name", "env": "name",
-    "volumes": "name", "volumeMounts": "mountPath", "volumeDevices": "devicePath",
-    "imagePullSecrets": "name", "hostAliases": "ip", "topologySpreadConstraints": "topologyKey",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "volumeDevices": "devicePath",
+    "imagePullSecrets": "name",
+    "hostAliases": "ip",
+    "topologySpreadConstraints": "topologyKey",
 }
 _MERGED_PRIMITIVE_LISTS = {"finalizers"}
 
@@ -236,12 +281,13 @@ def strategic_merge_patch(target: Any, patch: Any, field: str = "") -> Any:
             result[key] = list(old) + [v for v in value if v not in old]
         elif isinstance(value, list) and isinstance(old, list):
             merge_key = _list_merge_key(key, value)
-            keyed = merge_key is not None and all(
-                isinstance(i, dict) and merge_key in i for i in [*old, *value])
+            keyed = merge_key is not None and all(isinstance(i, dict) and merge_key in i for i in [*old, *value])
             if keyed:
                 patched = {i[merge_key]: i for i in value}
-                merged = [strategic_merge_patch(i, patched.pop(i[merge_key]), key)
-                          if i[merge_key] in patched else i for i in old]
+                merged = [
+                    strategic_merge_patch(i, patched.pop(i[merge_key]), key) if i[merge_key] in patched else i
+                    for i in old
+                ]
                 result[key] = merged + [strategic_merge_patch({}, i, key) for i in patched.values()]
             else:
                 result[key] = copy.deepcopy(value)
@@ -280,7 +326,8 @@ _LABEL_VALUE = r"[-A-Za-z0-9_.]*"
 _LABEL_TERM = re.compile(
     rf"^\s*(?:(?P<absent>!)\s*(?P<akey>{_LABEL_KEY})"
     rf"|(?P<key>{_LABEL_KEY})\s*(?:(?P<op>==|=|!=)\s*(?P<value>{_LABEL_VALUE})"
-    rf"|\s+(?P<setop>in|notin)\s*\((?P<values>[^()]*)\))?)\s*$")
+    rf"|\s+(?P<setop>in|notin)\s*\((?P<values>[^()]*)\))?)\s*$"
+)
 
 
 def label_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
@@ -310,6 +357,7 @@ def label_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
     def matches(obj: Mapping[str, Any]) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}
         return all(check(labels) for check in checks)
+
     return matches
 
 
@@ -331,12 +379,14 @@ def field_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
     def matches(obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata") or {}
         return all(check(meta) for check in checks)
+
     return matches
 
 
 # --------------------------------------------------------------------------------------------
 # The emulator
 # --------------------------------------------------------------------------------------------
+
 
 def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -356,30 +406,95 @@ def _scale_selector(deployment: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
+def _never_ready(deployment: Mapping[str, Any]) -> bool:
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(NEVER_READY_ANNOTATION) == "true"
+
+
+def rolled_out_status(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """The status a deployment controller reports once a rollout of this Deployment's spec has finished.
+
+    Written by the rollout stand-in only; no ReplicaSet or pod exists behind these numbers.  At 0 replicas the
+    replica, ready, available and updated counts are all omitted, as a real API server does (``omitempty``), so
+    ``kubernetes.core``'s wait on a scale to 0 passes as it does on a cluster.
+    """
+    replicas = (deployment.get("spec") or {}).get("replicas")
+    if replicas is None:
+        replicas = 1  # the API server's default
+    status: dict[str, Any] = {"observedGeneration": deployment["metadata"]["generation"]}
+    if replicas:
+        status.update(replicas=replicas, updatedReplicas=replicas, readyReplicas=replicas, availableReplicas=replicas)
+    previous = next(
+        (
+            c
+            for c in (deployment.get("status") or {}).get("conditions") or []
+            if isinstance(c, dict) and c.get("type") == "Available"
+        ),
+        None,
+    )
+    if (
+        previous is not None
+        and previous.get("status") == "True"
+        and previous.get("reason") == "MinimumReplicasAvailable"
+    ):
+        condition = copy.deepcopy(previous)  # unchanged condition: a controller keeps its timestamps
+    else:
+        now = _now()
+        condition = {
+            "type": "Available",
+            "status": "True",
+            "reason": "MinimumReplicasAvailable",
+            "message": "Deployment has minimum availability (lab rollout stand-in: no pods exist).",
+            "lastUpdateTime": now,
+            "lastTransitionTime": now,
+        }
+    status["conditions"] = [condition]
+    return status
+
+
 @attrs.define(kw_only=True)
 class StandIn(kmock.KubernetesEmulator):
     """kmock's KubernetesEmulator with the resource URLs routed through a thin API-semantics layer."""
 
     region: str = "lab"
+    # Rollout stand-in: seconds from a Deployment's create or spec change to its "rolled out" status; None: off.
+    ready_after: float | None = None
     _rv: int = attrs.field(default=0, init=False)
+    _rollouts: dict[tuple[str | None, str], asyncio.Task[None]] = attrs.field(factory=dict, init=False)
+    _rollouts_closed: bool = attrs.field(default=False, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _watch_buses: dict[tuple[str, str, str], kmock.Bus[Any]] = attrs.field(
-        factory=lambda: collections.defaultdict(kmock.Bus), init=False)
+        factory=lambda: collections.defaultdict(kmock.Bus), init=False
+    )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         for spec in RESOURCES:
             self.resources[kmock.resource(spec.group, spec.version, spec.plural)] = kmock.ResourceInfo(
-                kind=spec.kind, singular=spec.singular, namespaced=spec.namespaced, verbs=set(_VERBS),
-                shortnames=set(spec.shortnames), subresources=set(spec.subresources))
+                kind=spec.kind,
+                singular=spec.singular,
+                namespaced=spec.namespaced,
+                verbs=set(_VERBS),
+                shortnames=set(spec.shortnames),
+                subresources=set(spec.subresources),
+            )
 
     # ---- entry point -------------------------------------------------------------------------
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         if raw.path.rstrip("/") == "/standin":
-            return aiohttp.web.json_response({
-                "standin": "kmock.KubernetesEmulator", "kmockVersion": kmock.__version__,
-                "region": self.region, "resources": [f"{s.api_version}/{s.plural}" for s in RESOURCES]})
+            about: dict[str, Any] = {
+                "standin": "kmock.KubernetesEmulator",
+                "kmockVersion": kmock.__version__,
+                "region": self.region,
+                "resources": [f"{s.api_version}/{s.plural}" for s in RESOURCES],
+            }
+            if self.ready_after is not None:  # absent by default, so the default answer is unchanged
+                about["rolloutStandIn"] = {
+                    "readyAfterSeconds": self.ready_after,
+                    "neverReadyAnnotation": NEVER_READY_ANNOTATION,
+                }
+            return aiohttp.web.json_response(about)
         target = parse_resource_path(raw.path)
         if target is None:
             # Discovery (/, /version, /api, /apis, /apis/G, /apis/G/V): served by kmock itself.
@@ -411,14 +526,23 @@ class StandIn(kmock.KubernetesEmulator):
             body = status_body(exc.status, exc.reason or "", exc.message or "", exc.details)
             return aiohttp.web.json_response(body, status=exc.status)
         return aiohttp.web.json_response(
-            status_body(500, "InternalError", f"stand-in internal error: {exc!r}"), status=500)
+            status_body(500, "InternalError", f"stand-in internal error: {exc!r}"), status=500
+        )
 
     # ---- discovery fixes on top of kmock ------------------------------------------------------
 
     async def _serve_server_version(self, request: Any) -> dict[str, Any]:
-        return {"major": "1", "minor": "26", "gitVersion": SERVER_GIT_VERSION, "gitCommit": "",
-                "gitTreeState": "clean", "buildDate": "", "goVersion": "", "compiler": "kmock",
-                "platform": f"standin/{self.region}"}
+        return {
+            "major": "1",
+            "minor": "26",
+            "gitVersion": SERVER_GIT_VERSION,
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "",
+            "goVersion": "",
+            "compiler": "kmock",
+            "platform": f"standin/{self.region}",
+        }
 
     async def _serve_version(self, request: Any) -> dict[str, Any]:
         group, version = request.resource.group, request.resource.version
@@ -427,21 +551,42 @@ class StandIn(kmock.KubernetesEmulator):
             raise api_error(404, "NotFound", "the server could not find the requested resource")
         resources: list[dict[str, Any]] = []
         for s in specs:
-            resources.append({"name": s.plural, "singularName": s.singular, "namespaced": s.namespaced,
-                              "kind": s.kind, "verbs": list(_VERBS), "shortNames": list(s.shortnames)})
+            resources.append(
+                {
+                    "name": s.plural,
+                    "singularName": s.singular,
+                    "namespaced": s.namespaced,
+                    "kind": s.kind,
+                    "verbs": list(_VERBS),
+                    "shortNames": list(s.shortnames),
+                }
+            )
             for sub in s.subresources:
-                entry = {"name": f"{s.plural}/{sub}", "singularName": "", "namespaced": s.namespaced,
-                         "kind": s.kind, "verbs": ["get", "patch", "update"]}
+                entry = {
+                    "name": f"{s.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": s.namespaced,
+                    "kind": s.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
                 if sub == "scale":
                     entry.update(kind="Scale", group="autoscaling", version="v1")
                 resources.append(entry)
-        return {"apiVersion": "v1", "kind": "APIResourceList",
-                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+        return {
+            "apiVersion": "v1",
+            "kind": "APIResourceList",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
 
     # ---- resource routing ---------------------------------------------------------------------
 
-    async def _serve_resource(self, raw: aiohttp.web.BaseRequest, t: Target, payload: bytes,
-                              ) -> aiohttp.web.StreamResponse:
+    async def _serve_resource(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        t: Target,
+        payload: bytes,
+    ) -> aiohttp.web.StreamResponse:
         spec = _BY_PATH.get((t.group, t.version, t.plural))
         if spec is None:
             raise api_error(404, "NotFound", "the server could not find the requested resource")
@@ -459,8 +604,11 @@ class StandIn(kmock.KubernetesEmulator):
             if method == "POST":
                 obj, code = await self._create(spec, t.namespace, self._body(raw, payload), self._dry_run(query))
                 return aiohttp.web.json_response(obj, status=code)
-            raise api_error(405, "MethodNotAllowed",
-                            f"{method} on a collection is not supported by the stand-in (no deletecollection)")
+            raise api_error(
+                405,
+                "MethodNotAllowed",
+                f"{method} on a collection is not supported by the stand-in (no deletecollection)",
+            )
         if method == "GET":
             if query.get("watch") in ("true", "1"):
                 return await self._watch(raw, spec, t.namespace, t.name)
@@ -522,23 +670,82 @@ class StandIn(kmock.KubernetesEmulator):
 
     def _all(self, spec: ResourceSpec, namespace: str | None) -> list[dict[str, Any]]:
         ref = self._ref(spec)
-        found = [(ns or "", name, obj) for (res, ns, name), obj in self.objects.items()
-                 if res == ref and not obj.deleted and (namespace is None or ns == namespace)]
+        found = [
+            (ns or "", name, obj)
+            for (res, ns, name), obj in self.objects.items()
+            if res == ref and not obj.deleted and (namespace is None or ns == namespace)
+        ]
         return [copy.deepcopy(obj.raw) for _, _, obj in sorted(found, key=lambda x: (x[0], x[1]))]
 
     async def _commit(self, spec: ResourceSpec, event: str, obj: dict[str, Any]) -> None:
         """Store (or drop, for DELETED) one object and tell the watchers. Caller holds _write_lock."""
         meta = obj["metadata"]
         key = (self._ref(spec), meta.get("namespace") if spec.namespaced else None, meta["name"])
+        if spec is _DEPLOYMENTS and self.ready_after is not None:
+            self._track_rollout(event, self._get(spec, key[1], key[2]), obj)
         if event == "DELETED":
             del self.objects[key]
         else:
             self.objects[key] = obj  # a fresh single-version kmock Object: no unbounded history
         await self._watch_buses[(spec.group, spec.version, spec.plural)].put(
-            {"type": event, "object": copy.deepcopy(obj)})
+            {"type": event, "object": copy.deepcopy(obj)}
+        )
 
     def _next_rv(self) -> str:
         return str(self._rv + 1)
+
+    # ---- rollout stand-in (--ready-after): NOT a controller, no pods exist ------------------------
+
+    def _track_rollout(self, event: str, before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> None:
+        """(Re)schedule the "rolled out" status write when a Deployment is created or its spec changes.
+
+        Called by _commit under _write_lock, so a pending write is never half-way through its own commit here.
+        """
+        meta = after["metadata"]
+        key = (meta.get("namespace"), meta["name"])
+        if event == "DELETED":
+            self._cancel_rollout(key)
+        elif event == "ADDED" or (before or {}).get("spec") != after.get("spec"):
+            self._cancel_rollout(key)  # a newer spec supersedes the pending rollout
+            if not _never_ready(after) and not self._rollouts_closed:
+                self._rollouts[key] = asyncio.get_running_loop().create_task(
+                    self._finish_rollout(key, meta["generation"]), name=f"rollout-standin {key[0]}/{key[1]}"
+                )
+
+    def _cancel_rollout(self, key: tuple[str | None, str]) -> None:
+        task = self._rollouts.pop(key, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _finish_rollout(self, key: tuple[str | None, str], generation: int) -> None:
+        assert self.ready_after is not None
+        try:
+            await asyncio.sleep(self.ready_after)
+            async with self._write_lock:
+                current = self._get(_DEPLOYMENTS, *key)
+                if current is None or current["metadata"].get("generation") != generation or _never_ready(current):
+                    return  # gone, superseded (its own rollout is pending), or meant to never get ready
+                new = copy.deepcopy(current)
+                new["status"] = rolled_out_status(current)
+                result, event = self._settle(_DEPLOYMENTS, current, new)
+                if event is not None:
+                    self._rv += 1
+                    await self._commit(_DEPLOYMENTS, event, result)
+                    LOG.debug("rollout stand-in: %s/%s reports generation %s rolled out", key[0], key[1], generation)
+        except Exception:  # a bug in the stand-in: say so now, not when the task is garbage-collected
+            LOG.exception("rollout stand-in: the status write for %s/%s failed", key[0], key[1])
+        finally:
+            if self._rollouts.get(key) is asyncio.current_task():
+                del self._rollouts[key]
+
+    async def cancel_rollouts(self) -> None:
+        """Drop every pending rollout-stand-in write and schedule no more (used at shutdown)."""
+        self._rollouts_closed = True
+        tasks = list(self._rollouts.values())
+        self._rollouts.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- create -------------------------------------------------------------------------------
 
@@ -546,30 +753,39 @@ class StandIn(kmock.KubernetesEmulator):
         if not isinstance(body, dict):
             raise _bad_request(f"the body must be a {spec.kind} object")
         obj = copy.deepcopy(body)
-        if obj.setdefault("apiVersion", spec.api_version) != spec.api_version or \
-                obj.setdefault("kind", spec.kind) != spec.kind:
-            raise _bad_request(f"the API version in the data ({obj.get('apiVersion')}/{obj.get('kind')}) "
-                               f"does not match the expected API version ({spec.api_version}/{spec.kind})")
+        if (
+            obj.setdefault("apiVersion", spec.api_version) != spec.api_version
+            or obj.setdefault("kind", spec.kind) != spec.kind
+        ):
+            raise _bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}/{obj.get('kind')}) "
+                f"does not match the expected API version ({spec.api_version}/{spec.kind})"
+            )
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise _bad_request("metadata must be an object")
         if spec.namespaced:
             if meta.get("namespace") not in (None, "", namespace):
-                raise _bad_request("the namespace of the provided object does not match the namespace "
-                                   "sent on the request")
+                raise _bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
         return obj
 
-    async def _create(self, spec: ResourceSpec, namespace: str | None, body: Any, dry_run: bool,
-                      ) -> tuple[dict[str, Any], int]:
+    async def _create(
+        self,
+        spec: ResourceSpec,
+        namespace: str | None,
+        body: Any,
+        dry_run: bool,
+    ) -> tuple[dict[str, Any], int]:
         obj = self._check_identity(spec, body, namespace)
         meta = obj["metadata"]
         name = meta.get("name")
         if not name:
-            raise _invalid(spec, name, "metadata.name: Required value (generateName is not supported "
-                                       "by the stand-in)")
+            raise _invalid(spec, name, "metadata.name: Required value (generateName is not supported by the stand-in)")
         pattern = _DNS1123_LABEL if spec.plural == "namespaces" else _DNS1123_SUBDOMAIN
         if not isinstance(name, str) or not pattern.match(name):
             raise _invalid(spec, name, "metadata.name: Invalid value: not a lowercase RFC 1123 name")
@@ -578,12 +794,17 @@ class StandIn(kmock.KubernetesEmulator):
         async with self._write_lock:
             if self._get(spec, namespace, name) is not None:
                 qualified = f"{spec.plural}.{spec.group}" if spec.group else spec.plural
-                raise api_error(409, "AlreadyExists", f'{qualified} "{name}" already exists',
-                                name=name, group=spec.group, kind=spec.plural)
+                raise api_error(
+                    409,
+                    "AlreadyExists",
+                    f'{qualified} "{name}" already exists',
+                    name=name,
+                    group=spec.group,
+                    kind=spec.plural,
+                )
             for field in _SERVER_META:
                 meta.pop(field, None)
-            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion=self._next_rv(),
-                        generation=1)
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion=self._next_rv(), generation=1)
             self._normalise(spec, obj)
             if "status" in spec.subresources:
                 obj.pop("status", None)  # status is written through the status subresource only
@@ -605,8 +826,13 @@ class StandIn(kmock.KubernetesEmulator):
 
     # ---- update (PATCH / PUT, incl. subresources) ----------------------------------------------
 
-    async def _update(self, raw: aiohttp.web.BaseRequest, payload: bytes, spec: ResourceSpec, t: Target,
-                      ) -> tuple[dict[str, Any], int]:
+    async def _update(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        payload: bytes,
+        spec: ResourceSpec,
+        t: Target,
+    ) -> tuple[dict[str, Any], int]:
         assert t.name is not None
         body = self._body(raw, payload)
         dry_run = self._dry_run(raw.query)
@@ -614,9 +840,12 @@ class StandIn(kmock.KubernetesEmulator):
         if raw.method == "PATCH":
             kind = _PATCH_TYPES.get(raw.content_type)
             if kind is None:
-                raise api_error(415, "UnsupportedMediaType",
-                                f"the body of the request was in an unknown format ({raw.content_type}); "
-                                f"accepted: {', '.join(_PATCH_TYPES)}")
+                raise api_error(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format ({raw.content_type}); "
+                    f"accepted: {', '.join(_PATCH_TYPES)}",
+                )
         if kind == "apply" and t.subresource is None and self._get(spec, t.namespace, t.name) is None:
             # Server-side apply of a missing object creates it (a racing create gets 409 AlreadyExists).
             desired = strategic_merge_patch({}, body)
@@ -642,16 +871,22 @@ class StandIn(kmock.KubernetesEmulator):
             if isinstance(body, dict) and kind is not None:
                 expected_rv = (body.get("metadata") or {}).get("resourceVersion")
             if expected_rv and str(expected_rv) != current["metadata"]["resourceVersion"]:
-                raise api_error(409, "Conflict",
-                                f'Operation cannot be fulfilled on {spec.plural} "{t.name}": the object has been '
-                                "modified; please apply your changes to the latest version and try again",
-                                name=t.name, group=spec.group, kind=spec.plural)
+                raise api_error(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {spec.plural} "{t.name}": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
+                    name=t.name,
+                    group=spec.group,
+                    kind=spec.plural,
+                )
 
             if t.subresource == "scale":
                 replicas = (desired.get("spec") or {}).get("replicas")
                 if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-                    raise _invalid(spec, t.name, f"spec.replicas: Invalid value: {replicas!r}: "
-                                                 "must be a non-negative integer")
+                    raise _invalid(
+                        spec, t.name, f"spec.replicas: Invalid value: {replicas!r}: must be a non-negative integer"
+                    )
                 new = copy.deepcopy(current)
                 new.setdefault("spec", {})["replicas"] = replicas
             elif t.subresource == "status":
@@ -681,8 +916,12 @@ class StandIn(kmock.KubernetesEmulator):
                 await self._commit(spec, event, result)
         return (self._scale_view(spec, result) if t.subresource == "scale" else result), 200
 
-    def _settle(self, spec: ResourceSpec, current: dict[str, Any], new: dict[str, Any],
-                ) -> tuple[dict[str, Any], str | None]:
+    def _settle(
+        self,
+        spec: ResourceSpec,
+        current: dict[str, Any],
+        new: dict[str, Any],
+    ) -> tuple[dict[str, Any], str | None]:
         """Decide what an update did: nothing, a modification, or the end of a pending deletion."""
         if _strip_volatile(new) == _strip_volatile(current):
             return current, None  # a no-op write changes nothing, not even resourceVersion
@@ -700,9 +939,11 @@ class StandIn(kmock.KubernetesEmulator):
     def _scale_view(spec: ResourceSpec, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         return {
-            "apiVersion": "autoscaling/v1", "kind": "Scale",
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-                         if k in meta},
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
+            },
             "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
             # Nothing runs pods here: status.replicas is whatever the status subresource was told (else 0).
             "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": _scale_selector(obj)},
@@ -710,8 +951,9 @@ class StandIn(kmock.KubernetesEmulator):
 
     # ---- delete -------------------------------------------------------------------------------
 
-    async def _delete(self, spec: ResourceSpec, namespace: str | None, name: str, body: Any,
-                      query: Any) -> dict[str, Any]:
+    async def _delete(
+        self, spec: ResourceSpec, namespace: str | None, name: str, body: Any, query: Any
+    ) -> dict[str, Any]:
         dry_run = self._dry_run(query, body)
         preconditions = (body.get("preconditions") if isinstance(body, dict) else None) or {}
         async with self._write_lock:
@@ -721,9 +963,12 @@ class StandIn(kmock.KubernetesEmulator):
             meta = current["metadata"]
             for field in ("uid", "resourceVersion"):
                 if preconditions.get(field) and preconditions[field] != meta.get(field):
-                    raise api_error(409, "Conflict",
-                                    f"Precondition failed: {field} in precondition: {preconditions[field]}, "
-                                    f"{field} in object meta: {meta.get(field)}")
+                    raise api_error(
+                        409,
+                        "Conflict",
+                        f"Precondition failed: {field} in precondition: {preconditions[field]}, "
+                        f"{field} in object meta: {meta.get(field)}",
+                    )
             if meta.get("finalizers"):
                 if not meta.get("deletionTimestamp"):  # deletion stays pending until the finalizers go
                     meta.update(deletionTimestamp=_now(), resourceVersion=self._next_rv())
@@ -737,25 +982,29 @@ class StandIn(kmock.KubernetesEmulator):
                 await self._commit(spec, "DELETED", current)
         if spec.plural in _RETURNS_DELETED_OBJECT:
             return current
-        return status_body(200, "", "", {"name": name, "group": spec.group, "kind": spec.plural,
-                                         "uid": meta.get("uid")}, ok=True)
+        return status_body(
+            200, "", "", {"name": name, "group": spec.group, "kind": spec.plural, "uid": meta.get("uid")}, ok=True
+        )
 
     # ---- list / watch -------------------------------------------------------------------------
 
     def _selector(self, query: Mapping[str, str], name: str | None) -> Callable[[Mapping[str, Any]], bool]:
         by_labels = label_selector(query.get("labelSelector"))
         by_fields = field_selector(query.get("fieldSelector"))
-        return lambda obj: (by_labels(obj) and by_fields(obj)
-                            and (name is None or obj["metadata"].get("name") == name))
+        return lambda obj: by_labels(obj) and by_fields(obj) and (name is None or obj["metadata"].get("name") == name)
 
     async def _list(self, spec: ResourceSpec, namespace: str | None, query: Mapping[str, str]) -> dict[str, Any]:
         matches = self._selector(query, None)
-        return {"apiVersion": spec.api_version, "kind": f"{spec.kind}List",
-                "metadata": {"resourceVersion": str(self._rv)},
-                "items": [obj for obj in self._all(spec, namespace) if matches(obj)]}
+        return {
+            "apiVersion": spec.api_version,
+            "kind": f"{spec.kind}List",
+            "metadata": {"resourceVersion": str(self._rv)},
+            "items": [obj for obj in self._all(spec, namespace) if matches(obj)],
+        }
 
-    async def _watch(self, raw: aiohttp.web.BaseRequest, spec: ResourceSpec, namespace: str | None,
-                     name: str | None) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self, raw: aiohttp.web.BaseRequest, spec: ResourceSpec, namespace: str | None, name: str | None
+    ) -> aiohttp.web.StreamResponse:
         matches = self._selector(raw.query, name)
         try:
             timeout = float(raw.query["timeoutSeconds"]) if raw.query.get("timeoutSeconds") else None
@@ -790,8 +1039,11 @@ class StandIn(kmock.KubernetesEmulator):
             await bus.put(_END_OF_WATCH)
 
     @staticmethod
-    async def _events(bus: kmock.Bus[Any], mark: kmock.BusMark[Any], timeout: float | None,
-                      ) -> AsyncIterator[dict[str, Any]]:
+    async def _events(
+        bus: kmock.Bus[Any],
+        mark: kmock.BusMark[Any],
+        timeout: float | None,
+    ) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         stream = bus.stream(since=mark)
@@ -815,12 +1067,14 @@ class StandIn(kmock.KubernetesEmulator):
 # Process: arguments, bind, ready line, pidfile, signals
 # --------------------------------------------------------------------------------------------
 
+
 def _loopback_host(value: str) -> str:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address (give a loopback IP, "
-                                         "e.g. 127.0.0.1)") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an IP address (give a loopback IP, e.g. 127.0.0.1)"
+        ) from None
     if not address.is_loopback:
         raise argparse.ArgumentTypeError(f"refusing to bind {value}: the stand-in only listens on loopback")
     return str(address)
@@ -839,15 +1093,38 @@ def _port(value: str) -> int:
     return port
 
 
+def _ready_after(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 <= seconds <= READY_AFTER_MAX:  # also refuses nan; inf is out of range
+        raise argparse.ArgumentTypeError(
+            f"--ready-after must be between 0 and {READY_AFTER_MAX:g} seconds, not {value}"
+        )
+    return seconds
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="k8s_standin", description="Serve the lab's Kubernetes API stand-in (kmock) for one region.")
+        prog="k8s_standin", description="Serve the lab's Kubernetes API stand-in (kmock) for one region."
+    )
     parser.add_argument("--port", type=_port, required=True, help="TCP port (0: pick a free one)")
     parser.add_argument("--region", type=_region, required=True, help="region name, e.g. primary")
     parser.add_argument("--host", type=_loopback_host, default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--pidfile", help="write the PID here once ready; removed at exit")
     parser.add_argument("--startup-timeout", type=float, default=10.0, help="seconds allowed to start")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--ready-after",
+        type=_ready_after,
+        default=None,
+        metavar="SECONDS",
+        help="rollout stand-in (off by default; not a controller, no pods exist): SECONDS after a Deployment is "
+        "created or its spec changes, write the status a finished rollout reports (observedGeneration, "
+        f'ready/available/updated replicas, Available). Annotation {NEVER_READY_ANNOTATION}: "true" '
+        f"opts a Deployment out. 0 to {READY_AFTER_MAX:g}.",
+    )
     return parser.parse_args(argv)
 
 
@@ -899,7 +1176,7 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    standin = StandIn(region=args.region)
+    standin = StandIn(region=args.region, ready_after=args.ready_after)
     async with standin:
         server = aiohttp.web.Server(standin, handler_cancellation=True)
         runner = aiohttp.web.ServerRunner(server, shutdown_timeout=0.5)
@@ -918,17 +1195,32 @@ async def serve(args: argparse.Namespace) -> int:
         except (OSError, RuntimeError, TimeoutError) as exc:
             if sock is not None and not started:
                 sock.close()
-            LOG.error("region=%s cannot start on %s:%s: %s", args.region, args.host, args.port,
-                      exc or "startup timed out")
+            LOG.error(
+                "region=%s cannot start on %s:%s: %s", args.region, args.host, args.port, exc or "startup timed out"
+            )
             await runner.cleanup()
             return 1
         host = f"[{args.host}]" if ":" in args.host else args.host
-        LOG.info("ready region=%s url=http://%s:%s pid=%s kmock=%s", args.region, host, sock.getsockname()[1],
-                 os.getpid(), kmock.__version__)
+        LOG.info(
+            "ready region=%s url=http://%s:%s pid=%s kmock=%s",
+            args.region,
+            host,
+            sock.getsockname()[1],
+            os.getpid(),
+            kmock.__version__,
+        )
+        if args.ready_after is not None:
+            LOG.info(
+                "rollout stand-in on: Deployments report a finished rollout %gs after a create or spec "
+                'change (no pods exist; annotation %s: "true" opts out)',
+                args.ready_after,
+                NEVER_READY_ANNOTATION,
+            )
         try:
             await stop.wait()
             LOG.info("stopping region=%s", args.region)
         finally:
+            await standin.cancel_rollouts()
             await standin.end_watches()
             await runner.cleanup()
             if args.pidfile:
@@ -938,10 +1230,10 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level,
-                        format="%(asctime)s k8s-standin[%(process)d] %(levelname)s %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(
-        logging.INFO if args.log_level == "DEBUG" else logging.WARNING)
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level, format="%(asctime)s k8s-standin[%(process)d] %(levelname)s %(message)s"
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO if args.log_level == "DEBUG" else logging.WARNING)
     if tuple(kmock.__version_tuple__[:2]) != SUPPORTED_KMOCK_SERIES:
         LOG.error("kmock %s found; this stand-in is written against kmock 0.8's internals", kmock.__version__)
         return 1
