@@ -885,12 +885,18 @@ class Generator:
         cur.execute(
             "INSERT INTO token_blacklist (jti, user_id, reason, expires_at) "
             "VALUES (%s, (SELECT id FROM users WHERE id = %s), 'logout', now() + make_interval(secs => %s)) "
-            "RETURNING user_id, revoked_at",
+            "RETURNING user_id, revoked_at, expires_at",
             (jti, self._pick_user(), self.cfg.redis_ttl),
         )
-        user_id, revoked_at = cur.fetchone()
+        user_id, revoked_at, expires_at = cur.fetchone()
         fields = self._audit(cur, user_id, "revoke", request_id, jti=jti)
-        return "revoke", {"user_id": user_id, "jti": jti, "revoked_at": format_ts(revoked_at), **fields}
+        return "revoke", {
+            "user_id": user_id,
+            "jti": jti,
+            "revoked_at": format_ts(revoked_at),
+            "expires_at": format_ts(expires_at),
+            **fields,
+        }
 
     def _revoke_side_effects(self, endpoint: Endpoint, request_id: str, fields: dict) -> dict:
         event = {
@@ -898,6 +904,8 @@ class Generator:
             "user_id": fields["user_id"],
             "request_id": request_id,
             "revoked_at": fields["revoked_at"],
+            "expires_at": fields["expires_at"],
+            "reason": "logout",
             "region": endpoint.name,
         }
         out = self.kafka.publish(endpoint.name, fields["jti"], event)

@@ -56,3 +56,15 @@ CREATE TABLE IF NOT EXISTS audit_logs (
 );
 CREATE INDEX IF NOT EXISTS audit_logs_occurred_at_idx ON audit_logs (occurred_at);
 CREATE INDEX IF NOT EXISTS audit_logs_user_id_occurred_at_idx ON audit_logs (user_id, occurred_at);
+
+-- Written by the recovery runbooks (immersiverse.dr.token_revocations) when the revocation event stream could not
+-- prove it covers the gap after a recovery point: every token issued before not_before is invalid. The service
+-- checks a token's issue time against max(not_before) besides token_blacklist. One row per recovery (run_key).
+CREATE TABLE IF NOT EXISTS token_revocation_cutoff (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    not_before  timestamptz NOT NULL,
+    reason      text        NOT NULL,
+    set_at      timestamptz NOT NULL DEFAULT now(),
+    run_key     text        NOT NULL,
+    CONSTRAINT token_revocation_cutoff_run_key_key UNIQUE (run_key)
+);

@@ -25,7 +25,8 @@ LEGACY = {"_walcli": "_wal.cli", "_cli": "_backup.cli"}
 
 def test_the_engine_is_sub_packages_by_concern():
     assert {m.split(".")[0] for m in MODULES} - set(LEGACY) == {"_errors", "_pg", "_wal", "_repo", "_backup",
-                                                                "_restore", "_s3policy", "_runbook"}
+                                                                "_restore", "_s3policy", "_runbook",
+                                                                "_service"}
     for init in ROOT.rglob("__init__.py"):
         assert init.read_text() == "", f"{init} must stay empty (ansible-test sanity: empty-init)"
 
