@@ -203,7 +203,8 @@ standin_up() {
   pidfile=$LAB_DIR/run/k8s-$region.pid
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
   rm -f "$pidfile"
-  nohup "$VENV/bin/python" lab/k8s_standin.py --port "$port" --region "$region" --pidfile "$pidfile" \
+  # --ready-after: the rollout stand-in reports a changed Deployment ready 1 s later (no pods: docs/kubernetes-standin.md)
+  nohup "$VENV/bin/python" lab/k8s_standin.py --port "$port" --region "$region" --pidfile "$pidfile" --ready-after 1 \
     >"$LAB_DIR/log/k8s-$region.log" 2>&1 &
   for _ in $(seq 1 50); do
     grep -q ready "$LAB_DIR/log/k8s-$region.log" 2>/dev/null && return 0
@@ -217,6 +218,34 @@ standin_down() {
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q k8s_standin; then
+    kill "$pid"
+    for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+# The service's DNS (Route 53): moto's server stands in for it on the controller, one for the whole lab (Route 53 is
+# global). It keeps the zone in memory: playbooks/lab.yml creates the zone and records again after a restart.
+DNS_PORT=40053
+dns_up() {
+  local pidfile=$LAB_DIR/run/route53.pid
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
+  rm -f "$pidfile"
+  nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$DNS_PORT" >"$LAB_DIR/log/route53.log" 2>&1 &
+  echo $! >"$pidfile"
+  for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$DNS_PORT") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  die "the Route 53 stand-in (moto) did not start; see $LAB_DIR/log/route53.log"
+}
+
+dns_down() {
+  local pidfile=$LAB_DIR/run/route53.pid pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q moto_server; then
     kill "$pid"
     for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
@@ -323,6 +352,7 @@ cmd_up() {
     fi
     standin_up "$r"
   done
+  dns_up
   for r in "${REGIONS[@]}"; do wait_s3 "$r"; done
   ssh_forget
   ssh_config
@@ -337,6 +367,7 @@ cmd_down() {
     standin_down "$r"
     podman rm -f -t 1 "dr-lab-$r-db" "dr-lab-$r-svc" >/dev/null 2>&1 || true
   done
+  dns_down
   podman rm -f -t 1 "$CEPH" >/dev/null 2>&1 || true
   rm -rf "$CEPH_DIR" "$LAB_DIR"/secrets/s3-*.json
   podman network exists "$NET" && podman network rm -f "$NET" >/dev/null
@@ -357,6 +388,11 @@ cmd_status() {
       printf 'k8s-standin-%s\tDown\n' "$r"
     fi
   done
+  if [ -f "$LAB_DIR/run/route53.pid" ] && kill -0 "$(cat "$LAB_DIR/run/route53.pid")" 2>/dev/null; then
+    printf 'route53-standin\tUp\t127.0.0.1:%s\n' "$DNS_PORT"
+  else
+    printf 'route53-standin\tDown\n'
+  fi
 }
 
 case "${1:-}" in

@@ -27,6 +27,8 @@ RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+f
 #   test_stream_lab.py   turns streaming on and off again; archiving stays on (site.yml), as test_wal_lab.py
 #                        leaves it too.
 #   test_lab.py          its drill fails the lab over: the files after it find the primary in another region.
+#   test_service_lab.py  a PITR of the serving region (from test_wal_lab.py's backups), then the other regions
+#                        rejoined on the new timeline.
 # A new file goes into this list where what it needs is there; one not listed stops the collection.
 LAB_ORDER = [
     "test_backup_lab.py",
@@ -37,6 +39,7 @@ LAB_ORDER = [
     "test_wal_lab.py",
     "test_wal_restore_lab.py",
     "test_wal_restore_verify_lab.py",
+    "test_service_lab.py",
     "test_s3_server_lab.py",
     "test_lifecycle_lab.py",
 ]

@@ -148,3 +148,57 @@ def test_drill_fails_over_measures_rpo_rto_and_rejoins(tmp_path):
     journal = Path(reports[-1]).with_name("journal.jsonl").read_text()
     secret = (REPO / ".lab" / "secrets" / "auth_app").read_text().split()[0]
     assert secret not in journal and secret not in run.out
+    service_followed_the_failover(report, journal)
+
+
+def service_followed_the_failover(report: dict, journal: str) -> None:
+    """The service layer moved with the database (roles/service, docs/service.md): Redis and the app serve in the
+    new region, the old region's app runs 0 replicas behind a deny-all policy, DNS points at the new region, the
+    revocations the killed primary may have lost were checked against its region's stream, and the generator's
+    revocations kept flowing end to end (published and cached in the new region)."""
+    import boto3
+    import redis
+    from kubernetes import client
+
+    new, old = report["new_primary_region"], report["failed_region"]
+    port = {"primary": 1, "secondary": 2, "tertiary": 3}
+
+    def api(region):
+        cfg = client.Configuration()
+        cfg.host = f"http://127.0.0.1:{port[region]}6443"
+        cfg.api_key = {"authorization": "Bearer lab-dummy-token"}
+        return client.ApiClient(cfg)
+
+    roles = {r: redis.Redis(port=port[r] * 10000 + 6379).info("replication") for r in port}
+    assert roles[new]["role"] == "master"
+    for r in port:
+        if r != new:
+            assert roles[r]["role"] == "slave" and roles[r]["master_host"] == f"dr-lab-{new}-svc", (r, roles[r])
+            assert roles[r]["master_link_status"] == "up", (r, roles[r])
+    serving = client.AppsV1Api(api(new)).read_namespaced_deployment("auth-service", "auth")
+    assert serving.spec.replicas == 3 and serving.status.ready_replicas == 3
+    config = client.CoreV1Api(api(new)).read_namespaced_config_map("auth-service-db", "auth").data
+    assert config["DB_PORT"] == f"{port[new]}5432" and config["REGION"] == new and config["REDIS_URL"]
+    assert client.AppsV1Api(api(old)).read_namespaced_deployment("auth-service", "auth").spec.replicas == 0
+    policy = client.NetworkingV1Api(api(old)).read_namespaced_network_policy("immersiverse-dr-deny-all", "auth")
+    assert policy.spec.pod_selector.match_labels is None and sorted(policy.spec.policy_types) == ["Egress", "Ingress"]
+    r53 = boto3.client("route53", endpoint_url="http://127.0.0.1:40053", region_name="us-east-1",
+                       aws_access_key_id="lab-route53-standin", aws_secret_access_key="lab-route53-standin")
+    zone = r53.list_hosted_zones_by_name(DNSName="lab.immersiverse.internal")["HostedZones"][0]["Id"]
+    records = {r["SetIdentifier"]: r for r in r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+               if r.get("SetIdentifier") and r["Name"].startswith("auth.")}
+    assert records[new]["Failover"] == "PRIMARY" and records[new]["ResourceRecords"][0]["Value"].endswith(
+        f".{port[new]}")
+    assert old not in records, "the failed region is still in DNS"
+    failover = json.loads(Path(report["failover_report"]).read_text())
+    steps = {(s["step"], s.get("what")) for s in failover["service"]}
+    assert ("recovered", None) in steps, "the killed primary may have lost revocations: they were not checked"
+    recovered = next(s for s in failover["service"] if s["step"] == "recovered")
+    assert recovered["revocations"]["verified"] is True and recovered["revocations"]["cutoff"] is None
+    # the new primary takes writes before the service has followed (the fence keeps one writer; the app, Redis and
+    # DNS follow off the write path): from the end of the failover on, every revocation is published and cached
+    settled = failover["phases"][-1]["end"]
+    later = [json.loads(line) for line in journal.splitlines()]
+    later = [a for a in later if a.get("type") == "ack" and a.get("op") == "revoke" and a["acked_at"] > settled]
+    assert later, "no revocation after the failover"
+    assert all(a["region"] == new and a.get("kafka_acked") and a.get("redis_set") for a in later), later[:3]
