@@ -18,7 +18,7 @@ description:
     there is none).
   - Kafka refuses it while the group has active members; the message says to stop them first (the isolate phase
     scales the app to 0).
-  - Idempotent: partitions already at the wanted offset are left alone.
+  - Idempotent. Partitions already at the wanted offset are left alone.
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:

@@ -15,7 +15,7 @@ description:
   - The serving region's Redis is the master and the other regions' replicate it. A failover makes the target
     region's Redis the master (C(REPLICAOF NO ONE)) and repoints the others at it (C(REPLICAOF host port)).
   - A replica is read-only, so repointing the failed region's Redis at the new master also stops writes to it.
-  - Idempotent: nothing is sent when the server already has the wanted role (and, for a replica, master).
+  - Idempotent. Nothing is sent when the server already has the wanted role (and, for a replica, master).
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:

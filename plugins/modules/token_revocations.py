@@ -22,7 +22,7 @@ description:
     O(on_gap=cutoff) (every token issued before it is invalid, so every user signs in again) and the result says so;
     with O(on_gap=fail) the module fails instead and changes nothing more.
   - Then it verifies that every revocation it saw (not expired) is in C(token_blacklist).
-  - Idempotent: a re-run inserts nothing and records no second cut-off for the same O(cutoff_key).
+  - Idempotent. A re-run inserts nothing and records no second cut-off for the same O(cutoff_key).
 author:
   - immersiverse.dr maintainers (@immersiverse)
 extends_documentation_fragment:
@@ -68,7 +68,9 @@ options:
         type: bool
         default: true
       security:
-        description: How the client authenticates (the options of M(immersiverse.dr.kafka_preflight)'s O(security)).
+        description:
+          - How the client authenticates, as O(immersiverse.dr.kafka_preflight#module:security) of
+            M(immersiverse.dr.kafka_preflight).
         type: dict
         suboptions:
           security_protocol:

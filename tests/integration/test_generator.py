@@ -270,7 +270,8 @@ def test_revocations_reach_kafka_and_redis(pg_server, service_db, kafka_broker, 
             key, event = published[ack["request_id"]]
             assert key == ack["jti"]
             assert event == {"jti": ack["jti"], "user_id": ack["user_id"], "request_id": ack["request_id"],
-                             "revoked_at": ack["revoked_at"], "region": "primary"}
+                             "revoked_at": ack["revoked_at"], "expires_at": ack["expires_at"], "reason": "logout",
+                             "region": "primary"}
             assert 0 < cache.ttl(f"revoked:{ack['jti']}") <= 600
             assert json.loads(cache.get(f"revoked:{ack['jti']}"))["request_id"] == ack["request_id"]
     finally:

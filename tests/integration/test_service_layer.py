@@ -55,10 +55,10 @@ def redis_pair(tmp_path):
         wait_for_port(port, 10, proc)
         servers.append((port, proc))
     try:
-        yield [f"redis://127.0.0.1:{port}/0" for port, _ in servers], [port for port, _ in servers]
+        yield [f"redis://127.0.0.1:{server[0]}/0" for server in servers], [server[0] for server in servers]
     finally:
-        for _, proc in servers:
-            stop_process(proc)
+        for server in servers:
+            stop_process(server[1])
 
 
 def _redis(url):
@@ -243,6 +243,11 @@ def _conn(pg_server, db):
     return pg_server.connect(db, user="auth_app")
 
 
+def _own_db(redis_server, number):
+    """A Redis database of this test's own: the server is shared, and other tests leave revoked:* keys in db 0."""
+    return redis_server.url.rsplit("/", 1)[0] + f"/{number}"
+
+
 def test_revocations_after_the_point_are_put_back_idempotently(pg_server, service_db, kafka_broker, redis_server):
     users = _users(pg_server, service_db)
     topic = _topic(kafka_broker)
@@ -258,9 +263,10 @@ def test_revocations_after_the_point_are_put_back_idempotently(pg_server, servic
              + [(e["jti"], e) for e in [*after, lost_user, expired]])
     # one revocation only the cache has (its event never reached Kafka)
     cached = _event(users[2], point + datetime.timedelta(seconds=50))
-    _redis(redis_server.url).set(f"revoked:{cached['jti']}", json.dumps(cached), ex=600)
+    cache_url = _own_db(redis_server, 3)
+    _redis(cache_url).set(f"revoked:{cached['jti']}", json.dumps(cached), ex=600)
     src = [{"name": "primary", "bootstrap": kafka_broker.bootstrap, "topic": topic}]
-    rsrc = [{"name": "primary", "url": redis_server.url}]
+    rsrc = [{"name": "primary", "url": cache_url}]
 
     plan = revocations.reapply(_conn(pg_server, service_db), point.isoformat(), src, rsrc, margin_seconds=60,
                                check_mode=True)
@@ -325,7 +331,7 @@ def test_token_revocations_module_through_ansible_keeps_secrets_out(tmp_path, pg
     extra = tmp_path / "vars.json"
     extra.write_text(json.dumps({"pw": password, "db": service_db, "pgport": pg_server.port,
                                  "bootstrap": kafka_broker.bootstrap, "topic": topic, "point": point.isoformat(),
-                                 "redis": redis_server.url}))
+                                 "redis": _own_db(redis_server, 4)}))
     extra.chmod(0o600)
     play = tmp_path / "play.yml"
     play.write_text("""

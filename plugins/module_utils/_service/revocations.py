@@ -130,8 +130,8 @@ def collect(since, kafka_sources, redis_sources, margin_seconds=60, timeout=5.0)
                 src["topic"], name, point.isoformat(),
                 ", ".join(str(g["partition"]) for g in got["coverage"]["gaps"])))
         if entry["unusable"]:
-            gaps.append("%d events of %s in %s could not be read as revocations" % (entry["unusable"], src["topic"],
-                                                                                  name))
+            gaps.append("%d events of %s in %s could not be read as revocations"
+                        % (entry["unusable"], src["topic"], name))
         report.append(entry)
     for src in redis_sources or []:
         name = src.get("name") or redis_ops.where(src["url"])
