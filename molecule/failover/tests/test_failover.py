@@ -40,7 +40,9 @@ def test_the_dead_primary_is_fenced_out_of_band_and_stays_down():
 def test_the_run_report_has_every_phase_and_the_decision():
     report = sc.report_of("failover", "failover")
     assert report["outcome"] == "succeeded"
-    assert [p["name"] for p in report["phases"]] == ["detect", "isolate", "promote", "repoint", "verify", "reopen"]
+    # the service's isolation (the failed region's Redis, app and traffic) follows the promotion, off the write path
+    assert [p["name"] for p in report["phases"]] == ["detect", "isolate", "promote", "service-isolate", "repoint",
+                                                     "verify", "reopen"]
     for p in report["phases"]:
         assert datetime.fromisoformat(p["start"]) <= datetime.fromisoformat(p["end"])
     assert report["promoted"]["host"] == "pg-secondary-1"
@@ -84,3 +86,18 @@ def test_the_new_primary_waits_for_the_other_two_regions_and_tertiary_is_its_quo
     assert "pg-tertiary-1" in compared and "pg-secondary-1" in compared, reread[:2000]
     # the engine told the dead primary (the standbys' upstream) from a synchronous standby that could hold more
     assert report["plan"]["former_primaries"] == ["pg-primary-1"]
+
+
+def test_the_service_recovery_ran_once_and_the_rerun_found_it_done():
+    first = {s["step"]: s for s in sc.report_of("failover", "failover")["service"] if s["step"] == "recovered"}
+    again = sc.report_of("failover-again", "failover")["service"]
+    # the promotion may have lost writes: the cache was flushed and the DR event published, under the promotion's
+    # timeline; the re-run (plan: promoted) found that event and flushed and rewound nothing
+    timeline = sc.report_of("failover", "failover")["promoted"]["timeline"]
+    assert first["recovered"]["key"] == f"failover:secondary:timeline-{timeline}"
+    assert first["recovered"]["dr_event"], first
+    redone = [s for s in again if s["step"] == "recovered"]
+    assert len(redone) == 1 and redone[0]["outcome"].startswith("already"), redone
+    assert redone[0]["key"] == first["recovered"]["key"]
+    # the DNS record set was final after the first run's isolate step: the re-run sent Route 53 no change
+    assert [s["outcome"] for s in again if s.get("what") == "traffic"] == ["dns: []", "dns: []"]
