@@ -52,7 +52,11 @@ options:
         description: Secret key; never logged.
         type: str
   redis_url:
-    description: C(redis://host:port/db) of the region's cache. The URL may carry a password; it is never returned.
+    description: C(redis://host:port/db) of the region's cache. The URL may carry a password; it is never returned
+      (nor logged).
+    type: str
+  redis_password:
+    description: The Redis password (C(AUTH)), when it is not in O(redis_url); never logged.
     type: str
   kafka_bootstrap:
     description: C(host:port) of the region's Kafka brokers.
@@ -143,7 +147,7 @@ def run_module(module):
         services["s3"] = runbook_services.check_s3(s3["endpoint_url"], s3["bucket"], s3["region_name"],
                                                    s3["access_key"], s3["secret_key"], timeout=t)
     if p["redis_url"]:
-        services["redis"] = runbook_services.check_redis(p["redis_url"], timeout=t)
+        services["redis"] = runbook_services.check_redis(p["redis_url"], timeout=t, password=p["redis_password"])
     if p["kafka_bootstrap"]:
         services["kafka"] = runbook_services.check_kafka(p["kafka_bootstrap"], timeout=t)
     if p["kubernetes"]:
@@ -165,7 +169,8 @@ def main():
                 access_key=dict(type="str", no_log=True),
                 secret_key=dict(type="str", no_log=True),
             )),
-            redis_url=dict(type="str"),
+            redis_url=dict(type="str", no_log=True),
+            redis_password=dict(type="str", no_log=True),
             kafka_bootstrap=dict(type="str"),
             kubernetes=dict(type="dict", options=dict(
                 host=dict(type="str", required=True),

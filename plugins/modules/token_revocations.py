@@ -222,7 +222,7 @@ def main():
         )),
         redis_sources=dict(type="list", elements="dict", default=[], options=dict(
             name=dict(type="str"),
-            url=dict(type="str", required=True),
+            url=dict(type="str", required=True, no_log=True),
             password=dict(type="str", no_log=True),
             pattern=dict(type="str", default="revoked:*"),
         )),

@@ -358,3 +358,59 @@ def test_token_revocations_module_through_ansible_keeps_secrets_out(tmp_path, pg
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert password not in out.stdout and password not in out.stderr
     assert ev["jti"] in _blacklisted(pg_server, service_db)
+
+
+def test_region_health_authenticates_to_redis_and_never_shows_the_password(tmp_path):
+    """A Redis with requirepass: the health read (preflight, isolate, detect) answers with the password given apart
+    or in the URL, refuses without it, and the password shows nowhere at -vvv."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    password = "s3cret-" + uuid.uuid4().hex
+    port = free_port()
+    conf = tmp_path / "redis.conf"  # not in argv: a password in argv is visible to every user of the host
+    conf.write_text(f"bind 127.0.0.1\nport {port}\nsave \"\"\nappendonly no\ndir {tmp_path}\nrequirepass {password}\n")
+    conf.chmod(0o600)
+    proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 10, proc)
+        extra = tmp_path / "vars.json"
+        extra.write_text(json.dumps({"pw": password, "port": port}))
+        extra.chmod(0o600)
+        play = tmp_path / "play.yml"
+        play.write_text("""
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - immersiverse.dr.region_health:
+        region: primary
+        redis_url: "redis://127.0.0.1:{{ port }}/0"
+        redis_password: "{{ pw }}"
+        timeout: 3
+      register: apart
+    - immersiverse.dr.region_health:
+        region: primary
+        redis_url: "redis://:{{ pw }}@127.0.0.1:{{ port }}/0"
+        timeout: 3
+      register: in_url
+    - immersiverse.dr.region_health:
+        region: primary
+        redis_url: "redis://127.0.0.1:{{ port }}/0"
+        timeout: 3
+      register: without
+    - ansible.builtin.assert:
+        that:
+          - apart.services.redis.ok and apart.services.redis.role == 'master'
+          - in_url.services.redis.ok
+          - not without.services.redis.ok
+""")
+        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+        out = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", "-e", f"@{extra}", str(play), "-vvv",
+                              "-e", f"ansible_python_interpreter={sys.executable}"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+        assert password not in out.stdout and password not in out.stderr
+        assert "NOAUTH" in out.stdout or "uthentication" in out.stdout, out.stdout[-3000:]
+    finally:
+        stop_process(proc)

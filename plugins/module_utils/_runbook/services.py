@@ -43,11 +43,12 @@ def check_s3(endpoint_url, bucket, region_name="us-east-1", access_key=None, sec
     return _timed(run)
 
 
-def check_redis(url, timeout=5):
+def check_redis(url, timeout=5, password=None):
     def run():
         import redis
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        extra = {"password": password} if password else {}
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, **extra)
         try:
             client.ping()
             info = client.info("replication")

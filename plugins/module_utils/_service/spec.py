@@ -29,7 +29,8 @@ def kafka_spec():
 
 def redis_spec():
     return dict(
-        url=dict(type="str", required=True),
+        # a redis:// URL may carry the password: never logged
+        url=dict(type="str", required=True, no_log=True),
         password=dict(type="str", no_log=True),
         timeout=dict(type="float", default=5),
     )
