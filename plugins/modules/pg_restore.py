@@ -291,9 +291,14 @@ def run_module(module):
     target = {"type": p["target"], "value": p["target_value"], "inclusive": p["target_inclusive"],
               "timeline": p["target_timeline"]}
     try:
-        plan = restore_plan.plan(repositories, target, system_identifier=system_identifier, backup_id=p["backup_id"],
-                                 use_partial=p["use_partial"],
-                                 commit_times=restore_plan.pg_waldump_commit_times(p["pg_bin_dir"]))
+        try:
+            plan = restore_plan.plan(repositories, target, system_identifier=system_identifier,
+                                     backup_id=p["backup_id"], use_partial=p["use_partial"],
+                                     commit_times=restore_plan.pg_waldump_commit_times(p["pg_bin_dir"]))
+        except restore_target.RestoreError:
+            plan = _finished_request_plan(repositories, target, system_identifier, p)
+            if plan is None:
+                raise
     except restore_target.RestoreError as exc:
         if found_in and str(exc).startswith("no backup of cluster"):
             raise restore_target.RestoreError(
@@ -323,6 +328,25 @@ def run_module(module):
     if done.get("summary"):
         result["restored"] = done["summary"]
     return result
+
+
+def _finished_request_plan(repositories, target, system_identifier, p):
+    """A re-run of a restore that opened: ``latest`` now resolves to the timeline that restore created, whose newest
+    WAL may not be archived yet, so the plan can fail where nothing is to be done. Planned again on the timeline the
+    finished request resolved to, it is that request (the role then says "nothing to do"); None when the data
+    directory holds no finished restore of this very target."""
+    previous = restore_datadir.read_state(p["data_dir"]) if p["data_dir"] else None
+    request = (previous or {}).get("request") or {}
+    before = request.get("target") or {}
+    if (previous or {}).get("phase") != "recovered" or request.get("timeline") is None or any(
+            before.get(k) != target.get(k) for k in ("type", "value", "inclusive", "timeline")):
+        return None
+    plan = restore_plan.plan(repositories, dict(target, timeline=str(request["timeline"])),
+                             system_identifier=system_identifier, backup_id=request.get("backup_id"),
+                             use_partial=p["use_partial"],
+                             commit_times=restore_plan.pg_waldump_commit_times(p["pg_bin_dir"]))
+    plan["target"] = dict(plan["target"], timeline=target["timeline"])
+    return plan if restore_datadir.same_request(previous, plan) else None
 
 
 def main():
