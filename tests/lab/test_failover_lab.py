@@ -67,6 +67,43 @@ def heal(tmp_path, summary: dict) -> None:
             assert run.rc == 0, run.out[-3000:]
 
 
+def unreachable_service(tmp_path, region: str) -> str:
+    """An inventory source that points the region's Redis and Kubernetes API at a closed port (added after the
+    lab's inventory with a second -i: its host variables win over the region's group_vars)."""
+    path = tmp_path / f"unreachable-{region}.yml"
+    path.write_text(json.dumps({"all": {"hosts": {f"pg-{region}-1": {
+        "dr_redis_url": "redis://127.0.0.1:9/0", "dr_k8s_host": "http://127.0.0.1:9"}}}}))
+    return str(path)
+
+
+def _k8s(region: str):
+    from kubernetes import client
+
+    cfg = client.Configuration()
+    cfg.host = f"http://127.0.0.1:{REGIONS.index(region) + 1}6443"
+    cfg.api_key = {"authorization": "Bearer lab-dummy-token"}
+    return client.ApiClient(cfg)
+
+
+def apps(region: str):
+    from kubernetes import client
+
+    return client.AppsV1Api(_k8s(region))
+
+
+def networking(region: str):
+    from kubernetes import client
+
+    return client.NetworkingV1Api(_k8s(region))
+
+
+def redis_role(region: str) -> tuple[str, str | None]:
+    import redis
+
+    info = redis.Redis(port=(REGIONS.index(region) + 1) * 10000 + 6379).info("replication")
+    return info["role"], info.get("master_host")
+
+
 @pytest.fixture
 def serving(tmp_path):
     """The lab with one serving primary and two streaming standbys, in whichever region serves; afterwards the
@@ -164,10 +201,35 @@ def test_a_lagging_candidate_is_refused_then_accepted_with_force(tmp_path, servi
     seen = {r["region"]: r["role"] for r in detect(tmp_path)["hosts"]}
     assert seen == {primary: "down", cand: "standby", third: "standby"}  # nothing promoted or fenced
 
-    forced = playbook("-i", INVENTORY, FAILOVER, "-l", cand, "-e", limit, "-e", "force=true")
+    # Forced past the lag, the service's preflight is what stops a run, before anything is fenced, when the target
+    # region cannot serve the auth service: a topic its broker lacks; its Redis and Kubernetes API not answering.
+    # One run has all three, and the refusal names each.
+    forced_args = ["-l", cand, "-e", limit, "-e", "force=true"]
+    topics = json.dumps({"service_kafka_topics": {"auth.token-revocations": 1, "auth.no-such-topic": 1}})
+    run = playbook("-i", INVENTORY, "-i", unreachable_service(tmp_path, cand), FAILOVER, *forced_args, "-e", topics)
+    msg = " ".join(run.out.split())
+    assert run.rc != 0 and f"The target region {cand} cannot serve the auth service" in msg, msg[-3000:]
+    for problem in ("topic auth.no-such-topic is missing", "its kubernetes does not answer",
+                    "its redis does not answer"):
+        assert problem in msg, msg[-3000:]
+    assert "Nothing was fenced or changed" in msg and "TASK [immersiverse.dr.fence" not in run.out, msg[-3000:]
+    assert {r["region"]: r["role"] for r in detect(tmp_path)["hosts"]} == seen
+
+    # The failed region's Redis and Kubernetes API not answering do not stop it (that region is the failed one):
+    # the run report says they were not reached, and the rejoin isolates them once the region is back
+    forced = playbook("-i", INVENTORY, "-i", unreachable_service(tmp_path, primary), FAILOVER, *forced_args)
     assert forced.rc == 0, forced.out[-3000:]
     rep = report(forced)
     assert rep["outcome"] == "succeeded" and rep["plan"]["forced"] and rep["lag_at_decision"]["bytes"] > 1048576
+    unreached = [s for s in rep["service"] if s["step"] == "isolate" and s["region"] == primary]
+    assert [(s["what"], s["redis"], s["kubernetes"]) for s in unreached] == [("not reached", False, False)], unreached
+    old_app = apps(primary).read_namespaced_deployment("auth-service", "auth")
+    assert old_app.spec.replicas > 0  # left alone: the failover could not reach it
+    heal(tmp_path, detect(tmp_path))
+    assert apps(primary).read_namespaced_deployment("auth-service", "auth").spec.replicas == 0
+    assert "immersiverse-dr-deny-all" in [p.metadata.name for p in networking(primary).list_namespaced_network_policy(
+        "auth").items]
+    assert redis_role(primary) == ("slave", f"dr-lab-{cand}-svc")
     after = detect(tmp_path)
     assert after["current_primary"] == f"pg-{cand}-1"
     row = next(r for r in after["hosts"] if r["region"] == third)

@@ -201,6 +201,8 @@ def test_pitr_of_the_serving_region_puts_back_every_revocation_made_after_the_po
                      "-e", f"target_time={target_text}", "-e", "confirm=true", timeout=900)
     assert again.rc == 0, again.out[-6000:]
     assert "nothing to do" in again.out
+    # the recovery's DR event was found: no cache flushed again, no consumer rewound again (while the app serves)
+    assert "done by an earlier run: DR event" in again.out, again.out[-6000:]
     assert cutoffs(region) == 0
     assert len([e for k, e in dr_events(region) if e.get("region") == region and e.get("type") == "pitr"]) == len(
         events)

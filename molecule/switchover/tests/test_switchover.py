@@ -39,3 +39,45 @@ def test_primary_serves_again_and_both_others_stream_from_it():
         r = sc.row(after, host)
         assert r["role"] == "standby" and r["receiver_status"] == "streaming"
         assert r["sender_host"] == "dr-lab-primary-db"
+
+
+def test_the_service_followed_both_switchovers():
+    """roles/service moved with the database each time: the target's app ready, the old region's app at 0 behind
+    the deny-all policy and its Redis a replica; afterwards (back in primary) that is what the lab's Redis,
+    Kubernetes stand-ins and Route 53 stand-in hold."""
+    import boto3
+    import redis
+    from kubernetes import client
+
+    port = {"primary": 1, "secondary": 2, "tertiary": 3}
+    for name, region, old in (("to-secondary", "secondary", "primary"), ("to-primary", "primary", "secondary")):
+        steps = sc.report_of(name, "switchover")["service"]
+        done = {(s["step"], s["region"], s.get("what")): s["outcome"] for s in steps}
+        assert done.get(("reopen", region, "app")) == "ready", steps
+        for what in ("app scaled to 0", "deny-all NetworkPolicy", f"Redis read-only replica of {region}"):
+            assert done.get(("isolate", old, what)) in ("changed", "already"), (what, steps)
+        assert not [s for s in steps if s.get("what") == "not reached"], steps
+
+    def api(region):
+        cfg = client.Configuration()
+        cfg.host = f"http://127.0.0.1:{port[region]}6443"
+        cfg.api_key = {"authorization": "Bearer lab-dummy-token"}
+        return client.ApiClient(cfg)
+
+    roles = {r: redis.Redis(port=port[r] * 10000 + 6379).info("replication") for r in port}
+    assert roles["primary"]["role"] == "master"
+    for r in ("secondary", "tertiary"):
+        assert (roles[r]["role"], roles[r]["master_host"]) == ("slave", "dr-lab-primary-svc"), roles[r]
+    serving = client.AppsV1Api(api("primary")).read_namespaced_deployment("auth-service", "auth")
+    assert serving.spec.replicas == 3 and serving.status.ready_replicas == 3
+    assert client.AppsV1Api(api("secondary")).read_namespaced_deployment("auth-service", "auth").spec.replicas == 0
+    policies = client.NetworkingV1Api(api("secondary")).list_namespaced_network_policy("auth").items
+    assert "immersiverse-dr-deny-all" in [p.metadata.name for p in policies]
+    assert "immersiverse-dr-deny-all" not in [
+        p.metadata.name for p in client.NetworkingV1Api(api("primary")).list_namespaced_network_policy("auth").items]
+    r53 = boto3.client("route53", endpoint_url="http://127.0.0.1:40053", region_name="us-east-1",
+                       aws_access_key_id="lab-route53-standin", aws_secret_access_key="lab-route53-standin")
+    zone = r53.list_hosted_zones_by_name(DNSName="lab.immersiverse.internal")["HostedZones"][0]["Id"]
+    records = {r["SetIdentifier"]: r["Failover"] for r in r53.list_resource_record_sets(HostedZoneId=zone)[
+        "ResourceRecordSets"] if r.get("SetIdentifier") and r["Name"].startswith("auth.")}
+    assert records.get("primary") == "PRIMARY" and "secondary" not in records, records
