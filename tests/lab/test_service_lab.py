@@ -21,7 +21,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from conftest import REPO, assert_no_secret, detect, playbook
+from conftest import REPO, assert_no_secret, detect, playbook, podman
 from test_failover_lab import heal, lab_ok
 from test_wal_lab import REGIONS, archived_backup, serving_region, switch_and_wait_archived
 from test_wal_restore_lab import sql
@@ -156,6 +156,11 @@ def test_pitr_of_the_serving_region_puts_back_every_revocation_made_after_the_po
     assert run.rc == 0, run.out[-6000:]
     assert_no_secret(run)
     assert serving_region() == region
+    # once open, its restore_command is a running cluster's: were it "abort", a standby made of it one day would
+    # stop when a region's S3 does not answer, at its promotion too (the partition scenario's failover did)
+    auto_conf = podman("exec", f"dr-lab-{region}-db", "cat", "/var/lib/postgresql/15/main/postgresql.auto.conf")
+    restore_lines = [line for line in auto_conf.splitlines() if line.startswith("restore_command")]
+    assert restore_lines and all("--unreachable missing" in line for line in restore_lines), restore_lines
 
     # every token revoked before the disaster is revoked again: before the point by the restore, after it by the
     # re-apply from the revocation stream (the journal is the truth); no cut-off was needed (the stream answered)
