@@ -120,20 +120,27 @@ def _partitions(client, bootstrap, topic, timeout):
     return [kafka.TopicPartition(topic, p) for p in sorted(parts)]
 
 
+def _offsets_by_time(client, bootstrap, topic, timestamp_ms, timeout):
+    """The topic's partitions, the first offset of each at or after ``timestamp_ms`` (None: nothing after it), and
+    their beginning and end offsets."""
+    try:
+        tps = _partitions(client, bootstrap, topic, timeout)
+        found = client.offsets_for_times({tp: int(timestamp_ms) for tp in tps})
+        ends = client.end_offsets(tps)
+        begins = client.beginning_offsets(tps)
+    except KafkaOpsError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        _fail(bootstrap, "looking up offsets of %s by time" % topic, exc)
+    return tps, found, begins, ends
+
+
 def offsets_at(bootstrap, topic, timestamp_ms, timeout=5.0, security=None):
     """{partition: offset}: the first offset whose timestamp is >= timestamp_ms, else the end offset (nothing
     after the point), plus the beginning and end offsets."""
     client = consumer(bootstrap, timeout, security)
     try:
-        try:
-            tps = _partitions(client, bootstrap, topic, timeout)
-            found = client.offsets_for_times({tp: int(timestamp_ms) for tp in tps})
-            ends = client.end_offsets(tps)
-            begins = client.beginning_offsets(tps)
-        except KafkaOpsError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            _fail(bootstrap, "looking up offsets of %s by time" % topic, exc)
+        tps, found, begins, ends = _offsets_by_time(client, bootstrap, topic, timestamp_ms, timeout)
         out = {}
         for tp in tps:
             hit = found.get(tp)
@@ -221,15 +228,7 @@ def read_since(bootstrap, topic, timestamp_ms, timeout=5.0, security=None, max_e
     still holds everything after the point (retention deleted nothing after it), per partition."""
     client = consumer(bootstrap, timeout, security)
     try:
-        try:
-            tps = _partitions(client, bootstrap, topic, timeout)
-            found = client.offsets_for_times({tp: int(timestamp_ms) for tp in tps})
-            ends = client.end_offsets(tps)
-            begins = client.beginning_offsets(tps)
-        except KafkaOpsError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            _fail(bootstrap, "looking up offsets of %s by time" % topic, exc)
+        tps, found, begins, ends = _offsets_by_time(client, bootstrap, topic, timestamp_ms, timeout)
         client.assign(tps)
         starts, gaps = {}, []
         for tp in tps:
