@@ -320,6 +320,19 @@ def test_an_unreadable_event_is_a_gap_not_a_silent_skip(pg_server, service_db, k
     assert got["cutoff"] is not None and "2 events" in got["gaps"][0]
 
 
+def _play_vvv(tmp_path, extra_vars, play_text):
+    """Runs play_text on localhost at -vvv, its variables (secrets among them) from a 0600 file, never argv."""
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps(extra_vars))
+    extra.chmod(0o600)
+    play = tmp_path / "play.yml"
+    play.write_text(play_text)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", "-e", f"@{extra}", str(play), "-vvv",
+                           "-e", f"ansible_python_interpreter={sys.executable}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
 def test_token_revocations_module_through_ansible_keeps_secrets_out(tmp_path, pg_server, service_db, kafka_broker,
                                                                     redis_server):
     users = _users(pg_server, service_db, 2)
@@ -328,13 +341,9 @@ def test_token_revocations_module_through_ansible_keeps_secrets_out(tmp_path, pg
     ev = _event(users[0], point + datetime.timedelta(seconds=2))
     _produce(kafka_broker, topic, [(ev["jti"], ev)])
     password = pg_server.password_for("auth_app")
-    extra = tmp_path / "vars.json"
-    extra.write_text(json.dumps({"pw": password, "db": service_db, "pgport": pg_server.port,
-                                 "bootstrap": kafka_broker.bootstrap, "topic": topic, "point": point.isoformat(),
-                                 "redis": _own_db(redis_server, 4)}))
-    extra.chmod(0o600)
-    play = tmp_path / "play.yml"
-    play.write_text("""
+    out = _play_vvv(tmp_path, {"pw": password, "db": service_db, "pgport": pg_server.port,
+                               "bootstrap": kafka_broker.bootstrap, "topic": topic, "point": point.isoformat(),
+                               "redis": _own_db(redis_server, 4)}, """
 - hosts: localhost
   gather_facts: false
   tasks:
@@ -351,10 +360,6 @@ def test_token_revocations_module_through_ansible_keeps_secrets_out(tmp_path, pg
     - ansible.builtin.assert:
         that: [r.reapplied == 1, r.verified, r.cutoff is none]
 """)
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    out = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", "-e", f"@{extra}", str(play), "-vvv",
-                          "-e", f"ansible_python_interpreter={sys.executable}"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert password not in out.stdout and password not in out.stderr
     assert ev["jti"] in _blacklisted(pg_server, service_db)
@@ -375,11 +380,7 @@ def test_region_health_authenticates_to_redis_and_never_shows_the_password(tmp_p
                             stdin=subprocess.DEVNULL)
     try:
         wait_for_port(port, 10, proc)
-        extra = tmp_path / "vars.json"
-        extra.write_text(json.dumps({"pw": password, "port": port}))
-        extra.chmod(0o600)
-        play = tmp_path / "play.yml"
-        play.write_text("""
+        out = _play_vvv(tmp_path, {"pw": password, "port": port}, """
 - hosts: localhost
   gather_facts: false
   tasks:
@@ -405,10 +406,6 @@ def test_region_health_authenticates_to_redis_and_never_shows_the_password(tmp_p
           - in_url.services.redis.ok
           - not without.services.redis.ok
 """)
-        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-        out = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", "-e", f"@{extra}", str(play), "-vvv",
-                              "-e", f"ansible_python_interpreter={sys.executable}"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
         assert password not in out.stdout and password not in out.stderr
         assert "NOAUTH" in out.stdout or "uthentication" in out.stdout, out.stdout[-3000:]
